@@ -1,0 +1,422 @@
+//! Map keys, values and limits shared by the XDP program and userspace.
+//!
+//! Every map layout is defined here once. Addresses and ports are kept in
+//! network byte order exactly as they sit in the packet, so the data plane
+//! never swaps bytes on the fast path; userspace converts at the edge.
+#![no_std]
+
+/// Services the data plane can hold (selection tables are preallocated).
+pub const MAX_SERVICES: u32 = 64;
+/// Regions the data plane can hold; region ids are `0..MAX_REGIONS`.
+pub const MAX_REGIONS: u32 = 32;
+/// Slots of a selection table. Prime, so a Maglev permutation visits every
+/// slot (the load-balancing policies fill it by weight).
+pub const SELECTION_SLOTS: usize = 65_537;
+/// A selection slot holding this sends new flows nowhere: they are dropped
+/// and counted under [`Reason::DropNoRegion`].
+pub const NO_REGION: u8 = u8::MAX;
+/// Capacity of the flow table (both directions share it).
+pub const FLOW_TABLE_SIZE: u32 = 262_144;
+/// Capacity of the egress device map (interfaces the program redirects to).
+pub const MAX_INTERFACES: u32 = 64;
+
+/// A UDP or ICMP flow idle this long is a new flow on its next packet.
+pub const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
+/// A TCP flow idle this long may be re-selected by a new SYN. A mid-stream
+/// TCP packet always keeps its region: any other region would reset it.
+pub const TCP_IDLE_TIMEOUT_NS: u64 = 300_000_000_000;
+/// `Flow::last_seen_ns` is refreshed at most this often, so a busy flow does
+/// not dirty its shared cache line on every packet.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Names of the maps in the object, used by userspace to open (and pin) them.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const REGIONS: &str = "REGIONS";
+    pub const SELECTION: &str = "SELECTION";
+    pub const FLOWS: &str = "FLOWS";
+    pub const EGRESS: &str = "EGRESS";
+    pub const REGION_COUNTERS: &str = "REGION_COUNTERS";
+    pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
+    pub const REASONS: &str = "REASONS";
+    /// Every map above: what a pin directory holds.
+    pub const ALL: [&str; 9] = [
+        SERVICES,
+        BACKENDS,
+        REGIONS,
+        SELECTION,
+        FLOWS,
+        EGRESS,
+        REGION_COUNTERS,
+        SERVICE_COUNTERS,
+        REASONS,
+    ];
+}
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "redirector";
+
+/// `SERVICES` key: what a client addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// VIP, network order.
+    pub vip: u32,
+    /// Destination port, network order; 0 for ICMP echo services.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// `SERVICES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Index into `BACKENDS`, `SELECTION` and `SERVICE_COUNTERS`.
+    pub id: u32,
+    /// Which of the service's two selection tables is live (0 or 1).
+    /// Userspace fills the other one, then flips this field with a single
+    /// hash-map update, which the kernel swaps in atomically.
+    pub bank: u32,
+}
+
+impl Service {
+    pub fn selection_index(&self) -> u32 {
+        selection_index(self.id, self.bank)
+    }
+}
+
+/// `SELECTION` index of a service's bank.
+pub const fn selection_index(service_id: u32, bank: u32) -> u32 {
+    service_id * 2 + (bank & 1)
+}
+
+/// `SELECTION` value: region id per slot; a new flow takes
+/// `slots[flow_hash % SELECTION_SLOTS]`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SelectionTable {
+    pub slots: [u8; SELECTION_SLOTS],
+}
+
+/// `BACKENDS` value, indexed by [`backend_index`]: where a region serves a
+/// service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Network order; 0 means the service has no endpoint in this region.
+    pub addr: u32,
+    /// Network order; the service's own port unless the region serves on
+    /// another one.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+pub const fn backend_index(service_id: u32, region_id: u8) -> u32 {
+    service_id * MAX_REGIONS + region_id as u32
+}
+
+/// Health of a region as the data plane acts on it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionState {
+    /// Flows pinned to a down region are re-steered on their next packet.
+    /// Zero, so a region the controller never wrote is down.
+    Down = 0,
+    Up = 1,
+    /// No new flows; flows already pinned here continue.
+    Draining = 2,
+}
+
+impl RegionState {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Down),
+            1 => Some(Self::Up),
+            2 => Some(Self::Draining),
+            _ => None,
+        }
+    }
+}
+
+/// `REGIONS` value, indexed by region id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Region {
+    /// A [`RegionState`] as u8.
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+
+/// `FLOWS` key: a 5-tuple as it appears in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    /// For ICMP echo: the echo identifier on the client's side, 0 on the
+    /// region's side.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The same flow seen from the other end.
+    pub fn reversed(&self) -> Self {
+        Self {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Which way a `FLOWS` entry faces.
+pub const FLOW_ORIGINAL: u8 = 0;
+/// Keyed by the reply's 5-tuple (region endpoint → client).
+pub const FLOW_REPLY: u8 = 1;
+
+/// `Flow::flags`: a FIN was seen (either way).
+pub const FLOW_FIN_SEEN: u8 = 1;
+/// `Flow::flags`: a RST was seen (either way).
+pub const FLOW_RST_SEEN: u8 = 2;
+/// The TCP connection is over: a new SYN on this tuple is a new flow.
+pub const FLOW_CLOSED: u8 = FLOW_FIN_SEEN | FLOW_RST_SEEN;
+
+/// `FLOWS` value. An original entry pins a client's flow to a region; its
+/// reply twin turns the region's answers back into the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet, refreshed
+    /// every [`LAST_SEEN_GRANULARITY_NS`].
+    pub last_seen_ns: u64,
+    /// The VIP and port the client addressed (network order).
+    pub vip: u32,
+    pub vport: u16,
+    pub service_id: u16,
+    pub region_id: u8,
+    /// [`FLOW_ORIGINAL`] or [`FLOW_REPLY`].
+    pub direction: u8,
+    /// `FLOW_*_SEEN` bits.
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Per-CPU traffic counters of a region or a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Client → region packets and bytes (L2 frame length).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Region → client packets and bytes.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Flows pinned here (new, or re-steered from a down region).
+    pub new_flows: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.reply_packets += other.reply_packets;
+        self.reply_bytes += other.reply_bytes;
+        self.new_flows += other.new_flows;
+    }
+}
+
+/// Why the program returned what it returned: one per-CPU counter each
+/// (`REASONS`, indexed by the discriminant).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Client → region packet sent out by the program.
+    Forwarded = 0,
+    /// Region → client packet sent out by the program.
+    Replied,
+    /// Not IPv4 (ARP, IPv6, stacked VLANs...): the kernel's business.
+    PassNotIpv4,
+    /// A header ends past the frame, or the IPv4 header is malformed.
+    PassMalformed,
+    /// IPv4 fragment: no reassembly here, the kernel routes it unchanged.
+    PassFragment,
+    /// Neither to a service nor a reply of a tracked flow.
+    PassNotService,
+    /// ICMP other than echo (errors included): untouched.
+    PassIcmpOther,
+    /// Rewritten, but the next hop's MAC is unknown: the kernel forwards it
+    /// and resolves the neighbour.
+    PassNoNeighbour,
+    /// Rewritten, but the route lookup failed or is not forwardable here:
+    /// the kernel decides.
+    PassFibOther,
+    /// Rewritten, but the egress interface is not one the program is
+    /// attached to (no devmap entry): the kernel forwards it.
+    PassEgressNotAttached,
+    /// A new flow for a service whose selection has no region.
+    DropNoRegion,
+    /// Selection points at a region without an endpoint for the service.
+    DropNoBackend,
+    /// The egress interface left the devmap between lookup and redirect.
+    DropRedirectFailed,
+    /// An established flow moved off a down region (also counted as
+    /// Forwarded/dropped by what follows).
+    ReSteered,
+}
+
+impl Reason {
+    pub const COUNT: u32 = Reason::ReSteered as u32 + 1;
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::Forwarded,
+        Reason::Replied,
+        Reason::PassNotIpv4,
+        Reason::PassMalformed,
+        Reason::PassFragment,
+        Reason::PassNotService,
+        Reason::PassIcmpOther,
+        Reason::PassNoNeighbour,
+        Reason::PassFibOther,
+        Reason::PassEgressNotAttached,
+        Reason::DropNoRegion,
+        Reason::DropNoBackend,
+        Reason::DropRedirectFailed,
+        Reason::ReSteered,
+    ];
+
+    /// Stable name for metrics and the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::Replied => "replied",
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNotService => "pass_not_service",
+            Reason::PassIcmpOther => "pass_icmp_other",
+            Reason::PassNoNeighbour => "pass_no_neighbour",
+            Reason::PassFibOther => "pass_fib_other",
+            Reason::PassEgressNotAttached => "pass_egress_not_attached",
+            Reason::DropNoRegion => "drop_no_region",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropRedirectFailed => "drop_redirect_failed",
+            Reason::ReSteered => "re_steered",
+        }
+    }
+}
+
+/// Deterministic hash of a flow: the same tuple picks the same slot on every
+/// gateway with the same selection table (no per-boot seed).
+///
+/// Words are taken as they sit in the packet; the mixing is murmur3's
+/// finaliser, which spreads sequential client ports across the table.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
+    let mut h = 0x9e37_79b9u32 ^ key.protocol as u32;
+    h = mix(h ^ key.src_addr);
+    h = mix(h ^ key.dst_addr);
+    mix(h ^ ports)
+}
+
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Slot of a flow in its service's selection table.
+#[inline(always)]
+pub fn selection_slot(key: &FlowKey) -> usize {
+    (flow_hash(key) % SELECTION_SLOTS as u32) as usize
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, and made only of integers
+    // with explicit padding fields, so every byte pattern is a valid value.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for SelectionTable {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Region {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<Service>(), 8);
+        assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<Region>(), 8);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<Flow>(), 24);
+        assert_eq!(size_of::<Counters>(), 40);
+        assert_eq!(size_of::<SelectionTable>(), SELECTION_SLOTS);
+    }
+
+    #[test]
+    fn reversed_twice_is_identity_and_swaps_ends() {
+        let k = FlowKey {
+            src_addr: 1,
+            dst_addr: 2,
+            src_port: 3,
+            dst_port: 4,
+            protocol: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let r = k.reversed();
+        assert_eq!((r.src_addr, r.dst_addr, r.src_port, r.dst_port), (2, 1, 4, 3));
+        assert_eq!(r.reversed(), k);
+    }
+
+    #[test]
+    fn flow_hash_spreads_consecutive_ports_evenly() {
+        // 65 537 slots split into 4 quarters: 40 000 consecutive client
+        // ports must land within 3 % of a quarter each.
+        let mut quarters = [0u32; 4];
+        for port in 10_000u16..50_000 {
+            let k = FlowKey {
+                src_addr: 0x0a00_0002,
+                dst_addr: 0x0a02_0002,
+                src_port: port.to_be(),
+                dst_port: 80u16.to_be(),
+                protocol: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            quarters[selection_slot(&k) * 4 / SELECTION_SLOTS] += 1;
+        }
+        for q in quarters {
+            assert!((9_700..=10_300).contains(&q), "{quarters:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_listed_once_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The program's maps. Layouts come from `redirector-common`; every map is
+//! pinned by name so the data plane outlives the daemon that loaded it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use redirector_common::{
+    Backend, Counters, Flow, FlowKey, Region, SelectionTable, Service, ServiceKey, Reason,
+    FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
+};
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_SERVICES * MAX_REGIONS, 0);
+
+#[map]
+pub static REGIONS: Array<Region> = Array::pinned(MAX_REGIONS, 0);
+
+/// Two banks per service; `Service::bank` says which one is live.
+#[map]
+pub static SELECTION: Array<SelectionTable> = Array::pinned(MAX_SERVICES * 2, 0);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
+
+/// Interfaces the program may redirect to, keyed by ifindex.
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::pinned(MAX_INTERFACES, 0);
+
+#[map]
+pub static REGION_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_REGIONS, 0);
+
+#[map]
+pub static SERVICE_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);

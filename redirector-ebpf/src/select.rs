@@ -1,0 +1,29 @@
+//! Region selection for new flows, and what the controller says of regions.
+
+use crate::maps::{BACKENDS, REGIONS, SELECTION};
+use redirector_common::{
+    backend_index, selection_slot, Backend, FlowKey, RegionState, Service, NO_REGION,
+};
+
+/// The region the service's live selection table gives this flow.
+#[inline(always)]
+pub fn select_region(service: &Service, key: &FlowKey) -> Option<u8> {
+    let table = SELECTION.get(service.selection_index())?;
+    let region = *table.slots.get(selection_slot(key))?;
+    (region != NO_REGION).then_some(region)
+}
+
+/// Where `region_id` serves the service; None if it does not.
+#[inline(always)]
+pub fn backend(service_id: u32, region_id: u8) -> Option<&'static Backend> {
+    BACKENDS
+        .get(backend_index(service_id, region_id))
+        .filter(|b| b.addr != 0)
+}
+
+#[inline(always)]
+pub fn region_is_down(region_id: u8) -> bool {
+    REGIONS
+        .get(region_id as u32)
+        .is_none_or(|r| r.state == RegionState::Down as u8)
+}

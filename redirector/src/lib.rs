@@ -1,0 +1,4 @@
+//! redirector: steer a service's traffic between regions with XDP.
+//!
+//! `dataplane` is the only module that touches the kernel's BPF objects.
+pub mod dataplane;
