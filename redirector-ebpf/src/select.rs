@@ -9,7 +9,12 @@ use redirector_common::{
 #[inline(always)]
 pub fn select_region(service: &Service, key: &FlowKey) -> Option<u8> {
     let table = SELECTION.get(service.selection_index())?;
-    let region = *table.slots.get(selection_slot(key))?;
+    // LLVM turns `% SELECTION_SLOTS` into a multiply-shift whose range the
+    // verifier cannot see, and then drops the bounds check as redundant.
+    // Reading the slot back through memory keeps the check for the verifier.
+    let slot = selection_slot(key);
+    let slot = unsafe { core::ptr::read_volatile(&slot) };
+    let region = *table.slots.get(slot)?;
     (region != NO_REGION).then_some(region)
 }
 

@@ -508,6 +508,11 @@ impl Dataplane {
         Ok(self.flows.remove(key)?)
     }
 
+    /// Overwrites a flow entry (tests age entries with it).
+    pub fn set_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        Ok(self.flows.insert(key, flow, 0)?)
+    }
+
     /// Detaches from every pinned interface and removes all pins: the
     /// explicit way to take the data plane down.
     pub fn remove_pins(pin_path: &Path) -> Result<()> {

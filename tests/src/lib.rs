@@ -1,1 +1,5 @@
-
+//! Test bed for redirector: network namespaces, crafted frames, the packet
+//! test gateway; shared by the integration tests, the lab and the benchmarks.
+pub mod frames;
+pub mod netns;
+pub mod xdp;

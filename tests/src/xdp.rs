@@ -1,0 +1,276 @@
+//! A gateway in a namespace for in-kernel packet tests and the ns/packet
+//! benchmark: the real data plane, loaded and attached, fed crafted frames
+//! through BPF_PROG_TEST_RUN.
+//!
+//! Links (each a veth whose peer stays down-stream in the same namespace):
+//!   cli  192.0.2.1/24   client 192.0.2.10; region 5 (192.0.2.50) on the same link (XDP_TX)
+//!   r1   10.1.0.1/24    region 1, 10.1.0.2
+//!   r2   10.2.0.1/24    region 2, 10.2.0.2 (also the VIP of `web`, as in the reference setup)
+//!   r3   10.3.0.1/24    region 3, 10.3.0.2, neighbour never resolved
+//!   r4   10.4.0.1/24    region 4, 10.4.0.2, interface not attached (no devmap entry)
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use redirector::dataplane::{
+    self, Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec,
+};
+use redirector_common::RegionState;
+
+use crate::{
+    frames::Mac,
+    netns::{require_root, unique_name, Netns, NetnsGuard},
+};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const CLIENT_MAC: Mac = [0x02, 0xc1, 0, 0, 0, 0x10];
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
+pub const VIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// A region of the fixture: id, address, the MAC of its host, the gateway
+/// interface toward it and that interface's MAC.
+#[derive(Clone, Copy, Debug)]
+pub struct RegionLink {
+    pub id: u8,
+    pub addr: Ipv4Addr,
+    pub mac: Mac,
+    pub iface: &'static str,
+    pub iface_mac: Mac,
+}
+
+pub const CLI_MAC: Mac = [0x02, 0x9a, 0, 0, 0, 0x01];
+pub const R1: RegionLink = region(1, [10, 1, 0, 2], "r1");
+pub const R2: RegionLink = region(2, [10, 2, 0, 2], "r2");
+pub const R3: RegionLink = region(3, [10, 3, 0, 2], "r3");
+pub const R4: RegionLink = region(4, [10, 4, 0, 2], "r4");
+pub const R5: RegionLink = RegionLink {
+    id: 5,
+    addr: Ipv4Addr::new(192, 0, 2, 50),
+    mac: [0x02, 0xbb, 0, 0, 0, 5],
+    iface: "cli",
+    iface_mac: CLI_MAC,
+};
+pub const REGIONS: [RegionLink; 5] = [R1, R2, R3, R4, R5];
+
+const fn region(id: u8, addr: [u8; 4], iface: &'static str) -> RegionLink {
+    RegionLink {
+        id,
+        addr: Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]),
+        mac: [0x02, 0xbb, 0, 0, 0, id],
+        iface,
+        iface_mac: [0x02, 0x9a, 0, 0, 0, 0x10 + id],
+    }
+}
+
+/// Services of the fixture.
+pub const WEB: ServiceAddr = ServiceAddr {
+    vip: VIP,
+    port: 80,
+    protocol: Protocol::Tcp,
+};
+/// Regions serve it on 8081: the port is rewritten too.
+pub const ALT: ServiceAddr = ServiceAddr {
+    vip: VIP2,
+    port: 8080,
+    protocol: Protocol::Tcp,
+};
+pub const DNS: ServiceAddr = ServiceAddr {
+    vip: VIP2,
+    port: 53,
+    protocol: Protocol::Udp,
+};
+pub const PING: ServiceAddr = ServiceAddr {
+    vip: VIP2,
+    port: 0,
+    protocol: Protocol::Icmp,
+};
+
+/// Where each fixture service is served: the same port, except ALT and DNS.
+pub fn backend_port(service: &ServiceAddr) -> u16 {
+    match service.port {
+        8080 => 8081,
+        53 => 5353,
+        port => port,
+    }
+}
+
+pub struct Outcome {
+    pub action: u32,
+    pub frame: Vec<u8>,
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Removes a pin directory and all it holds on drop, so a test that fails
+/// half-way through setting up leaves nothing on bpffs either.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn unique() -> Self {
+        Self(PathBuf::from(dataplane::DEFAULT_PIN_PATH).with_file_name(unique_name("redirector-test")))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = Dataplane::remove_pins(&self.0) {
+            eprintln!("cleaning up {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+pub struct Gateway {
+    // Field order is drop order: the program lets go of its links, the pins
+    // go, then we leave the namespace and delete it.
+    pub dataplane: Dataplane,
+    ifindexes: BTreeMap<&'static str, u32>,
+    _pins: PinDir,
+    _inside: NetnsGuard,
+    _ns: Netns,
+}
+
+impl Gateway {
+    /// Builds the namespace, loads and attaches the data plane, installs
+    /// the four services with every region up and selection nowhere.
+    pub fn new() -> Result<Self> {
+        require_root();
+        let ns = Netns::new(&unique_name("rdt-pkt"))?;
+        ns.sysctl("net.ipv4.ip_forward", "1")?;
+        let links = [("cli", "192.0.2.1/24", CLI_MAC)]
+            .into_iter()
+            .chain(
+                REGIONS[..4]
+                    .iter()
+                    .map(|r| (r.iface, gateway_cidr(r.addr), r.iface_mac)),
+            );
+        for (iface, cidr, mac) in links {
+            let peer = format!("{iface}-p");
+            ns.ip(&["link", "add", iface, "type", "veth", "peer", "name", &peer])?;
+            ns.ip(&["link", "set", iface, "address", &mac_str(&mac), "up"])?;
+            ns.ip(&["link", "set", &peer, "up"])?;
+            ns.ip(&["addr", "add", cidr, "dev", iface])?;
+        }
+        let neighbours = [(CLIENT, CLIENT_MAC, "cli"), (R1.addr, R1.mac, R1.iface)]
+            .into_iter()
+            .chain([R2, R4, R5].iter().map(|r| (r.addr, r.mac, r.iface)));
+        for (addr, mac, iface) in neighbours {
+            let (addr, mac) = (addr.to_string(), mac_str(&mac));
+            ns.ip(&["neigh", "replace", &addr, "lladdr", &mac, "dev", iface, "nud", "permanent"])?;
+        }
+
+        let inside = ns.enter()?;
+        let pins = PinDir::unique();
+        let mut dataplane = Dataplane::load(&LoadOptions {
+            pin_path: pins.0.clone(),
+            log_flow_events: false,
+        })?;
+        for iface in ["cli", "r1", "r2", "r3"] {
+            dataplane.attach(iface)?;
+        }
+        let services: Vec<ServiceSpec> = [WEB, ALT, DNS, PING]
+            .iter()
+            .enumerate()
+            .map(|(id, addr)| ServiceSpec {
+                id: id as u32,
+                addr: *addr,
+                backends: REGIONS
+                    .iter()
+                    .map(|r| (r.id, SocketAddrV4::new(r.addr, backend_port(addr))))
+                    .collect(),
+            })
+            .collect();
+        dataplane.set_services(&services)?;
+        for r in REGIONS {
+            dataplane.set_region_state(r.id, RegionState::Up)?;
+        }
+        let mut ifindexes = BTreeMap::new();
+        for iface in ["cli", "r1", "r2", "r3", "r4"] {
+            ifindexes.insert(iface, dataplane::ifindex(iface)?);
+        }
+        Ok(Self {
+            dataplane,
+            ifindexes,
+            _pins: pins,
+            _inside: inside,
+            _ns: ns,
+        })
+    }
+
+    /// New flows of every fixture service go to `region`.
+    pub fn select(&mut self, region: u8) -> Result<()> {
+        for service in [WEB, ALT, DNS, PING] {
+            self.dataplane.set_selection(&service, &Selection::all(region))?;
+        }
+        Ok(())
+    }
+
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        self.ifindexes[iface]
+    }
+
+    /// Runs the program once on `frame` as if it arrived on `iface`.
+    pub fn run(&self, frame: &[u8], iface: &str) -> Result<Outcome> {
+        let (action, frame, _) = self.run_repeat(frame, iface, 1)?;
+        Ok(Outcome { action, frame })
+    }
+
+    /// Runs the program `repeat` times; returns the action, the frame after
+    /// the last run and the kernel's mean duration per run.
+    pub fn run_repeat(
+        &self,
+        frame: &[u8],
+        iface: &str,
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        let ctx = xdp_md(frame.len(), self.ifindex(iface));
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let result = self
+            .dataplane
+            .program()
+            .test_run(opts)
+            .context("BPF_PROG_TEST_RUN")?;
+        if result.data_size_out as usize > out.len() {
+            bail!("program grew the frame to {} bytes", result.data_size_out);
+        }
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out, result.duration))
+    }
+}
+
+/// struct xdp_md for ctx_in: data 0, data_end = frame length, the ingress
+/// interface, rx queue 0. The kernel refuses anything else for test runs.
+fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    [0u32, len as u32, 0, ingress_ifindex, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect()
+}
+
+fn gateway_cidr(region: Ipv4Addr) -> &'static str {
+    match region.octets()[1] {
+        1 => "10.1.0.1/24",
+        2 => "10.2.0.1/24",
+        3 => "10.3.0.1/24",
+        _ => "10.4.0.1/24",
+    }
+}
+
+pub fn mac_str(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -1,0 +1,521 @@
+//! In-kernel packet tests: crafted frames through BPF_PROG_TEST_RUN, with
+//! the action and every output byte asserted. Expected frames are built
+//! independently (etherparse, full checksum computation).
+
+use std::net::Ipv4Addr;
+
+use redirector::dataplane::{Selection, ServiceAddr};
+use redirector_common::{
+    Flow, FlowKey, Reason, RegionState, FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP,
+    UDP_IDLE_TIMEOUT_NS,
+};
+use redirector_tests::{
+    frames::{Frame, L4},
+    xdp::*,
+};
+
+/// Client → VIP frame as it arrives on the gateway's client link.
+fn from_client(vip: Ipv4Addr, l4: L4) -> Frame {
+    let mut f = Frame::new(CLIENT, vip, l4);
+    f.src_mac = CLIENT_MAC;
+    f.dst_mac = CLI_MAC;
+    f
+}
+
+/// What `from_client(..)` must become when steered to `region`: the
+/// destination address (and port) rewritten, MACs toward the region.
+fn steered(frame: &Frame, region: RegionLink, port: u16) -> Frame {
+    let mut f = frame.clone();
+    f.dst = region.addr;
+    f.l4 = match frame.l4 {
+        L4::Tcp { src_port, .. } | L4::Udp { src_port, .. } => frame.l4.with_ports(src_port, port),
+        _ => frame.l4.clone(),
+    };
+    f.src_mac = region.iface_mac;
+    f.dst_mac = region.mac;
+    f
+}
+
+/// The region's answer to `request` as it arrives from the region.
+fn reply_from(region: RegionLink, request: &Frame, port: u16) -> Frame {
+    let mut f = request.clone();
+    f.src = region.addr;
+    f.dst = CLIENT;
+    f.src_mac = region.mac;
+    f.dst_mac = region.iface_mac;
+    f.l4 = match request.l4 {
+        L4::Tcp { src_port, .. } => L4::tcp(port, src_port),
+        L4::Udp { src_port, .. } => request.l4.with_ports(port, src_port),
+        L4::IcmpEcho { id, seq, .. } => L4::IcmpEcho {
+            request: false,
+            id,
+            seq,
+        },
+        ref other => other.clone(),
+    };
+    f
+}
+
+/// What the client must receive: the VIP as source, MACs toward the client.
+fn as_client_sees(reply: &Frame, vip: Ipv4Addr, vport: u16) -> Frame {
+    let mut f = reply.clone();
+    f.src = vip;
+    f.l4 = match reply.l4 {
+        L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => reply.l4.with_ports(vport, dst_port),
+        _ => reply.l4.clone(),
+    };
+    f.src_mac = CLI_MAC;
+    f.dst_mac = CLIENT_MAC;
+    f
+}
+
+fn assert_frame(got: &Outcome, action: u32, expected: &[u8]) {
+    assert_eq!(got.action, action, "XDP action");
+    assert_eq!(
+        hex(&got.frame),
+        hex(expected),
+        "output frame (got, expected) differ"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn new_tcp_flow_goes_to_the_selected_region_and_is_tracked_both_ways() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_000, 80));
+
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
+    let flows = gw.dataplane.flows().unwrap();
+    assert_eq!(flows.len(), 2, "original and reply entries: {flows:?}");
+    let original = flows.iter().find(|(_, f)| f.direction == FLOW_ORIGINAL).unwrap();
+    let reply = flows.iter().find(|(_, f)| f.direction == FLOW_REPLY).unwrap();
+    assert_eq!(original.1.region_id, R1.id);
+    assert_eq!(original.0.protocol, IPPROTO_TCP);
+    assert_eq!(reply.0, original.0.reversed().with_src(R1.addr, 80));
+    let stats = gw.dataplane.stats().unwrap();
+    let r1 = stats.regions[R1.id as usize];
+    assert_eq!((r1.packets, r1.bytes, r1.new_flows), (1, syn.bytes().len() as u64, 1));
+    assert_eq!(stats.services[0].new_flows, 1);
+    assert_eq!(stats.reason(Reason::Forwarded), 1);
+}
+
+trait WithSrc {
+    fn with_src(self, addr: Ipv4Addr, port: u16) -> Self;
+}
+impl WithSrc for redirector_common::FlowKey {
+    fn with_src(mut self, addr: Ipv4Addr, port: u16) -> Self {
+        self.src_addr = u32::from(addr).to_be();
+        self.src_port = port.to_be();
+        self
+    }
+}
+
+fn original_flows(gw: &Gateway) -> Vec<(FlowKey, Flow)> {
+    let mut flows = gw.dataplane.flows().unwrap();
+    flows.retain(|(_, f)| f.direction == FLOW_ORIGINAL);
+    flows
+}
+
+fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: Reason) {
+    let before = gw.dataplane.stats().unwrap().reason(reason);
+    let out = gw.run(frame, iface).unwrap();
+    assert_frame(&out, XDP_PASS, frame);
+    let after = gw.dataplane.stats().unwrap().reason(reason);
+    assert_eq!(after, before + 1, "{} counter", reason.name());
+}
+
+#[test]
+fn established_flow_keeps_its_region_when_selection_changes() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_001, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+
+    gw.select(R2.id).unwrap();
+    let ack = from_client(VIP, L4::tcp(40_001, 80));
+    let out = gw.run(&ack.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
+
+    let other = from_client(VIP, L4::tcp_syn(40_002, 80));
+    let out = gw.run(&other.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&other, R2, 80).bytes());
+    assert_eq!(gw.dataplane.stats().unwrap().regions[R1.id as usize].new_flows, 1);
+}
+
+#[test]
+fn reply_from_region_reaches_the_client_from_the_vip() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_003, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+
+    let synack = reply_from(R1, &syn, 80);
+    let out = gw.run(&synack.bytes(), R1.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, VIP, 80).bytes());
+    let stats = gw.dataplane.stats().unwrap();
+    assert_eq!(stats.reason(Reason::Replied), 1);
+    let r1 = stats.regions[R1.id as usize];
+    assert_eq!((r1.reply_packets, r1.reply_bytes), (1, synack.bytes().len() as u64));
+}
+
+#[test]
+fn region_serving_on_another_port_gets_port_rewritten_both_ways() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R2.id).unwrap();
+    let syn = from_client(VIP2, L4::tcp_syn(40_004, ALT.port));
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 8081).bytes());
+
+    let synack = reply_from(R2, &syn, 8081);
+    let out = gw.run(&synack.bytes(), R2.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, VIP2, ALT.port).bytes());
+}
+
+#[test]
+fn draining_region_keeps_established_flows() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_005, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+
+    // Draining: the controller takes the region out of selection, the data
+    // plane keeps what is pinned there.
+    gw.dataplane.set_region_state(R1.id, RegionState::Draining).unwrap();
+    gw.select(R2.id).unwrap();
+    let ack = from_client(VIP, L4::tcp(40_005, 80));
+    let out = gw.run(&ack.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::ReSteered), 0);
+}
+
+#[test]
+fn flow_on_a_down_region_is_re_steered_on_its_next_packet() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_006, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+
+    gw.dataplane.set_region_state(R1.id, RegionState::Down).unwrap();
+    gw.select(R2.id).unwrap();
+    let ack = from_client(VIP, L4::tcp(40_006, 80));
+    let out = gw.run(&ack.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R2, 80).bytes());
+
+    let stats = gw.dataplane.stats().unwrap();
+    assert_eq!(stats.reason(Reason::ReSteered), 1);
+    assert_eq!(stats.regions[R2.id as usize].new_flows, 1);
+    let flows = original_flows(&gw);
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].1.region_id, R2.id);
+    // The new region's answers are translated back too.
+    let reply = reply_from(R2, &ack, 80);
+    let out = gw.run(&reply.bytes(), R2.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&reply, VIP, 80).bytes());
+}
+
+#[test]
+fn closed_tcp_flow_is_re_selected_by_a_new_syn_but_a_retransmitted_syn_is_not() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_007, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+    gw.select(R2.id).unwrap();
+
+    // A retransmitted SYN of an open flow stays where the first one went.
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
+
+    let mut fin = from_client(VIP, L4::tcp(40_007, 80));
+    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+        *f = true;
+    }
+    let out = gw.run(&fin.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&fin, R1, 80).bytes());
+
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 80).bytes());
+}
+
+#[test]
+fn fin_from_the_region_marks_the_clients_entry_closed() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_008, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+    let mut fin = reply_from(R1, &syn, 80);
+    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+        *f = true;
+    }
+    gw.run(&fin.bytes(), R1.iface).unwrap();
+    let flows = original_flows(&gw);
+    assert_eq!(flows[0].1.flags, redirector_common::FLOW_FIN_SEEN);
+}
+
+#[test]
+fn udp_flow_idle_past_its_timeout_is_re_selected() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let query = from_client(VIP2, L4::udp(40_009, 53));
+    let out = gw.run(&query.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
+
+    gw.select(R2.id).unwrap();
+    let out = gw.run(&query.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
+
+    // Age the entry past the idle timeout (CLOCK_MONOTONIC runs since boot,
+    // so a last-seen of 0 is always older than the timeout on a machine up
+    // that long; make it so regardless).
+    let (key, mut flow) = original_flows(&gw)[0];
+    flow.last_seen_ns = monotonic_ns().saturating_sub(UDP_IDLE_TIMEOUT_NS + 1_000_000_000);
+    gw.dataplane.set_flow(&key, &flow).unwrap();
+    let out = gw.run(&query.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&query, R2, 5353).bytes());
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn udp_checksum_is_updated_and_a_zero_checksum_stays_zero() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let query = from_client(VIP2, L4::udp(40_010, 53));
+    let out = gw.run(&query.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
+
+    let mut no_sum = from_client(VIP2, L4::udp(40_011, 53));
+    no_sum.l4 = L4::Udp { src_port: 40_011, dst_port: 53, zero_checksum: true };
+    let out = gw.run(&no_sum.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&no_sum, R1, 5353).bytes());
+    let at = no_sum.l4_offset() + 6;
+    assert_eq!(&out.frame[at..at + 2], &[0, 0]);
+
+    let reply = reply_from(R1, &query, 5353);
+    let out = gw.run(&reply.bytes(), R1.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&reply, VIP2, 53).bytes());
+}
+
+#[test]
+fn icmp_echo_to_an_icmp_service_is_steered_and_answered_from_the_vip() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R2.id).unwrap();
+    let echo = from_client(VIP2, L4::IcmpEcho { request: true, id: 0x4242, seq: 1 });
+    let out = gw.run(&echo.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&echo, R2, 0).bytes());
+
+    let reply = reply_from(R2, &echo, 0);
+    let out = gw.run(&reply.bytes(), R2.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&reply, VIP2, 0).bytes());
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_flow_pass_untouched() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_012, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+    // Port unreachable from the region, quoting the steered SYN.
+    let steered_syn = steered(&syn, R1, 80).bytes();
+    let mut error = reply_from(R1, &syn, 80);
+    error.l4 = L4::IcmpUnreachable { code: 3 };
+    error.payload = steered_syn[14..14 + 28].to_vec();
+    assert_passed_untouched(&gw, &error.bytes(), R1.iface, Reason::PassIcmpOther);
+}
+
+#[test]
+fn traffic_not_for_a_service_passes_untouched() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    // TCP to another port of a region, UDP to the VIP's TCP port, ping to
+    // the gateway, a region talking to the client outside any flow.
+    let cases = [
+        from_client(R1.addr, L4::tcp_syn(40_013, 22)),
+        from_client(VIP, L4::udp(40_014, 80)),
+        from_client(Ipv4Addr::new(192, 0, 2, 1), L4::IcmpEcho { request: true, id: 7, seq: 1 }),
+        reply_from(R1, &from_client(VIP, L4::tcp_syn(40_015, 80)), 80),
+    ];
+    for frame in &cases {
+        assert_passed_untouched(&gw, &frame.bytes(), "cli", Reason::PassNotService);
+    }
+    assert!(gw.dataplane.flows().unwrap().is_empty());
+
+    let mut arp = from_client(VIP, L4::tcp(1, 80)).bytes();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_passed_untouched(&gw, &arp, "cli", Reason::PassNotIpv4);
+    let mut ipv6 = from_client(VIP, L4::tcp(1, 80)).bytes();
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_passed_untouched(&gw, &ipv6, "cli", Reason::PassNotIpv4);
+    let mut gre = from_client(VIP, L4::tcp(1, 80)).bytes();
+    gre[14 + 9] = 47; // protocol field; checksum now wrong, which is not ours to judge
+    assert_passed_untouched(&gw, &gre, "cli", Reason::PassNotService);
+}
+
+#[test]
+fn vlan_tagged_frame_is_steered_with_its_tag_kept() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let mut syn = from_client(VIP, L4::tcp_syn(40_016, 80));
+    syn.vlan = Some(100);
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
+
+    let mut qinq = from_client(VIP, L4::tcp_syn(40_017, 80));
+    qinq.vlan = Some(100);
+    let mut bytes = qinq.bytes();
+    bytes[16..18].copy_from_slice(&[0x81, 0x00]); // a second tag
+    assert_passed_untouched(&gw, &bytes, "cli", Reason::PassNotIpv4);
+}
+
+#[test]
+fn ip_options_are_skipped_and_kept() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let mut syn = from_client(VIP, L4::tcp_syn(40_018, 80));
+    // Router alert (4 bytes) + 4 NOPs... then end of list.
+    syn.ip_options = vec![0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00];
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
+}
+
+#[test]
+fn frames_cut_at_every_byte_before_the_l4_header_ends_pass_untouched() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let mut tagged_with_options = from_client(VIP, L4::tcp_syn(40_019, 80));
+    tagged_with_options.vlan = Some(7);
+    tagged_with_options.ip_options = vec![0x01; 12];
+    let frames = [
+        from_client(VIP, L4::tcp_syn(40_020, 80)),
+        from_client(VIP2, L4::udp(40_021, 53)),
+        from_client(VIP2, L4::IcmpEcho { request: true, id: 1, seq: 1 }),
+        tagged_with_options,
+    ];
+    for frame in &frames {
+        let bytes = frame.bytes();
+        // BPF_PROG_TEST_RUN takes nothing shorter than an Ethernet header.
+        for len in 14..frame.l4_end() {
+            let cut = &bytes[..len];
+            let out = gw.run(cut, "cli").unwrap();
+            assert_eq!(out.action, XDP_PASS, "cut at {len}: {frame:?}");
+            assert_eq!(out.frame, cut, "cut at {len} changed the frame");
+        }
+    }
+    assert!(gw.dataplane.flows().unwrap().is_empty());
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Forwarded), 0);
+}
+
+#[test]
+fn malformed_ipv4_headers_pass_untouched() {
+    let gw = Gateway::new().unwrap();
+    let good = from_client(VIP, L4::tcp_syn(40_022, 80)).bytes();
+    for (what, at, value) in [("version 6", 14, 0x65u8), ("IHL 4", 14, 0x44)] {
+        let mut bad = good.clone();
+        bad[at] = value;
+        let out = gw.run(&bad, "cli").unwrap();
+        assert_frame(&out, XDP_PASS, &bad);
+        assert!(gw.dataplane.flows().unwrap().is_empty(), "{what}");
+    }
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassMalformed), 2);
+    // IHL 15 claims 40 option bytes the frame does not have.
+    let mut long = good.clone();
+    long[14] = 0x4f;
+    assert_passed_untouched(&gw, &long, "cli", Reason::PassMalformed);
+}
+
+#[test]
+fn fragments_pass_untouched_first_and_later_alike() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let mut first = from_client(VIP2, L4::udp(40_023, 53));
+    first.fragment = Some((true, 0));
+    assert_passed_untouched(&gw, &first.bytes(), "cli", Reason::PassFragment);
+    let mut later = from_client(VIP2, L4::udp(40_023, 53));
+    later.fragment = Some((false, 185));
+    assert_passed_untouched(&gw, &later.bytes(), "cli", Reason::PassFragment);
+    assert!(gw.dataplane.flows().unwrap().is_empty());
+}
+
+#[test]
+fn unresolved_neighbour_hands_the_rewritten_packet_to_the_kernel() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R3.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_024, 80));
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    // Addresses rewritten so the kernel forwards it to region 3 (and ARPs);
+    // MACs untouched, still addressed to the gateway.
+    let mut expected = steered(&syn, R3, 80);
+    expected.src_mac = syn.src_mac;
+    expected.dst_mac = syn.dst_mac;
+    assert_frame(&out, XDP_PASS, &expected.bytes());
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassNoNeighbour), 1);
+}
+
+#[test]
+fn egress_without_the_program_hands_the_rewritten_packet_to_the_kernel() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R4.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_025, 80));
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    let mut expected = steered(&syn, R4, 80);
+    expected.src_mac = syn.src_mac;
+    expected.dst_mac = syn.dst_mac;
+    assert_frame(&out, XDP_PASS, &expected.bytes());
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassEgressNotAttached), 1);
+}
+
+#[test]
+fn region_on_the_ingress_link_is_reached_with_xdp_tx() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R5.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_026, 80));
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_TX, &steered(&syn, R5, 80).bytes());
+}
+
+#[test]
+fn service_without_a_region_drops_new_flows_and_counts_them() {
+    let gw = Gateway::new().unwrap();
+    // Services start selecting nowhere until the controller decides.
+    let syn = from_client(VIP, L4::tcp_syn(40_027, 80)).bytes();
+    let out = gw.run(&syn, "cli").unwrap();
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::DropNoRegion), 1);
+    assert!(gw.dataplane.flows().unwrap().is_empty());
+}
+
+#[test]
+fn selection_update_fills_the_idle_bank_then_flips() {
+    let mut gw = Gateway::new().unwrap();
+    let web: ServiceAddr = WEB;
+    gw.dataplane.set_selection(&web, &Selection::all(R1.id)).unwrap();
+    let mut mixed = vec![R1.id; redirector_common::SELECTION_SLOTS];
+    for slot in mixed.iter_mut().step_by(2) {
+        *slot = R2.id;
+    }
+    gw.dataplane.set_selection(&web, &Selection::from_slots(&mixed).unwrap()).unwrap();
+    assert_eq!(gw.dataplane.selection(&web).unwrap().slots(), &mixed[..]);
+    // Flows hash across both regions of the new table.
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 41_000..41_064 {
+        let syn = from_client(VIP, L4::tcp_syn(port, 80));
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        let dst = Ipv4Addr::new(out.frame[30], out.frame[31], out.frame[32], out.frame[33]);
+        seen.insert(dst);
+    }
+    assert_eq!(seen, [R1.addr, R2.addr].into_iter().collect());
+    assert!(Selection::from_slots(&mixed[1..]).is_err());
+}
