@@ -56,6 +56,8 @@ pub fn unique_name(prefix: &str) -> String {
 
 pub struct Netns {
     name: String,
+    /// Only the creator deletes the namespace.
+    owned: bool,
 }
 
 impl Netns {
@@ -66,9 +68,21 @@ impl Netns {
         run("ip", &["netns", "add", name])?;
         let ns = Self {
             name: name.to_string(),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on an existing namespace that does not delete it on drop.
+    pub fn attach(name: &str) -> Result<Self> {
+        if !std::path::Path::new("/run/netns").join(name).exists() {
+            bail!("no network namespace {name}");
+        }
+        Ok(Self {
+            name: name.to_string(),
+            owned: false,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -113,7 +127,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name]);
+        if self.owned {
+            let _ = run("ip", &["netns", "del", &self.name]);
+        }
     }
 }
 

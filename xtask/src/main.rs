@@ -1,1 +1,283 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | test | bench`.
+//!
+//! xtask depends on nothing of the project itself, so it builds on stable
+//! on a fresh machine before the eBPF toolchain exists, and installs it.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "redirector project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; seconds when all is there).
+    Setup,
+    /// Build the release binaries (the XDP object is embedded in them).
+    Build,
+    /// Run every test, the in-kernel and network-namespace ones included (root).
+    Test {
+        /// Passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and write its results under bench/results/.
+    Bench {
+        #[arg(default_value = "xdp")]
+        which: String,
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the tests and the lab use.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "procps",
+    "curl",
+    "wrk",
+    "iperf3",
+];
+
+/// bpf-linker must be built against the LLVM of the pinned nightly.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = project_root();
+    match cli.task {
+        Task::Setup => setup(&root),
+        Task::Build => {
+            setup(&root)?;
+            cargo(&root, &["build", "--release", "--workspace", "--bins"])
+        }
+        Task::Test { args } => {
+            require_root("the tests create network namespaces and load XDP programs")?;
+            setup(&root)?;
+            let mut cmd = vec!["test", "--workspace", "--no-fail-fast"];
+            if !args.is_empty() {
+                cmd.push("--");
+                cmd.extend(args.iter().map(String::as_str));
+            }
+            cargo(&root, &cmd)
+        }
+        Task::Bench { which, args } => {
+            require_root("the benchmarks load XDP programs and build namespaces")?;
+            setup(&root)?;
+            let mut cmd = vec![
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "redirector-tests",
+                "--bin",
+                "bench",
+                "--",
+                which.as_str(),
+            ];
+            cmd.extend(args.iter().map(String::as_str));
+            cargo(&root, &cmd)
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run as root: {why} (CI runs as root)");
+    }
+    Ok(())
+}
+
+fn setup(root: &Path) -> Result<()> {
+    let channel = pinned_nightly(root)?;
+    ensure_nightly(&channel)?;
+    ensure_bpf_linker(&channel)?;
+    ensure_apt_packages(APT_PACKAGES)?;
+    Ok(())
+}
+
+/// The nightly named in redirector-ebpf/rust-toolchain.toml: one place.
+fn pinned_nightly(root: &Path) -> Result<String> {
+    let path = root.join("redirector-ebpf/rust-toolchain.toml");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_string())
+        })
+        .with_context(|| format!("no `channel = ...` in {}", path.display()))
+}
+
+fn ensure_nightly(channel: &str) -> Result<()> {
+    let installed = output("rustup", &["component", "list", "--installed", "--toolchain", channel])
+        .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {channel} with rust-src");
+    status(
+        "rustup",
+        &["toolchain", "install", channel, "--profile", "minimal", "--component", "rust-src"],
+    )
+}
+
+fn cache_dir() -> PathBuf {
+    let home = env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/redirector")
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = env::var_os("CARGO_HOME").map_or_else(
+        || {
+            env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+                .join(".cargo")
+        },
+        PathBuf::from,
+    );
+    home.join("bin").join(name)
+}
+
+/// bpf-linker built against the pinned nightly's own libLLVM (Debian has no
+/// libLLVM that fits). A stamp records which nightly it was built for.
+fn ensure_bpf_linker(channel: &str) -> Result<()> {
+    let stamp = cache_dir().join("bpf-linker.stamp");
+    let want = format!("{BPF_LINKER_VERSION} {channel}");
+    let linker_runs = Command::new(cargo_bin("bpf-linker"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if linker_runs && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
+        return Ok(());
+    }
+
+    let sysroot = output("rustc", &[&format!("+{channel}"), "--print", "sysroot"])?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = fs::read_dir(&libdir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", libdir.display()))?;
+    let major = libllvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split('.').next())
+        .context("cannot read the LLVM version of the nightly")?
+        .to_string();
+    // The build links against lib/libLLVM.so; the binary then loads the
+    // library by its soname through its runpath, so both names are needed.
+    let prefix = cache_dir().join(format!("llvm-{channel}"));
+    fs::create_dir_all(prefix.join("lib"))?;
+    for name in [Path::new("libLLVM.so"), Path::new(libllvm.file_name().unwrap())] {
+        let link = prefix.join("lib").join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)?;
+    }
+
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} of {channel}");
+    let feature = format!("llvm-{major}");
+    let mut cmd = Command::new("cargo");
+    cmd.env("LLVM_PREFIX", &prefix).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        &feature,
+    ]);
+    run_command(&mut cmd)?;
+    fs::write(&stamp, want)?;
+    Ok(())
+}
+
+fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output("dpkg-query", &["-W", "-f=${Status}", p])
+                .map_or(true, |s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    status("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(&args);
+    run_command(&mut cmd)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).args(args);
+    run_command(&mut cmd)
+}
+
+fn status(program: &str, args: &[&str]) -> Result<()> {
+    run_command(Command::new(program).args(args))
+}
+
+fn run_command(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,88 @@
+//! Tiny TCP server and client that run on threads inside a namespace, for
+//! tests that need real kernel sockets but not a separate process.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::netns::Netns;
+
+/// Answers every connection with `body` and closes it, until dropped.
+pub struct BodyServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BodyServer {
+    pub fn start(ns: &Netns, port: u16, body: &str) -> Result<Self> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns_name = ns.name().to_string();
+        let body = body.to_string();
+        let stop_flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let listener = (|| -> Result<TcpListener> {
+                let _inside = Netns::attach(&ns_name)?.enter()?;
+                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })();
+            let listener = match listener {
+                Ok(l) => {
+                    ready_tx.send(Ok(())).unwrap();
+                    l
+                }
+                Err(e) => return ready_tx.send(Err(e)).unwrap(),
+            };
+            while !stop_flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(body.as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        ready_rx.recv().context("server thread died")??;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BodyServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from inside `ns` and reads until the server closes.
+pub fn fetch(ns: &Netns, addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<String> {
+    let ns_name = ns.name().to_string();
+    thread::spawn(move || -> Result<String> {
+        let _inside = Netns::attach(&ns_name)?.enter()?;
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)
+            .with_context(|| format!("connecting to {addr}:{port}"))?;
+        conn.set_read_timeout(Some(timeout))?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body)
+            .with_context(|| format!("reading from {addr}:{port}"))?;
+        Ok(body)
+    })
+    .join()
+    .expect("client thread panicked")
+}

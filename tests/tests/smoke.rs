@@ -1,0 +1,86 @@
+//! Real TCP through the XDP data plane: client namespace → VIP → gateway
+//! namespace running the program → region namespace, and back from the VIP.
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use redirector::dataplane::{Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec};
+use redirector_common::{Reason, RegionState};
+use redirector_tests::{
+    inns::{fetch, BodyServer},
+    netns::{require_root, unique_name},
+    topology::{Topology, CLIENT_ADDR},
+    xdp::PinDir,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+#[test]
+fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
+    require_root();
+    let topo = Topology::build(&unique_name("rds"), 2).unwrap();
+    let (r1, r2) = (topo.region("region1"), topo.region("region2"));
+    let _servers = [
+        BodyServer::start(&r1.ns, 80, "I am region1").unwrap(),
+        BodyServer::start(&r2.ns, 80, "I am region2").unwrap(),
+    ];
+    // The VIP is region2's own address, as in the reference deployment:
+    // without the data plane every request would reach region2.
+    let web = ServiceAddr { vip: r2.addr, port: 80, protocol: Protocol::Tcp };
+
+    let pins = PinDir::unique();
+    let _inside = topo.gateway.enter().unwrap();
+    let mut dp = Dataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
+    for iface in topo.gateway_interfaces() {
+        dp.attach(&iface).unwrap();
+    }
+    dp.set_services(&[ServiceSpec {
+        id: 0,
+        addr: web,
+        backends: [(1, SocketAddrV4::new(r1.addr, 80)), (2, SocketAddrV4::new(r2.addr, 80))].into(),
+    }])
+    .unwrap();
+    dp.set_region_state(1, RegionState::Up).unwrap();
+    dp.set_region_state(2, RegionState::Up).unwrap();
+
+    dp.set_selection(&web, &Selection::all(1)).unwrap();
+    for _ in 0..5 {
+        assert_eq!(fetch(&topo.client, web.vip, 80, TIMEOUT).unwrap(), "I am region1");
+    }
+    dp.set_selection(&web, &Selection::all(2)).unwrap();
+    assert_eq!(fetch(&topo.client, web.vip, 80, TIMEOUT).unwrap(), "I am region2");
+
+    let stats = dp.stats().unwrap();
+    assert_eq!(stats.regions[1].new_flows, 5);
+    assert_eq!(stats.regions[2].new_flows, 1);
+    assert!(stats.reason(Reason::Forwarded) >= 6 * 3, "SYN, ACK, FIN... each redirected: {stats:?}");
+    assert!(stats.reason(Reason::Replied) >= 6 * 2, "{stats:?}");
+    // The client only ever talked to the VIP: every reply was rewritten.
+    let flows = dp.flows().unwrap();
+    assert!(flows.iter().all(|(k, f)| f.vip == u32::from(web.vip).to_be()
+        && (k.src_addr == u32::from(CLIENT_ADDR).to_be() || k.dst_addr == u32::from(CLIENT_ADDR).to_be())));
+}
+
+#[test]
+fn traffic_not_for_a_service_is_routed_as_before() {
+    require_root();
+    let topo = Topology::build(&unique_name("rds"), 1).unwrap();
+    let r1 = topo.region("region1");
+    let _server = BodyServer::start(&r1.ns, 8080, "plain routing").unwrap();
+    let pins = PinDir::unique();
+    let _inside = topo.gateway.enter().unwrap();
+    let mut dp = Dataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
+    for iface in topo.gateway_interfaces() {
+        dp.attach(&iface).unwrap();
+    }
+    // A service on port 80 of region1's address; port 8080 is not one.
+    let web = ServiceAddr { vip: r1.addr, port: 80, protocol: Protocol::Tcp };
+    dp.set_services(&[ServiceSpec { id: 0, addr: web, backends: [(1, SocketAddrV4::new(r1.addr, 80))].into() }]).unwrap();
+    dp.set_selection(&web, &Selection::all(1)).unwrap();
+
+    assert_eq!(fetch(&topo.client, r1.addr, 8080, TIMEOUT).unwrap(), "plain routing");
+    topo.client.exec("ping", &["-c", "2", "-i", "0.2", "-W", "1", "10.0.0.1"]).unwrap();
+    topo.client.exec("ping", &["-c", "2", "-i", "0.2", "-W", "1", &r1.addr.to_string()]).unwrap();
+    let stats = dp.stats().unwrap();
+    assert!(stats.reason(Reason::PassNotService) >= 4, "{stats:?}");
+    assert_eq!(stats.reason(Reason::Forwarded), 0);
+}
