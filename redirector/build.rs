@@ -10,7 +10,11 @@ fn main() {
         .unwrap()
         .to_path_buf();
     let ebpf_dir = root.join("redirector-ebpf");
-    for watched in ["redirector-ebpf/src", "redirector-ebpf/Cargo.toml", "redirector-common/src"] {
+    for watched in [
+        "redirector-ebpf/src",
+        "redirector-ebpf/Cargo.toml",
+        "redirector-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 

@@ -25,8 +25,9 @@ pub const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
 /// A TCP flow idle this long may be re-selected by a new SYN. A mid-stream
 /// TCP packet always keeps its region: any other region would reset it.
 pub const TCP_IDLE_TIMEOUT_NS: u64 = 300_000_000_000;
-/// `Flow::last_seen_ns` is refreshed at most this often, so a busy flow does
-/// not dirty its shared cache line on every packet.
+/// `Flow::last_seen_ns` (and the cached next hop) is refreshed at most this
+/// often, so a busy flow neither dirties its shared cache line nor asks the
+/// FIB on every packet.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -193,17 +194,30 @@ pub const FLOW_RST_SEEN: u8 = 2;
 /// The TCP connection is over: a new SYN on this tuple is a new flow.
 pub const FLOW_CLOSED: u8 = FLOW_FIN_SEEN | FLOW_RST_SEEN;
 
-/// `FLOWS` value. An original entry pins a client's flow to a region; its
-/// reply twin turns the region's answers back into the VIP.
+/// Where a flow's packets leave the gateway, as the kernel's FIB and
+/// neighbour table said when last asked. `ifindex` 0: not resolved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+/// `FLOWS` value. An original entry pins a client's flow to a region and
+/// says where to send it; its reply twin turns the region's answers back
+/// into the VIP. Everything a packet of an established flow needs is here,
+/// so it costs one hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Flow {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet, refreshed
-    /// every [`LAST_SEEN_GRANULARITY_NS`].
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC epoch) of the last
+    /// packet, refreshed every [`LAST_SEEN_GRANULARITY_NS`].
     pub last_seen_ns: u64,
-    /// The VIP and port the client addressed (network order).
-    pub vip: u32,
-    pub vport: u16,
+    /// Network order. Original: the region endpoint the destination is
+    /// rewritten to. Reply: the VIP and port the source is rewritten to.
+    pub rewrite_addr: u32,
+    pub rewrite_port: u16,
     pub service_id: u16,
     pub region_id: u8,
     /// [`FLOW_ORIGINAL`] or [`FLOW_REPLY`].
@@ -211,6 +225,10 @@ pub struct Flow {
     /// `FLOW_*_SEEN` bits.
     pub flags: u8,
     pub _pad: [u8; 5],
+    /// Cached next hop, asked of the FIB again whenever `last_seen_ns` is
+    /// refreshed, so routes and neighbours that change apply within
+    /// `LAST_SEEN_GRANULARITY_NS`.
+    pub next_hop: NextHop,
 }
 
 /// Per-CPU traffic counters of a region or a service.
@@ -357,6 +375,7 @@ mod pod {
     unsafe impl aya::Pod for Region {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}
 }
 
@@ -372,7 +391,7 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<Region>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 24);
+        assert_eq!(size_of::<Flow>(), 40);
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<SelectionTable>(), SELECTION_SLOTS);
     }

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use core::mem::{size_of, MaybeUninit};
-use redirector_common::Reason;
+use redirector_common::{NextHop, Reason};
 
 use crate::{maps::EGRESS, parse::Packet, rewrite::rewrite_macs};
 
@@ -20,11 +20,10 @@ const AF_INET: u8 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
-/// Sends the (already rewritten) packet toward its destination address.
-/// `sent` is the reason recorded when it leaves from here.
+/// Asks the kernel where the (already rewritten) packet's destination is,
+/// and whether the program can send it there itself.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, sent: Reason) -> (u32, Reason) {
-    let ingress = ctx.ingress_ifindex() as u32;
+pub fn resolve(ctx: &XdpContext, pkt: &Packet) -> Result<NextHop, Reason> {
     let mut fib: bpf_fib_lookup = unsafe { MaybeUninit::zeroed().assume_init() };
     unsafe {
         let ip = &*pkt.ip;
@@ -35,30 +34,35 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, sent: Reason) -> (u32, Reason) {
         fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
     }
+    let ingress = ctx.ingress_ifindex() as u32;
     fib.ifindex = ingress;
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    match rc {
+    let size = size_of::<bpf_fib_lookup>() as i32;
+    match unsafe { fib_lookup(ctx.ctx as *mut _, &mut fib, size, 0) } {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return (xdp_action::XDP_PASS, Reason::PassNoNeighbour),
-        _ => return (xdp_action::XDP_PASS, Reason::PassFibOther),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::PassNoNeighbour),
+        _ => return Err(Reason::PassFibOther),
     }
+    if fib.ifindex != ingress && EGRESS.get(fib.ifindex).is_none() {
+        return Err(Reason::PassEgressNotAttached);
+    }
+    Ok(NextHop {
+        ifindex: fib.ifindex,
+        src_mac: fib.smac,
+        dst_mac: fib.dmac,
+    })
+}
 
-    if fib.ifindex == ingress {
-        rewrite_macs(pkt, fib.smac, fib.dmac);
+/// Sends the rewritten packet to `hop` (from [`resolve`]): back out of the
+/// interface it came in on, or redirected to another attached one. `sent` is
+/// the reason recorded when it leaves from here.
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, pkt: &Packet, hop: &NextHop, sent: Reason) -> (u32, Reason) {
+    rewrite_macs(pkt, hop.src_mac, hop.dst_mac);
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return (xdp_action::XDP_TX, sent);
     }
-    if EGRESS.get(fib.ifindex).is_none() {
-        return (xdp_action::XDP_PASS, Reason::PassEgressNotAttached);
-    }
-    rewrite_macs(pkt, fib.smac, fib.dmac);
-    match EGRESS.redirect(fib.ifindex, 0) {
+    // Detached since the hop was resolved (at most a second ago).
+    match EGRESS.redirect(hop.ifindex, 0) {
         Ok(action) => (action, sent),
         Err(_) => (xdp_action::XDP_DROP, Reason::DropRedirectFailed),
     }

@@ -17,10 +17,11 @@ mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext, Global,
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+    Global,
 };
 use aya_log_ebpf::debug;
-use redirector_common::{FlowKey, Reason, Service, FLOW_REPLY};
+use redirector_common::{Flow, FlowKey, NextHop, Reason, Service, ServiceKey, FLOW_REPLY};
 
 use crate::{
     maps::{FLOWS, SERVICES},
@@ -49,80 +50,107 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Err(reason) => return (xdp_action::XDP_PASS, reason),
     };
     let key = pkt.flow_key();
-    let service_key = redirector_common::ServiceKey {
+    let now = now_ns();
+
+    // Established flows first: one lookup carries all they need.
+    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        if unsafe { (*flow).direction } == FLOW_REPLY {
+            return to_client(ctx, &pkt, &key, flow, now);
+        }
+        if flow::holds(flow, &key, &pkt, now) {
+            if !select::region_is_down(unsafe { (*flow).region_id }) {
+                return to_region(ctx, &pkt, flow, now);
+            }
+            stats::count_reason(Reason::ReSteered);
+            log_flow_event(ctx, &key, "re-steered off a down region");
+        }
+    }
+
+    let service_key = ServiceKey {
         vip: key.dst_addr,
         port: key.dst_port,
         protocol: key.protocol,
         _pad: 0,
     };
-    if let Some(service) = unsafe { SERVICES.get(&service_key) } {
-        return to_region(ctx, &pkt, &key, service);
+    match unsafe { SERVICES.get(&service_key) } {
+        Some(service) => new_flow(ctx, &pkt, &key, service, now),
+        None => (xdp_action::XDP_PASS, Reason::PassNotService),
     }
-    if let Some(reply) = FLOWS.get_ptr_mut(&key) {
-        if unsafe { (*reply).direction } == FLOW_REPLY {
-            return to_client(ctx, &pkt, &key, reply);
-        }
-    }
-    (xdp_action::XDP_PASS, Reason::PassNotService)
 }
 
-/// Client → VIP: keep the flow's region, or pick one; rewrite toward it.
+/// Client → VIP, established: to the region the flow is pinned to.
 #[inline(always)]
-fn to_region(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service) -> (u32, Reason) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut new_flow = false;
-    let region_id = match flow::established(key, pkt, now) {
-        Some(flow) if !select::region_is_down(unsafe { (*flow).region_id }) => {
-            flow::touch(flow, pkt, now);
-            unsafe { (*flow).region_id }
-        }
-        established => {
-            if established.is_some() {
-                stats::count_reason(Reason::ReSteered);
-                log_flow_event(ctx, key, "re-steered off a down region");
-            }
-            let Some(region_id) = select::select_region(service, key) else {
-                return (xdp_action::XDP_DROP, Reason::DropNoRegion);
-            };
-            new_flow = true;
-            region_id
-        }
+fn to_region(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> (u32, Reason) {
+    let f = unsafe { &*flow };
+    let direction = Direction::ToRegion { new_flow: false };
+    stats::count_traffic(f.service_id as u32, f.region_id, pkt.len, direction);
+    rewrite::rewrite_end(pkt, End::Destination, f.rewrite_addr, f.rewrite_port);
+    match next_hop(ctx, pkt, flow, now) {
+        Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    }
+}
+
+/// Client → VIP, first packet (or re-steered off a down region): pick a
+/// region, pin the flow both ways, rewrite toward it.
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service, now: u64) -> (u32, Reason) {
+    let Some(region_id) = select::select_region(service, key) else {
+        return (xdp_action::XDP_DROP, Reason::DropNoRegion);
     };
     let Some(backend) = select::backend(service.id, region_id) else {
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
-    if new_flow {
-        flow::pin(key, service.id as u16, region_id, backend, now);
-        log_flow_event(ctx, key, "new flow");
-    }
-    let direction = Direction::ToRegion { new_flow };
+    let direction = Direction::ToRegion { new_flow: true };
     stats::count_traffic(service.id, region_id, pkt.len, direction);
     rewrite::rewrite_end(pkt, End::Destination, backend.addr, backend.port);
-    forward::send(ctx, pkt, Reason::Forwarded)
+    let hop = forward::resolve(ctx, pkt);
+    flow::pin(key, service.id as u16, region_id, backend, hop.unwrap_or_default(), now);
+    log_flow_event(ctx, key, "new flow");
+    match hop {
+        Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    }
 }
 
 /// Region → client, in reply to a tracked flow: the client sees the VIP.
 #[inline(always)]
-fn to_client(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    key: &FlowKey,
-    reply: *mut redirector_common::Flow,
-) -> (u32, Reason) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let reply_flow = unsafe { *reply };
-    flow::touch(reply, pkt, now);
+fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut Flow, now: u64) -> (u32, Reason) {
+    let r = unsafe { &*reply };
     if pkt.tcp_close_flags() != 0 {
         // The controller counts active flows on original entries: tell the
         // client's entry too when the region closes the connection.
-        if let Some(original) = FLOWS.get_ptr_mut(&flow::original_key(key, &reply_flow)) {
+        if let Some(original) = FLOWS.get_ptr_mut(&flow::original_key(key, r)) {
             flow::touch(original, pkt, now);
         }
     }
-    let direction = Direction::ToClient;
-    stats::count_traffic(reply_flow.service_id as u32, reply_flow.region_id, pkt.len, direction);
-    rewrite::rewrite_end(pkt, End::Source, reply_flow.vip, reply_flow.vport);
-    forward::send(ctx, pkt, Reason::Replied)
+    stats::count_traffic(r.service_id as u32, r.region_id, pkt.len, Direction::ToClient);
+    rewrite::rewrite_end(pkt, End::Source, r.rewrite_addr, r.rewrite_port);
+    match next_hop(ctx, pkt, reply, now) {
+        Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Replied),
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    }
+}
+
+/// The flow's cached next hop, asked of the FIB again when the flow's
+/// last-seen time is refreshed or nothing is cached yet.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> Result<NextHop, Reason> {
+    let refresh = flow::touch(flow, pkt, now);
+    let cached = unsafe { (*flow).next_hop };
+    if cached.ifindex != 0 && !refresh {
+        return Ok(cached);
+    }
+    let resolved = forward::resolve(ctx, pkt);
+    unsafe { (*flow).next_hop = resolved.unwrap_or_default() };
+    resolved
+}
+
+/// Flow timestamps need second granularity: the coarse clock (same epoch
+/// as CLOCK_MONOTONIC, a tick behind at most) is the cheaper read.
+#[inline(always)]
+fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

@@ -1,5 +1,7 @@
 //! Test bed for redirector: network namespaces, crafted frames, the packet
 //! test gateway; shared by the integration tests, the lab and the benchmarks.
+pub mod baseline;
+pub mod bench;
 pub mod frames;
 pub mod inns;
 pub mod netns;

@@ -13,10 +13,11 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use redirector::dataplane::{
     self, Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec,
 };
@@ -222,32 +223,29 @@ impl Gateway {
         Ok(Outcome { action, frame })
     }
 
-    /// Runs the program `repeat` times; returns the action, the frame after
-    /// the last run and the kernel's mean duration per run.
-    pub fn run_repeat(
-        &self,
-        frame: &[u8],
-        iface: &str,
-        repeat: u32,
-    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        let ctx = xdp_md(frame.len(), self.ifindex(iface));
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        opts.repeat = repeat;
-        let result = self
-            .dataplane
-            .program()
-            .test_run(opts)
-            .context("BPF_PROG_TEST_RUN")?;
-        if result.data_size_out as usize > out.len() {
-            bail!("program grew the frame to {} bytes", result.data_size_out);
-        }
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out, result.duration))
+    /// Runs the program `repeat` times; see [`test_run`].
+    pub fn run_repeat(&self, frame: &[u8], iface: &str, repeat: u32) -> Result<(u32, Vec<u8>, Duration)> {
+        test_run(self.dataplane.program(), frame, self.ifindex(iface), repeat)
     }
+}
+
+/// Runs `program` `repeat` times on `frame` arriving on `ifindex`; returns
+/// the action, the frame after the last run and the kernel's mean time per
+/// run.
+pub fn test_run(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, Duration)> {
+    let ctx = xdp_md(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = repeat;
+    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    if result.data_size_out as usize > out.len() {
+        bail!("program grew the frame to {} bytes", result.data_size_out);
+    }
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out, result.duration))
 }
 
 /// struct xdp_md for ctx_in: data 0, data_end = frame length, the ingress

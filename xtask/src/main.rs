@@ -28,14 +28,14 @@ enum Task {
     /// Run every test, the in-kernel and network-namespace ones included (root).
     Test {
         /// Passed to `cargo test` after `--` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Run a benchmark and write its results under bench/results/.
     Bench {
         #[arg(default_value = "xdp")]
         which: String,
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }

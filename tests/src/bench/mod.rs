@@ -1,0 +1,46 @@
+//! Benchmarks: each prints a markdown table and writes it, with the machine
+//! it ran on, under bench/results/.
+
+pub mod xdp;
+
+use std::{fs, path::PathBuf};
+
+use anyhow::{Context, Result};
+
+/// CPU model, cores, memory and kernel, for every results file.
+pub fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / (1024 * 1024));
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, {mem_gib} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+/// Writes `name.md` under bench/results/ and returns its path.
+pub fn write_result(name: &str, markdown: &str) -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.md"));
+    fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.canonicalize()?)
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}

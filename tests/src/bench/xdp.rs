@@ -1,0 +1,128 @@
+//! ns/packet of each packet path through BPF_PROG_TEST_RUN, next to a bare
+//! XDP_TX program measured in the same run.
+//!
+//! Paths are measured in interleaved rounds (A B C ... A B C ...) so drift
+//! of the machine hits all alike; the table gives each path's median round.
+//! The kernel runs the repeats on one buffer without resetting it, so the
+//! measured flows go to region 2, which serves at the VIP's own address (the
+//! reference deployment): the rewrite writes back equal values and every
+//! repeat takes the whole path again (lookups, checksum arithmetic, FIB,
+//! MAC rewrite, redirect). The new-flow path cannot repeat one frame (the
+//! second run would find the flow), so it runs distinct frames one call each
+//! and reports the mean of the kernel's per-call times, which carry the
+//! timer's own cost.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use aya::programs::Xdp;
+
+use super::{machine, median, write_result};
+use crate::{
+    baseline,
+    frames::{Frame, L4},
+    xdp::{test_run, Gateway, CLIENT, CLIENT_MAC, CLI_MAC, R1, R2, VIP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+};
+
+pub struct Options {
+    pub repeat: u32,
+    pub rounds: usize,
+    pub new_flows: u16,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let quick = args.iter().any(|a| a == "--quick");
+        Ok(if quick {
+            Self { repeat: 100_000, rounds: 3, new_flows: 2_000 }
+        } else {
+            Self { repeat: 2_000_000, rounds: 7, new_flows: 20_000 }
+        })
+    }
+}
+
+fn client_frame(dst: std::net::Ipv4Addr, l4: L4) -> Vec<u8> {
+    let mut f = Frame::new(CLIENT, dst, l4);
+    f.src_mac = CLIENT_MAC;
+    f.dst_mac = CLI_MAC;
+    f.bytes()
+}
+
+struct Path {
+    name: &'static str,
+    ns_per_packet: Vec<f64>,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let opts = Options::parse(args)?;
+    let mut gw = Gateway::new()?;
+    gw.select(R2.id)?;
+    let bare = baseline::load("bare_tx")?;
+    let bare: &Xdp = bare.program("bare_tx").unwrap().try_into()?;
+
+    let established = client_frame(VIP, L4::tcp(50_000, 80));
+    let (action, ..) = gw.run_repeat(&client_frame(VIP, L4::tcp_syn(50_000, 80)), "cli", 1)?;
+    ensure!(action == XDP_REDIRECT, "setting up the established flow: action {action}");
+    let mut reply = Frame::new(R2.addr, CLIENT, L4::tcp(80, 50_000));
+    reply.src_mac = R2.mac;
+    reply.dst_mac = R2.iface_mac;
+    let reply = reply.bytes();
+    let not_service = client_frame(R1.addr, L4::tcp(50_001, 22));
+    let cli = gw.ifindex("cli");
+    let r2 = gw.ifindex(R2.iface);
+
+    let cases: [(&str, &Xdp, &[u8], u32, u32); 4] = [
+        ("bare XDP_TX program (reference)", bare, &established, cli, XDP_TX),
+        ("established flow → region (redirect)", gw.dataplane.program(), &established, cli, XDP_REDIRECT),
+        ("reply → client (redirect)", gw.dataplane.program(), &reply, r2, XDP_REDIRECT),
+        ("not a service (pass)", gw.dataplane.program(), &not_service, cli, XDP_PASS),
+    ];
+    let mut paths: Vec<Path> = cases
+        .iter()
+        .map(|c| Path { name: c.0, ns_per_packet: Vec::new() })
+        .collect();
+    let mut new_flow = Path { name: "new flow → region (select, pin both ways)", ns_per_packet: Vec::new() };
+    let mut next_port = 1u16;
+    for _ in 0..opts.rounds {
+        for (path, (_, program, frame, ifindex, expected)) in paths.iter_mut().zip(&cases) {
+            let (action, _, per_run) = test_run(program, frame, *ifindex, opts.repeat)?;
+            ensure!(action == *expected, "{}: action {action}, expected {expected}", path.name);
+            path.ns_per_packet.push(nanos(per_run));
+        }
+        let mut total = 0.0;
+        for _ in 0..opts.new_flows {
+            let syn = client_frame(VIP, L4::tcp_syn(next_port, 80));
+            next_port = next_port.wrapping_add(1).max(1);
+            let (action, _, per_run) = test_run(gw.dataplane.program(), &syn, cli, 1)?;
+            ensure!(action == XDP_REDIRECT, "new flow: action {action}");
+            total += nanos(per_run);
+        }
+        new_flow.ns_per_packet.push(total / opts.new_flows as f64);
+    }
+    paths.push(new_flow);
+
+    let bare_ns = median(&mut paths[0].ns_per_packet.clone());
+    let mut table = String::from("| path | ns/packet | × bare XDP_TX |\n|---|---:|---:|\n");
+    for path in &mut paths {
+        let ns = median(&mut path.ns_per_packet);
+        table += &format!("| {} | {ns:.1} | {:.2} |\n", path.name, ns / bare_ns);
+    }
+    let report = format!(
+        "# XDP packet path, ns/packet (BPF_PROG_TEST_RUN)\n\n\
+         Machine: {}\n\n\
+         Median of {} interleaved rounds; repeat = {} per measurement \
+         (new flows: {} distinct SYNs per round, one call each).\n\n{table}",
+        machine(),
+        opts.rounds,
+        opts.repeat,
+        opts.new_flows
+    );
+    println!("{report}");
+    let path = write_result("xdp", &report)?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+fn nanos(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}

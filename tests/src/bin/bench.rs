@@ -1,0 +1,18 @@
+//! `cargo xtask bench [xdp] [--quick]`
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (which, rest) = args.split_first().map_or(("xdp", &[][..]), |(w, r)| (w.as_str(), r));
+    let result = match which {
+        "xdp" => redirector_tests::bench::xdp::run(rest),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
