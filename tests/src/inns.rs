@@ -16,14 +16,24 @@ use anyhow::{Context, Result};
 
 use crate::netns::Netns;
 
-/// Answers every connection with `body` and closes it, until dropped.
-pub struct BodyServer {
+/// A TCP server on a thread inside a namespace, until dropped: answers every
+/// connection with `body` and closes it, or (`Server::echo`) echoes what it
+/// receives, naming itself first, until the client closes.
+pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl BodyServer {
+impl Server {
     pub fn start(ns: &Netns, port: u16, body: &str) -> Result<Self> {
+        Self::spawn(ns, port, body, false)
+    }
+
+    pub fn echo(ns: &Netns, port: u16, name: &str) -> Result<Self> {
+        Self::spawn(ns, port, name, true)
+    }
+
+    fn spawn(ns: &Netns, port: u16, body: &str, echo: bool) -> Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let ns_name = ns.name().to_string();
@@ -48,6 +58,16 @@ impl BodyServer {
                     Ok((mut conn, _)) => {
                         let _ = conn.set_nonblocking(false);
                         let _ = conn.write_all(body.as_bytes());
+                        if echo {
+                            thread::spawn(move || {
+                                let mut buf = [0u8; 1024];
+                                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                                    if conn.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
@@ -61,7 +81,7 @@ impl BodyServer {
     }
 }
 
-impl Drop for BodyServer {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -85,4 +105,39 @@ pub fn fetch(ns: &Netns, addr: Ipv4Addr, port: u16, timeout: Duration) -> Result
     })
     .join()
     .expect("client thread panicked")
+}
+
+/// A connection opened from inside a namespace and kept: the socket stays
+/// in the namespace it was made in, so it can be used from any thread.
+pub struct Conn {
+    stream: TcpStream,
+}
+
+impl Conn {
+    pub fn open(ns: &Netns, addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<Self> {
+        let ns_name = ns.name().to_string();
+        let stream = thread::spawn(move || -> Result<TcpStream> {
+            let _inside = Netns::attach(&ns_name)?.enter()?;
+            let stream = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)
+                .with_context(|| format!("connecting to {addr}:{port}"))?;
+            stream.set_read_timeout(Some(timeout))?;
+            Ok(stream)
+        })
+        .join()
+        .expect("client thread panicked")?;
+        Ok(Self { stream })
+    }
+
+    /// Reads exactly `len` bytes.
+    pub fn read(&mut self, len: usize) -> Result<String> {
+        let mut buf = vec![0u8; len];
+        self.stream.read_exact(&mut buf).context("reading from the connection")?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Sends `text` and returns what comes back (same length).
+    pub fn round_trip(&mut self, text: &str) -> Result<String> {
+        self.stream.write_all(text.as_bytes())?;
+        self.read(text.len())
+    }
 }

@@ -3,10 +3,10 @@
 
 use std::{net::SocketAddrV4, time::Duration};
 
-use redirector::dataplane::{Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec};
+use redirector::dataplane::{AttachMode, Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec};
 use redirector_common::{Reason, RegionState, FLOW_REPLY};
 use redirector_tests::{
-    inns::{fetch, BodyServer},
+    inns::{fetch, Conn, Server},
     netns::{require_root, unique_name},
     topology::{Topology, CLIENT_ADDR},
     xdp::PinDir,
@@ -20,8 +20,8 @@ fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
     let topo = Topology::build(&unique_name("rds"), 2).unwrap();
     let (r1, r2) = (topo.region("region1"), topo.region("region2"));
     let _servers = [
-        BodyServer::start(&r1.ns, 80, "I am region1").unwrap(),
-        BodyServer::start(&r2.ns, 80, "I am region2").unwrap(),
+        Server::start(&r1.ns, 80, "I am region1").unwrap(),
+        Server::start(&r2.ns, 80, "I am region2").unwrap(),
     ];
     // The VIP is region2's own address, as in the reference deployment:
     // without the data plane every request would reach region2.
@@ -69,7 +69,7 @@ fn traffic_not_for_a_service_is_routed_as_before() {
     require_root();
     let topo = Topology::build(&unique_name("rds"), 1).unwrap();
     let r1 = topo.region("region1");
-    let _server = BodyServer::start(&r1.ns, 8080, "plain routing").unwrap();
+    let _server = Server::start(&r1.ns, 8080, "plain routing").unwrap();
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter().unwrap();
     let mut dp = Dataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
@@ -87,4 +87,65 @@ fn traffic_not_for_a_service_is_routed_as_before() {
     let stats = dp.stats().unwrap();
     assert!(stats.reason(Reason::PassNotService) >= 4, "{stats:?}");
     assert_eq!(stats.reason(Reason::Forwarded), 0);
+}
+
+#[test]
+fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_losing_flows() {
+    require_root();
+    let topo = Topology::build(&unique_name("rds"), 2).unwrap();
+    let (r1, r2) = (topo.region("region1"), topo.region("region2"));
+    let _servers = [Server::echo(&r1.ns, 80, "region1:").unwrap(), Server::echo(&r2.ns, 80, "region2:").unwrap()];
+    let web = ServiceAddr { vip: r2.addr, port: 80, protocol: Protocol::Tcp };
+    let pins = PinDir::unique();
+    let options = LoadOptions { pin_path: pins.0.clone(), log_flow_events: false };
+    let _inside = topo.gateway.enter().unwrap();
+
+    let mut first = Dataplane::load(&options).unwrap();
+    for iface in topo.gateway_interfaces() {
+        assert_eq!(first.attach(&iface).unwrap(), AttachMode::Native, "{iface}");
+    }
+    first.set_services(&[ServiceSpec {
+        id: 0,
+        addr: web,
+        backends: [(1, SocketAddrV4::new(r1.addr, 80)), (2, SocketAddrV4::new(r2.addr, 80))].into(),
+    }])
+    .unwrap();
+    first.set_region_state(1, RegionState::Up).unwrap();
+    first.set_region_state(2, RegionState::Up).unwrap();
+    first.set_selection(&web, &Selection::all(1)).unwrap();
+    let mut long_lived = Conn::open(&topo.client, web.vip, 80, TIMEOUT).unwrap();
+    assert_eq!(long_lived.read(8).unwrap(), "region1:");
+    assert_eq!(long_lived.round_trip("before").unwrap(), "before");
+    let forwarded_before = first.stats().unwrap().reason(Reason::Forwarded);
+
+    // The loader goes away (as redirectord does on exit or crash): the
+    // pinned links keep the program on the interfaces.
+    drop(first);
+    assert_eq!(long_lived.round_trip("orphaned").unwrap(), "orphaned");
+    assert_eq!(greeting(&topo.client, web.vip), "region1:");
+
+    // A new loader adopts maps and links; its decisions apply to new flows
+    // only, and counters carry on.
+    let mut second = Dataplane::load(&options).unwrap();
+    for iface in topo.gateway_interfaces() {
+        assert_eq!(second.attach(&iface).unwrap(), AttachMode::Adopted, "{iface}");
+    }
+    assert!(second.stats().unwrap().reason(Reason::Forwarded) > forwarded_before);
+    second.set_selection(&web, &Selection::all(2)).unwrap();
+    assert_eq!(long_lived.round_trip("after").unwrap(), "after");
+    assert_eq!(greeting(&topo.client, web.vip), "region2:");
+    assert_eq!(second.attached().unwrap(), topo.gateway_interfaces().iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+
+    // Detaching is explicit: the interfaces route on their own again.
+    for iface in topo.gateway_interfaces() {
+        second.detach(&iface).unwrap();
+    }
+    assert!(second.attached().unwrap().is_empty());
+    assert_eq!(greeting(&topo.client, web.vip), "region2:", "plain routing to the VIP's owner");
+}
+
+/// Which region answers a new connection to `vip`:80 (echo servers greet
+/// with their name).
+fn greeting(client: &redirector_tests::netns::Netns, vip: std::net::Ipv4Addr) -> String {
+    Conn::open(client, vip, 80, TIMEOUT).unwrap().read(8).unwrap()
 }
