@@ -623,3 +623,56 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(id: u32, port: u16) -> ServiceSpec {
+        ServiceSpec {
+            id,
+            addr: ServiceAddr {
+                vip: Ipv4Addr::new(10, 2, 0, 2),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            backends: [(1, SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 2), 80))].into(),
+        }
+    }
+
+    fn refused(services: &[ServiceSpec]) -> String {
+        format!("{:#}", Dataplane::check_services(services).unwrap_err())
+    }
+
+    #[test]
+    fn accepts_what_it_can_hold() {
+        let all: Vec<_> = (0..MAX_SERVICES).map(|i| service(i, 1000 + i as u16)).collect();
+        Dataplane::check_services(&all).unwrap();
+    }
+
+    #[test]
+    fn refuses_more_services_than_it_holds() {
+        let too_many: Vec<_> = (0..=MAX_SERVICES).map(|i| service(i % MAX_SERVICES, i as u16)).collect();
+        assert!(refused(&too_many).contains("at most 64"), "{}", refused(&too_many));
+    }
+
+    #[test]
+    fn refuses_ids_and_regions_out_of_range_and_duplicates() {
+        assert!(refused(&[service(MAX_SERVICES, 80)]).contains("out of range"));
+        assert!(refused(&[service(1, 80), service(1, 81)]).contains("used twice"));
+        assert!(refused(&[service(1, 80), service(2, 80)]).contains("two services"));
+        let mut far = service(0, 80);
+        far.backends.insert(MAX_REGIONS as u8, SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 80));
+        assert!(refused(&[far]).contains("region id 32 out of range"));
+        let mut ping = service(0, 7);
+        ping.addr.protocol = Protocol::Icmp;
+        assert!(refused(&[ping]).contains("ICMP service has no port"));
+    }
+
+    #[test]
+    fn selection_tables_must_be_whole() {
+        assert!(Selection::from_slots(&[1, 2, 3]).is_err());
+        assert_eq!(Selection::all(3).slots().len(), SELECTION_SLOTS);
+        assert!(Selection::nowhere().slots().iter().all(|&r| r == NO_REGION));
+    }
+}
