@@ -2,3 +2,4 @@
 //!
 //! `dataplane` is the only module that touches the kernel's BPF objects.
 pub mod dataplane;
+pub mod config;
