@@ -5,8 +5,9 @@
 
 use std::{
     env, fs,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -80,7 +81,7 @@ fn run(cli: Cli) -> Result<()> {
                 cmd.push("--");
                 cmd.extend(args.iter().map(String::as_str));
             }
-            cargo(&root, &cmd)
+            cargo_test(&root, &cmd)
         }
         Task::Bench { which, args } => {
             require_root("the benchmarks load XDP programs and build namespaces")?;
@@ -251,6 +252,45 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root).args(args);
     run_command(&mut cmd)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with the total
+/// over every test binary: cargo itself ends on the last binary's line,
+/// often a doc-test run with nothing in it.
+fn cargo_test(root: &Path, args: &[&str]) -> Result<()> {
+    let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            passed += count_before(summary, " passed");
+            failed += count_before(summary, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// The number just before `label` in a `test result:` line.
+fn count_before(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn status(program: &str, args: &[&str]) -> Result<()> {
