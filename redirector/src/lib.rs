@@ -1,5 +1,6 @@
 //! redirector: steer a service's traffic between regions with XDP.
 //!
 //! `dataplane` is the only module that touches the kernel's BPF objects.
+pub mod control;
 pub mod dataplane;
 pub mod config;

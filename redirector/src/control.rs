@@ -1,0 +1,157 @@
+//! The control socket between `redirectorctl` and `redirectord`: one JSON
+//! request line, one JSON response line, over a Unix stream socket (mode
+//! 0600: whoever can write the data plane's decisions is root's business).
+//!
+//! The views here are what the daemon reports; the daemon fills them from
+//! its state, nothing here owns state.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    /// `region: None` gives new flows back to the policy (`--auto`).
+    SetActive {
+        region: Option<String>,
+        service: Option<String>,
+    },
+    Drain {
+        region: String,
+    },
+    Undrain {
+        region: String,
+    },
+    Events,
+    Reload,
+    /// Take the data plane off every interface and remove its pins; the
+    /// daemon exits afterwards.
+    Detach,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Done { message: String },
+    Status(Status),
+    Events { events: Vec<Event> },
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub regions: Vec<RegionStatus>,
+    pub services: Vec<ServiceStatus>,
+    /// Data plane counters by reason (`forwarded`, `pass_not_service`, ...).
+    pub reasons: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    pub name: String,
+    /// "up", "down" or "draining".
+    pub state: String,
+    /// Unix time (ms) of the last state change.
+    pub since_unix_ms: u64,
+    pub checks: Vec<CheckStatus>,
+    /// Client → region packets per second, over the last status interval.
+    pub pps: f64,
+    /// Open flows pinned to this region (from the flow table).
+    pub active_flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// "heartbeat", "http" or "tcp".
+    pub kind: String,
+    pub target: String,
+    /// None until the first probe answered or timed out.
+    pub last_ok: Option<bool>,
+    pub last_latency_ms: Option<f64>,
+    /// Why the last probe failed.
+    pub last_error: Option<String>,
+    pub since_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub policy: String,
+    /// Regions taking new flows.
+    pub active: Vec<String>,
+    /// The operator's `set-active` region, if any.
+    pub pinned: Option<String>,
+    /// What happens to the override now, when it does not apply.
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub unix_ms: u64,
+    /// The service or region it is about.
+    pub subject: String,
+    pub what: String,
+    pub why: String,
+    /// Decision → data plane map write, when the event wrote the data plane.
+    pub map_write_us: Option<f64>,
+}
+
+/// Sends one request and waits for its response.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to redirectord at {} (is it running? --socket PATH)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .context("reading redirectord's answer")?;
+    if reply.is_empty() {
+        bail!("redirectord closed the connection without answering");
+    }
+    serde_json::from_str(&reply).context("redirectord's answer is not a response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_by_command() {
+        let r = Request::SetActive {
+            region: Some("region2".into()),
+            service: None,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"command":"set-active","region":"region2","service":null}"#);
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn unknown_commands_are_refused() {
+        assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+    }
+}
