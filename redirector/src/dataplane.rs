@@ -172,7 +172,10 @@ pub struct Dataplane {
     links: BTreeMap<String, XdpLinkId>,
     /// When each service last flipped banks (see `BANK_REUSE_GRACE`).
     flipped_at: std::collections::HashMap<u32, Instant>,
+    logger: Option<FlowEventLogger>,
 }
+
+pub type FlowEventLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -201,11 +204,13 @@ impl Dataplane {
             .override_global("LOG_FLOW_EVENTS", &log_flow_events, true)
             .load(OBJECT)
             .context("loading the XDP object")?;
-        if options.log_flow_events {
-            if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-                warn!("flow event logging unavailable: {e}");
-            }
-        }
+        // The logger holds the ring buffer the program writes to: it must
+        // exist before the program loads and live as long as it runs.
+        let logger = if options.log_flow_events {
+            Some(aya_log::EbpfLogger::init(&mut ebpf).context("setting up flow event logging")?)
+        } else {
+            None
+        };
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("the object has no program {PROGRAM_NAME}"))?
@@ -226,7 +231,15 @@ impl Dataplane {
             pin_path: options.pin_path.clone(),
             links: BTreeMap::new(),
             flipped_at: Default::default(),
+            logger,
         })
+    }
+
+    /// The reader of the program's flow event log (when loaded with
+    /// `log_flow_events`): poll its fd for readability and `flush` it to
+    /// pass the records to the `log` crate's logger.
+    pub fn take_logger(&mut self) -> Option<FlowEventLogger> {
+        self.logger.take()
     }
 
     pub fn pin_path(&self) -> &Path {

@@ -142,6 +142,10 @@ impl Gateway {
     /// Builds the namespace, loads and attaches the data plane, installs
     /// the four services with every region up and selection nowhere.
     pub fn new() -> Result<Self> {
+        Self::with_flow_event_log(false)
+    }
+
+    pub fn with_flow_event_log(log_flow_events: bool) -> Result<Self> {
         require_root();
         let ns = Netns::new(&unique_name("rdt-pkt"))?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
@@ -171,7 +175,7 @@ impl Gateway {
         let pins = PinDir::unique();
         let mut dataplane = Dataplane::load(&LoadOptions {
             pin_path: pins.0.clone(),
-            log_flow_events: false,
+            log_flow_events,
         })?;
         for iface in ["cli", "r1", "r2", "r3"] {
             dataplane.attach(iface)?;

@@ -519,3 +519,35 @@ fn selection_update_fills_the_idle_bank_then_flips() {
     assert_eq!(seen, [R1.addr, R2.addr].into_iter().collect());
     assert!(Selection::from_slots(&mixed[1..]).is_err());
 }
+
+/// Records what the `log` crate is given, for the aya-log test.
+struct Captured(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        // aya's loader logs too; only the program's own records count here.
+        if !record.target().starts_with("aya") {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURED: Captured = Captured(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn flow_events_reach_the_log_through_aya_log_when_enabled() {
+    log::set_logger(&CAPTURED).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    let mut gw = Gateway::with_flow_event_log(true).unwrap();
+    gw.select(R1.id).unwrap();
+    let mut logger = gw.dataplane.take_logger().expect("loaded with flow event logging");
+    gw.run(&from_client(VIP, L4::tcp_syn(40_028, 80)).bytes(), "cli").unwrap();
+    gw.run(&from_client(VIP, L4::tcp(40_028, 80)).bytes(), "cli").unwrap();
+    logger.flush();
+    let lines = CAPTURED.0.lock().unwrap().clone();
+    assert_eq!(lines, ["new flow: 192.0.2.10:40028 -> 10.2.0.2:80 proto 6"], "one event, for the first packet only");
+}
