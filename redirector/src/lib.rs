@@ -4,3 +4,4 @@
 pub mod control;
 pub mod dataplane;
 pub mod config;
+pub mod health;

@@ -1,0 +1,463 @@
+//! Health of regions, from the probe results the checkers feed in.
+//!
+//! Nothing here reads a clock: every result carries `at`, the time since a
+//! fixed origin (the daemon's start), so tests drive time.
+//!
+//! A check starts `Pending` and gets a verdict from a run of results:
+//! `rise` successes in a row make it Up, `fall` misses in a row (failures
+//! or timeouts) make it Down, and the same runs move it between Up and Down
+//! afterwards. A check still without a verdict after `rise + fall` probes
+//! is flapping from the start and is Down: it has not earned new flows.
+//!
+//! A region is Down as soon as ANY of its checks is Down, Up when all are
+//! Up, and Pending otherwise. Each check guards something the others may
+//! not see, so one that fails is believed: with the agent killed while the
+//! HTTP server lives, the heartbeat check goes down and takes the region
+//! down; status still shows the HTTP check up.
+//!
+//! Pending exists for restarts: the data plane kept forwarding on its last
+//! state, and a region the new process knows nothing about yet must not be
+//! written Down (which would re-steer its flows) or Up. Pending ends within
+//! `(rise + fall) × interval`, since every probe ends in a result.
+//!
+//! Drain is an operator state on top of health: a drained region takes no
+//! new flows while the flows pinned to it continue, unless it goes down.
+
+use std::{fmt, time::Duration};
+
+use redirector_common::RegionState;
+
+use crate::config::RegionConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// No verdict yet since the daemon started.
+    Pending,
+    Up,
+    Down,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Pending => "pending",
+            Health::Up => "up",
+            Health::Down => "down",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Why, for status output: "connection refused", "status 503"...
+    Failure(String),
+    /// No answer within the check's timeout.
+    Timeout,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Success => f.write_str("ok"),
+            Outcome::Failure(why) => write!(f, "failed: {why}"),
+            Outcome::Timeout => f.write_str("timeout"),
+        }
+    }
+}
+
+/// The result of one probe of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// When the result came in.
+    pub at: Duration,
+    pub outcome: Outcome,
+    /// From the probe's start to its result.
+    pub latency: Duration,
+}
+
+/// One check of a region, as `redirectorctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckStatus {
+    /// As the configuration names it: "heartbeat 10.2.0.2:7946".
+    pub label: String,
+    pub health: Health,
+    /// When `health` last changed (the daemon's start while Pending).
+    pub since: Duration,
+    /// The current run: at most one of the two is non-zero.
+    pub successes: u32,
+    pub failures: u32,
+    /// Results since the daemon started.
+    pub probes: u64,
+    pub last: Option<Probe>,
+}
+
+impl CheckStatus {
+    fn new(label: String, now: Duration) -> Self {
+        CheckStatus {
+            label,
+            health: Health::Pending,
+            since: now,
+            successes: 0,
+            failures: 0,
+            probes: 0,
+            last: None,
+        }
+    }
+
+    /// Takes a result in; returns why the verdict changed, if it did.
+    fn record(&mut self, probe: Probe, rise: u32, fall: u32) -> Option<String> {
+        self.probes += 1;
+        if probe.outcome == Outcome::Success {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        let (health, why) = match self.health {
+            Health::Down | Health::Pending if self.successes >= rise => {
+                (Health::Up, format!("{} successes in a row", self.successes))
+            }
+            Health::Up | Health::Pending if self.failures >= fall => (
+                Health::Down,
+                format!("{} misses in a row, last: {}", self.failures, probe.outcome),
+            ),
+            Health::Pending if self.probes >= u64::from(rise) + u64::from(fall) => (
+                Health::Down,
+                format!("no verdict after {} probes, last: {}", self.probes, probe.outcome),
+            ),
+            unchanged => (unchanged, String::new()),
+        };
+        let at = probe.at;
+        self.last = Some(probe);
+        if health == self.health {
+            return None;
+        }
+        self.health = health;
+        self.since = at;
+        Some(format!("{}: {why}", self.label))
+    }
+}
+
+/// A region's state as the failover policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionView {
+    pub health: Health,
+    pub drained: bool,
+    /// When this combination of health and drain began.
+    pub since: Duration,
+}
+
+impl RegionView {
+    /// May take new flows.
+    pub fn eligible(&self) -> bool {
+        self.health == Health::Up && !self.drained
+    }
+}
+
+impl fmt::Display for RegionView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.health)?;
+        if self.drained {
+            f.write_str(", draining")?;
+        }
+        Ok(())
+    }
+}
+
+/// A change of a region's health or drain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub at: Duration,
+    pub from: RegionView,
+    pub to: RegionView,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RegionHealth {
+    name: String,
+    rise: u32,
+    fall: u32,
+    checks: Vec<CheckStatus>,
+    view: RegionView,
+}
+
+impl RegionHealth {
+    /// Every check Pending as of `now`, the region not drained.
+    pub fn new(region: &RegionConfig, now: Duration) -> Self {
+        RegionHealth {
+            name: region.name.clone(),
+            rise: region.health.rise,
+            fall: region.health.fall,
+            checks: region
+                .checks
+                .iter()
+                .map(|c| CheckStatus::new(c.to_string(), now))
+                .collect(),
+            view: RegionView {
+                health: Health::Pending,
+                drained: false,
+                since: now,
+            },
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn view(&self) -> RegionView {
+        self.view
+    }
+
+    /// In the order of the region's `checks`.
+    pub fn checks(&self) -> &[CheckStatus] {
+        &self.checks
+    }
+
+    /// Feeds the result of a probe of check number `check` (its index in
+    /// the region's `checks`). Panics if there is no such check.
+    pub fn record(&mut self, check: usize, probe: Probe) -> Option<Transition> {
+        let at = probe.at;
+        let why = self.checks[check].record(probe, self.rise, self.fall)?;
+        let health = self.aggregate();
+        (health != self.view.health).then(|| self.change(at, health, self.view.drained, why))
+    }
+
+    /// The operator's drain; None if it was already so.
+    pub fn set_drained(&mut self, drained: bool, now: Duration) -> Option<Transition> {
+        let why = if drained { "drained by the operator" } else { "drain lifted by the operator" };
+        (drained != self.view.drained).then(|| self.change(now, self.view.health, drained, why.into()))
+    }
+
+    /// What the data plane should hold for this region; None while Pending
+    /// and not drained: the data plane keeps what it has (its last state
+    /// across a restart, Down when fresh).
+    pub fn dataplane_state(&self) -> Option<RegionState> {
+        match (self.view.health, self.view.drained) {
+            // A dead region's flows must move even if it is being drained.
+            (Health::Down, _) => Some(RegionState::Down),
+            (_, true) => Some(RegionState::Draining),
+            (Health::Up, false) => Some(RegionState::Up),
+            (Health::Pending, false) => None,
+        }
+    }
+
+    fn aggregate(&self) -> Health {
+        let any = |h| self.checks.iter().any(|c| c.health == h);
+        if any(Health::Down) {
+            Health::Down
+        } else if any(Health::Pending) {
+            Health::Pending
+        } else {
+            Health::Up
+        }
+    }
+
+    fn change(&mut self, at: Duration, health: Health, drained: bool, reason: String) -> Transition {
+        let from = self.view;
+        self.view = RegionView {
+            health,
+            drained,
+            since: at,
+        };
+        Transition {
+            at,
+            from,
+            to: self.view,
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Check, HealthSettings};
+
+    const T: Duration = Duration::from_millis(100);
+
+    fn region(checks: usize) -> RegionHealth {
+        let config = RegionConfig {
+            id: 0,
+            name: "region1".into(),
+            address: "10.1.0.2".parse().unwrap(),
+            priority: 100,
+            health: HealthSettings {
+                interval: T,
+                fall: 3,
+                rise: 3,
+                timeout: T,
+            },
+            checks: [
+                Check::Heartbeat {
+                    address: "10.1.0.2:7946".parse().unwrap(),
+                    key_file: None,
+                },
+                Check::Tcp {
+                    address: "10.1.0.2:80".parse().unwrap(),
+                },
+            ][..checks]
+                .to_vec(),
+        };
+        RegionHealth::new(&config, Duration::ZERO)
+    }
+
+    /// Feeds one result per probe interval into `check`, starting at
+    /// `*clock`; returns the transitions, with the probe number each came at.
+    fn feed(r: &mut RegionHealth, check: usize, clock: &mut Duration, outcomes: &[Outcome]) -> Vec<(usize, Transition)> {
+        let mut transitions = Vec::new();
+        for (i, outcome) in outcomes.iter().enumerate() {
+            *clock += T;
+            let probe = Probe {
+                at: *clock,
+                outcome: outcome.clone(),
+                latency: Duration::from_millis(2),
+            };
+            transitions.extend(r.record(check, probe).map(|t| (i + 1, t)));
+        }
+        transitions
+    }
+
+    fn ok(n: usize) -> Vec<Outcome> {
+        vec![Outcome::Success; n]
+    }
+
+    fn miss(n: usize) -> Vec<Outcome> {
+        vec![Outcome::Timeout; n]
+    }
+
+    #[test]
+    fn a_region_starts_pending_and_leaves_the_data_plane_alone() {
+        let r = region(1);
+        assert_eq!(r.view().health, Health::Pending);
+        assert_eq!(r.dataplane_state(), None);
+        assert_eq!(r.checks()[0].label, "heartbeat 10.1.0.2:7946");
+    }
+
+    #[test]
+    fn rise_successes_bring_a_pending_region_up() {
+        let mut r = region(1);
+        let mut clock = Duration::ZERO;
+        let t = feed(&mut r, 0, &mut clock, &ok(3));
+        assert_eq!(t.len(), 1);
+        let (probe, t) = &t[0];
+        assert_eq!(*probe, 3);
+        assert_eq!((t.from.health, t.to.health, t.at), (Health::Pending, Health::Up, 3 * T));
+        assert_eq!(t.reason, "heartbeat 10.1.0.2:7946: 3 successes in a row");
+        assert_eq!(r.dataplane_state(), Some(RegionState::Up));
+        assert_eq!(r.view().since, 3 * T);
+    }
+
+    #[test]
+    fn fall_misses_take_it_down_and_fewer_do_not() {
+        let mut r = region(1);
+        let mut clock = Duration::ZERO;
+        feed(&mut r, 0, &mut clock, &ok(3));
+        let mut outcomes = miss(2);
+        outcomes.push(Outcome::Success);
+        assert!(feed(&mut r, 0, &mut clock, &outcomes).is_empty(), "two misses are noise");
+        let t = feed(&mut r, 0, &mut clock, &[miss(2), vec![Outcome::Failure("connection refused".into())]].concat());
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].0, t[0].1.to.health), (3, Health::Down));
+        assert_eq!(
+            t[0].1.reason,
+            "heartbeat 10.1.0.2:7946: 3 misses in a row, last: failed: connection refused"
+        );
+        assert_eq!(r.dataplane_state(), Some(RegionState::Down));
+        let check = &r.checks()[0];
+        assert_eq!((check.failures, check.successes, check.probes), (3, 0, 9));
+        assert_eq!(check.since, clock);
+    }
+
+    #[test]
+    fn a_down_region_needs_rise_successes_in_a_row_to_come_back() {
+        let mut r = region(1);
+        let mut clock = Duration::ZERO;
+        feed(&mut r, 0, &mut clock, &miss(3));
+        assert_eq!(r.view().health, Health::Down);
+        let flaky = [ok(2), miss(1), ok(2)].concat();
+        assert!(feed(&mut r, 0, &mut clock, &flaky).is_empty());
+        let t = feed(&mut r, 0, &mut clock, &ok(1));
+        assert_eq!(t[0].1.to.health, Health::Up);
+    }
+
+    #[test]
+    fn a_check_flapping_from_the_start_is_down_after_rise_plus_fall_probes() {
+        let mut r = region(1);
+        let mut clock = Duration::ZERO;
+        let flapping = [ok(2), miss(1), ok(2), miss(1)].concat();
+        let t = feed(&mut r, 0, &mut clock, &flapping);
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].0, t[0].1.to.health), (6, Health::Down));
+        assert_eq!(t[0].1.reason, "heartbeat 10.1.0.2:7946: no verdict after 6 probes, last: timeout");
+    }
+
+    #[test]
+    fn one_down_check_takes_the_region_down_whatever_the_others_say() {
+        // The agent is killed while the service still answers TCP.
+        let mut r = region(2);
+        let mut clock = Duration::ZERO;
+        feed(&mut r, 0, &mut clock, &ok(3));
+        assert_eq!(r.view().health, Health::Pending, "the tcp check has no verdict yet");
+        let mut tcp_clock = Duration::ZERO;
+        let t = feed(&mut r, 1, &mut tcp_clock, &ok(3));
+        assert_eq!(t[0].1.to.health, Health::Up);
+
+        let t = feed(&mut r, 0, &mut clock, &miss(3));
+        assert_eq!(t[0].1.to.health, Health::Down);
+        assert!(t[0].1.reason.starts_with("heartbeat "));
+        assert!(feed(&mut r, 1, &mut tcp_clock, &ok(5)).is_empty(), "tcp alone cannot bring it back");
+        assert_eq!(r.checks()[1].health, Health::Up);
+
+        let t = feed(&mut r, 0, &mut clock, &ok(3));
+        assert_eq!(t[0].1.to.health, Health::Up);
+    }
+
+    #[test]
+    fn a_region_down_on_one_check_gets_no_verdict_from_the_other_pending_one() {
+        let mut r = region(2);
+        let mut clock = Duration::ZERO;
+        let t = feed(&mut r, 0, &mut clock, &miss(3));
+        assert_eq!(t[0].1.to.health, Health::Down, "no need to wait for the tcp check");
+    }
+
+    #[test]
+    fn the_last_result_of_each_check_is_kept() {
+        let mut r = region(2);
+        let mut clock = Duration::ZERO;
+        feed(&mut r, 1, &mut clock, &[Outcome::Failure("connection refused".into())]);
+        let last = r.checks()[1].last.as_ref().unwrap();
+        assert_eq!(last.at, T);
+        assert_eq!(last.outcome.to_string(), "failed: connection refused");
+        assert_eq!(last.latency, Duration::from_millis(2));
+        assert_eq!(r.checks()[0].last, None);
+    }
+
+    #[test]
+    fn drain_keeps_health_and_turns_the_data_plane_state_to_draining() {
+        let mut r = region(1);
+        let mut clock = Duration::ZERO;
+        let t = r.set_drained(true, clock).unwrap();
+        assert_eq!(t.to.to_string(), "pending, draining");
+        assert_eq!(r.dataplane_state(), Some(RegionState::Draining));
+        assert!(r.set_drained(true, clock).is_none(), "no change, no transition");
+
+        feed(&mut r, 0, &mut clock, &ok(3));
+        assert_eq!(r.view().health, Health::Up);
+        assert!(!r.view().eligible());
+        assert_eq!(r.dataplane_state(), Some(RegionState::Draining));
+
+        let t = feed(&mut r, 0, &mut clock, &miss(3));
+        assert_eq!(t[0].1.to.to_string(), "down, draining");
+        assert_eq!(r.dataplane_state(), Some(RegionState::Down), "flows leave a dead region");
+
+        feed(&mut r, 0, &mut clock, &ok(3));
+        let t = r.set_drained(false, clock).unwrap();
+        assert_eq!((t.reason.as_str(), t.to.since), ("drain lifted by the operator", clock));
+        assert!(r.view().eligible());
+        assert_eq!(r.dataplane_state(), Some(RegionState::Up));
+    }
+}
