@@ -2,6 +2,7 @@
 //! test gateway; shared by the integration tests, the lab and the benchmarks.
 pub mod baseline;
 pub mod bench;
+pub mod client;
 pub mod frames;
 pub mod inns;
 pub mod netns;

@@ -1,0 +1,71 @@
+//! The service a region runs in the lab and the tests: an HTTP/1.1 server
+//! that names its region in every body ("I am DataVM on R1", as in the
+//! reference demo). Keep-alive, so load tools like wrk can reuse connections.
+//!
+//! region-http --listen 0.0.0.0:80 --name R1
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    name: String,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let body: &'static str = Box::leak(format!("I am DataVM on {}\n", args.name).into_boxed_str());
+    let listener = bind(args.listen)?;
+    loop {
+        let (conn, _) = listener.accept().await?;
+        tokio::spawn(serve(conn, body));
+    }
+}
+
+/// A deep accept queue: load tests open thousands of connections at once.
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(socket.listen(65_535)?)
+}
+
+async fn serve(mut conn: TcpStream, body: &str) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Requests end at an empty line; bodies are not expected (GET).
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let request = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let http10 = request.lines().next().is_some_and(|l| l.trim_end().ends_with("http/1.0"));
+        let close = (http10 && !request.contains("connection: keep-alive"))
+            || request.contains("connection: close");
+        buf.drain(..end);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if conn.write_all(response.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}

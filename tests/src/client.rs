@@ -1,0 +1,219 @@
+//! The measuring client (the reference's perftest.py, in Rust): consecutive
+//! HTTP requests over the real kernel stack, each on a new TCP connection
+//! with a short timeout, counting successes and failures and measuring the
+//! unavailability T_un = time from the last success before a failure to the
+//! first success after it.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, SocketAddrV4, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Connect + answer must complete within this.
+    pub timeout: Duration,
+    /// Pause between the end of one request and the start of the next.
+    pub pause: Duration,
+    /// Bounds: whichever comes first ends the run.
+    pub max_requests: u64,
+    pub max_duration: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(200),
+            pause: Duration::from_millis(2),
+            max_requests: 1_000_000,
+            max_duration: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A window of unavailability.
+#[derive(Clone, Copy, Debug)]
+pub struct Outage {
+    /// Since the start of the run: the last success before the failures.
+    pub from: Duration,
+    /// The first success after them.
+    pub to: Duration,
+    pub failed_requests: u64,
+}
+
+impl Outage {
+    pub fn t_un(&self) -> Duration {
+        self.to - self.from
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub successes: u64,
+    pub failures: u64,
+    /// Successful answers by body (which region answered).
+    pub by_body: BTreeMap<String, u64>,
+    pub outages: Vec<Outage>,
+    pub elapsed: Duration,
+    /// (time since start, body) of every success, in order.
+    pub answers: Vec<(Duration, String)>,
+}
+
+impl Report {
+    pub fn requests(&self) -> u64 {
+        self.successes + self.failures
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        if self.requests() == 0 {
+            return 0.0;
+        }
+        self.successes as f64 / self.requests() as f64
+    }
+
+    pub fn max_t_un(&self) -> Duration {
+        self.outages.iter().map(Outage::t_un).max().unwrap_or_default()
+    }
+
+    /// When `body` first answered, since the start of the run.
+    pub fn first_answer_from(&self, body: &str) -> Option<Duration> {
+        self.answers.iter().find(|(_, b)| b == body).map(|(at, _)| *at)
+    }
+}
+
+/// One GET on a new connection; the body on a 200.
+pub fn get(target: SocketAddrV4, timeout: Duration) -> Result<String> {
+    let started = Instant::now();
+    let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)
+        .with_context(|| format!("connect {target}"))?;
+    let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+    conn.set_read_timeout(Some(left))?;
+    conn.set_write_timeout(Some(left))?;
+    conn.write_all(format!("GET / HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes())?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).context("reading the answer")?;
+    let response = String::from_utf8_lossy(&response);
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("truncated answer");
+    };
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("answer {:?}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.trim_end().to_string())
+}
+
+/// A measuring client running in a namespace until stopped or bounded.
+pub struct Measurement {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<Report>>>,
+}
+
+impl Measurement {
+    pub fn start(ns: &Netns, target: SocketAddrV4, options: Options) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns_name = ns.name().to_string();
+        let stop_flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let _inside = Netns::attach(&ns_name)?.enter()?;
+            Ok(measure(target, options, &stop_flag))
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the client and returns what it measured.
+    pub fn stop(mut self) -> Result<Report> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("client thread panicked")
+    }
+}
+
+impl Drop for Measurement {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn measure(target: SocketAddrV4, options: Options, stop: &AtomicBool) -> Report {
+    let start = Instant::now();
+    let mut report = Report::default();
+    let mut last_success: Option<Duration> = None;
+    let mut failed_since_success = 0u64;
+    while !stop.load(Ordering::Relaxed)
+        && report.requests() < options.max_requests
+        && start.elapsed() < options.max_duration
+    {
+        let result = get(target, options.timeout);
+        let at = start.elapsed();
+        match result {
+            Ok(body) => {
+                report.successes += 1;
+                if failed_since_success > 0 {
+                    report.outages.push(Outage {
+                        from: last_success.unwrap_or_default(),
+                        to: at,
+                        failed_requests: failed_since_success,
+                    });
+                    failed_since_success = 0;
+                }
+                last_success = Some(at);
+                *report.by_body.entry(body.clone()).or_default() += 1;
+                report.answers.push((at, body));
+            }
+            Err(_) => {
+                report.failures += 1;
+                failed_since_success += 1;
+            }
+        }
+        thread::sleep(options.pause);
+    }
+    report.elapsed = start.elapsed();
+    if failed_since_success > 0 {
+        // Still down at the end: the outage lasts at least until now.
+        report.outages.push(Outage {
+            from: last_success.unwrap_or_default(),
+            to: report.elapsed,
+            failed_requests: failed_since_success,
+        });
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_spans_from_last_success_to_first_success_after() {
+        let o = Outage {
+            from: Duration::from_millis(100),
+            to: Duration::from_millis(350),
+            failed_requests: 3,
+        };
+        assert_eq!(o.t_un(), Duration::from_millis(250));
+        let r = Report {
+            successes: 9,
+            failures: 1,
+            outages: vec![o],
+            ..Default::default()
+        };
+        assert_eq!(r.success_rate(), 0.9);
+        assert_eq!(r.max_t_un(), Duration::from_millis(250));
+    }
+}
