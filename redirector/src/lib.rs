@@ -5,3 +5,4 @@ pub mod control;
 pub mod dataplane;
 pub mod config;
 pub mod health;
+pub mod probe;
