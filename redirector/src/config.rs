@@ -151,7 +151,9 @@ pub enum Check {
     },
     Http(HttpCheck),
     /// A TCP connect.
-    Tcp { address: SocketAddrV4 },
+    Tcp {
+        address: SocketAddrV4,
+    },
 }
 
 /// A GET whose answer must carry `expect_status`.
@@ -267,7 +269,10 @@ impl Config {
                     .iter()
                     .map(|&id| {
                         let port = s.target_port.unwrap_or(s.addr.port);
-                        (id, SocketAddrV4::new(self.regions[id as usize].address, port))
+                        (
+                            id,
+                            SocketAddrV4::new(self.regions[id as usize].address, port),
+                        )
                     })
                     .collect(),
             })
@@ -387,7 +392,12 @@ enum Level {
 }
 
 impl<T: Copy> Located<T> {
-    fn inherit(own: &Option<Spanned<T>>, key: String, level: Level, inherited: &Located<T>) -> Self {
+    fn inherit(
+        own: &Option<Spanned<T>>,
+        key: String,
+        level: Level,
+        inherited: &Located<T>,
+    ) -> Self {
         match own {
             Some(v) => Located {
                 value: *v.get_ref(),
@@ -429,10 +439,20 @@ impl LocatedHealth {
     fn overridden(&self, raw: &RawHealth, prefix: &str, level: Level) -> Self {
         let key = |name: &str| format!("{prefix}.{name}");
         LocatedHealth {
-            interval_ms: Located::inherit(&raw.interval_ms, key("interval_ms"), level, &self.interval_ms),
+            interval_ms: Located::inherit(
+                &raw.interval_ms,
+                key("interval_ms"),
+                level,
+                &self.interval_ms,
+            ),
             fall: Located::inherit(&raw.fall, key("fall"), level, &self.fall),
             rise: Located::inherit(&raw.rise, key("rise"), level, &self.rise),
-            timeout_ms: Located::inherit(&raw.timeout_ms, key("timeout_ms"), level, &self.timeout_ms),
+            timeout_ms: Located::inherit(
+                &raw.timeout_ms,
+                key("timeout_ms"),
+                level,
+                &self.timeout_ms,
+            ),
         }
     }
 
@@ -455,10 +475,19 @@ struct Source<'a> {
 impl Source<'_> {
     fn line(&self, offset: usize) -> usize {
         let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
-    fn error(&self, span: Range<usize>, key: impl fmt::Display, message: impl fmt::Display) -> ConfigError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        key: impl fmt::Display,
+        message: impl fmt::Display,
+    ) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_string(),
             line: self.line(span.start),
@@ -480,7 +509,9 @@ impl Source<'_> {
         let services = self.services(&raw.service, &regions)?;
         Ok(Config {
             interfaces: self.interfaces(&raw.interfaces)?,
-            pin_path: raw.pin_path.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
+            pin_path: raw
+                .pin_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
             control_socket: raw
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
@@ -499,7 +530,9 @@ impl Source<'_> {
         for (i, name) in raw.get_ref().iter().enumerate() {
             let key = format!("interfaces[{i}]");
             let valid = (1..=MAX_INTERFACE_NAME).contains(&name.get_ref().len())
-                && !name.get_ref().contains(|c: char| c == '/' || c.is_whitespace());
+                && !name
+                    .get_ref()
+                    .contains(|c: char| c == '/' || c.is_whitespace());
             if !valid {
                 return Err(self.error(
                     name.span(),
@@ -563,7 +596,10 @@ impl Source<'_> {
         if h.interval_ms.value < MIN_INTERVAL_MS {
             return Err(self.blame(
                 &h.interval_ms,
-                format!("{} ms is below the minimum of {MIN_INTERVAL_MS} ms", h.interval_ms.value),
+                format!(
+                    "{} ms is below the minimum of {MIN_INTERVAL_MS} ms",
+                    h.interval_ms.value
+                ),
             ));
         }
         for count in [&h.fall, &h.rise] {
@@ -614,7 +650,11 @@ impl Source<'_> {
         })
     }
 
-    fn regions(&self, raw: &[RawRegion], health: &LocatedHealth) -> Result<Vec<RegionConfig>, ConfigError> {
+    fn regions(
+        &self,
+        raw: &[RawRegion],
+        health: &LocatedHealth,
+    ) -> Result<Vec<RegionConfig>, ConfigError> {
         if raw.is_empty() {
             return Err(self.error(0..0, "region", "at least one [[region]] is needed"));
         }
@@ -646,7 +686,11 @@ impl Source<'_> {
         Ok(regions)
     }
 
-    fn checks(&self, raw: &Spanned<Vec<RawCheck>>, prefix: &str) -> Result<Vec<Check>, ConfigError> {
+    fn checks(
+        &self,
+        raw: &Spanned<Vec<RawCheck>>,
+        prefix: &str,
+    ) -> Result<Vec<Check>, ConfigError> {
         if raw.get_ref().is_empty() {
             return Err(self.error(
                 raw.span(),
@@ -672,14 +716,20 @@ impl Source<'_> {
             ("address", raw.address.as_ref().map(Spanned::span)),
             ("key_file", raw.key_file.as_ref().map(Spanned::span)),
             ("url", raw.url.as_ref().map(Spanned::span)),
-            ("expect_status", raw.expect_status.as_ref().map(Spanned::span)),
+            (
+                "expect_status",
+                raw.expect_status.as_ref().map(Spanned::span),
+            ),
         ];
         for (name, span) in present {
             if let Some(span) = span.filter(|_| !allowed.contains(&name)) {
                 return Err(self.error(
                     span,
                     format!("{key}.{name}"),
-                    format!("a {kind_name} check has no {name} (its keys: {})", allowed.join(", ")),
+                    format!(
+                        "a {kind_name} check has no {name} (its keys: {})",
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }
@@ -692,11 +742,19 @@ impl Source<'_> {
         };
         Ok(match kind {
             CheckKind::Heartbeat => Check::Heartbeat {
-                address: *raw.address.as_ref().ok_or_else(|| missing("address"))?.get_ref(),
+                address: *raw
+                    .address
+                    .as_ref()
+                    .ok_or_else(|| missing("address"))?
+                    .get_ref(),
                 key_file: raw.key_file.as_ref().map(|k| k.get_ref().clone()),
             },
             CheckKind::Tcp => Check::Tcp {
-                address: *raw.address.as_ref().ok_or_else(|| missing("address"))?.get_ref(),
+                address: *raw
+                    .address
+                    .as_ref()
+                    .ok_or_else(|| missing("address"))?
+                    .get_ref(),
             },
             CheckKind::Http => {
                 let url = raw.url.as_ref().ok_or_else(|| missing("url"))?;
@@ -724,7 +782,11 @@ impl Source<'_> {
         })
     }
 
-    fn services(&self, raw: &[RawService], regions: &[RegionConfig]) -> Result<Vec<ServiceConfig>, ConfigError> {
+    fn services(
+        &self,
+        raw: &[RawService],
+        regions: &[RegionConfig],
+    ) -> Result<Vec<ServiceConfig>, ConfigError> {
         let mut names = HashMap::new();
         let mut addrs: HashMap<ServiceAddr, (String, usize)> = HashMap::new();
         let mut services = Vec::new();
@@ -734,7 +796,9 @@ impl Source<'_> {
                 return Err(self.error(
                     s.name.span(),
                     key,
-                    format!("more than {MAX_SERVICES} services: the data plane holds {MAX_SERVICES}"),
+                    format!(
+                        "more than {MAX_SERVICES} services: the data plane holds {MAX_SERVICES}"
+                    ),
                 ));
             }
             self.name(&s.name, &format!("{key}.name"))?;
@@ -771,7 +835,11 @@ impl Source<'_> {
         let port = match (protocol, &s.port) {
             (Protocol::Icmp, None) => 0,
             (Protocol::Icmp, Some(p)) => {
-                return Err(self.error(p.span(), format!("{prefix}.port"), "an icmp service has no port"))
+                return Err(self.error(
+                    p.span(),
+                    format!("{prefix}.port"),
+                    "an icmp service has no port",
+                ))
             }
             (_, None) => {
                 return Err(self.error(
@@ -781,7 +849,11 @@ impl Source<'_> {
                 ))
             }
             (_, Some(p)) if *p.get_ref() == 0 => {
-                return Err(self.error(p.span(), format!("{prefix}.port"), "port 0 is not a service port"))
+                return Err(self.error(
+                    p.span(),
+                    format!("{prefix}.port"),
+                    "port 0 is not a service port",
+                ))
             }
             (_, Some(p)) => *p.get_ref(),
         };
@@ -824,7 +896,11 @@ impl Source<'_> {
                 return Err(self.error(
                     name.span(),
                     key,
-                    format!("unknown region {:?} (known: {})", name.get_ref(), known.join(", ")),
+                    format!(
+                        "unknown region {:?} (known: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    ),
                 ));
             };
             self.unique(&mut seen, name, &key)?;
@@ -964,9 +1040,15 @@ regions = ["region1", "region2"]
         let Check::Http(http) = &c.regions[0].checks[0] else {
             panic!("{:?}", c.regions[0].checks)
         };
-        assert_eq!((http.host.as_str(), http.port, http.path.as_str()), ("10.1.0.2", 80, "/"));
+        assert_eq!(
+            (http.host.as_str(), http.port, http.path.as_str()),
+            ("10.1.0.2", 80, "/")
+        );
         let web = &c.services[0];
-        assert_eq!((web.id, web.regions.as_slice(), web.target_port), (0, &[0u8, 1][..], None));
+        assert_eq!(
+            (web.id, web.regions.as_slice(), web.target_port),
+            (0, &[0u8, 1][..], None)
+        );
         assert_eq!(
             web.addr,
             ServiceAddr {
@@ -1018,7 +1100,9 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         let line = line_of(&text, "priority = \"high\"");
         assert_eq!(
             refused(&text),
-            format!("lab.toml:{line}: region[1].priority: invalid type: string \"high\", expected u32")
+            format!(
+                "lab.toml:{line}: region[1].priority: invalid type: string \"high\", expected u32"
+            )
         );
     }
 
@@ -1028,7 +1112,9 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         let line = line_of(&text, "prioirty");
         let message = refused(&text);
         assert!(
-            message.starts_with(&format!("lab.toml:{line}: region[0].prioirty: unknown field `prioirty`")),
+            message.starts_with(&format!(
+                "lab.toml:{line}: region[0].prioirty: unknown field `prioirty`"
+            )),
             "{message}"
         );
         let text = lab_with("fall = 3", "fal = 3");
@@ -1049,7 +1135,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
 
     #[test]
     fn a_key_of_another_check_kind_is_refused() {
-        let text = lab_with(r#"address = "10.2.0.2:7946""#, r#"address = "10.2.0.2:7946", url = "http://x/""#);
+        let text = lab_with(
+            r#"address = "10.2.0.2:7946""#,
+            r#"address = "10.2.0.2:7946", url = "http://x/""#,
+        );
         assert_eq!(
             refused(&text),
             "lab.toml:26: region \"region2\".checks[0].url: a heartbeat check has no url (its keys: address, key_file)"
@@ -1070,16 +1159,25 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         let text = lab_with("address = \"10.1.0.2\"\n", "");
         assert_eq!(
             refused(&text),
-            format!("lab.toml:{}: region[0]: missing field `address`", line_of(&text, "[[region]]"))
+            format!(
+                "lab.toml:{}: region[0]: missing field `address`",
+                line_of(&text, "[[region]]")
+            )
         );
     }
 
     #[test]
     fn addresses_must_be_ipv4() {
         let text = lab_with(r#"vip = "10.2.0.2""#, r#"vip = "10.2.0.300""#);
-        assert_eq!(refused(&text), "lab.toml:30: service[0].vip: invalid IPv4 address syntax");
+        assert_eq!(
+            refused(&text),
+            "lab.toml:30: service[0].vip: invalid IPv4 address syntax"
+        );
         let text = lab_with(r#"address = "10.1.0.2""#, r#"address = "fe80::1""#);
-        assert_eq!(refused(&text), "lab.toml:18: region[0].address: invalid IPv4 address syntax");
+        assert_eq!(
+            refused(&text),
+            "lab.toml:18: region[0].address: invalid IPv4 address syntax"
+        );
     }
 
     #[test]
@@ -1090,7 +1188,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
 
     #[test]
     fn a_service_naming_an_unknown_region_lists_the_known_ones() {
-        let text = lab_with(r#"regions = ["region1", "region2"]"#, r#"regions = ["region1", "region9"]"#);
+        let text = lab_with(
+            r#"regions = ["region1", "region2"]"#,
+            r#"regions = ["region1", "region9"]"#,
+        );
         assert_eq!(
             refused(&text),
             "lab.toml:34: service \"web\".regions: unknown region \"region9\" (known: region1, region2)"
@@ -1099,7 +1200,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
 
     #[test]
     fn a_service_lists_a_region_once() {
-        let text = lab_with(r#"regions = ["region1", "region2"]"#, r#"regions = ["region1", "region1"]"#);
+        let text = lab_with(
+            r#"regions = ["region1", "region2"]"#,
+            r#"regions = ["region1", "region1"]"#,
+        );
         assert_eq!(
             refused(&text),
             "lab.toml:34: service \"web\".regions: \"region1\" appears twice (first on line 34)"
@@ -1124,7 +1228,9 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
     #[test]
     fn names_are_plain_words() {
         let text = lab_with(r#"name = "region1""#, r#"name = "region one""#);
-        assert!(refused(&text).starts_with("lab.toml:17: region[0].name: \"region one\": a name is"));
+        assert!(
+            refused(&text).starts_with("lab.toml:17: region[0].name: \"region one\": a name is")
+        );
     }
 
     #[test]
@@ -1140,11 +1246,20 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
     #[test]
     fn ports_follow_the_protocol() {
         let icmp = lab_with(r#"protocol = "tcp""#, r#"protocol = "icmp""#);
-        assert_eq!(refused(&icmp), "lab.toml:31: service \"web\".port: an icmp service has no port");
+        assert_eq!(
+            refused(&icmp),
+            "lab.toml:31: service \"web\".port: an icmp service has no port"
+        );
         let no_port = lab_with("port = 80\n", "");
-        assert_eq!(refused(&no_port), "lab.toml:31: service \"web\".port: a tcp service needs a port");
+        assert_eq!(
+            refused(&no_port),
+            "lab.toml:31: service \"web\".port: a tcp service needs a port"
+        );
         let zero = lab_with("port = 80\n", "port = 0\n");
-        assert_eq!(refused(&zero), "lab.toml:31: service \"web\".port: port 0 is not a service port");
+        assert_eq!(
+            refused(&zero),
+            "lab.toml:31: service \"web\".port: port 0 is not a service port"
+        );
         let ping = lab_with("port = 80\nprotocol = \"tcp\"", "protocol = \"icmp\"");
         let c = Config::parse(&ping, "lab.toml").unwrap();
         assert_eq!(c.services[0].addr.port, 0);
@@ -1157,7 +1272,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         let specs = c.service_specs();
         assert_eq!(
             specs[0].backends.values().copied().collect::<Vec<_>>(),
-            ["10.1.0.2:8080".parse().unwrap(), "10.2.0.2:8080".parse::<SocketAddrV4>().unwrap()]
+            [
+                "10.1.0.2:8080".parse().unwrap(),
+                "10.2.0.2:8080".parse::<SocketAddrV4>().unwrap()
+            ]
         );
         let plain = Config::parse(LAB, "lab.toml").unwrap().service_specs();
         assert_eq!(plain[0].backends[&1], "10.2.0.2:80".parse().unwrap());
@@ -1188,7 +1306,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
             "lab.toml:26: region \"region2\".rise: must be at least 1"
         );
         let negative = refused(&lab_with("fall = 3", "fall = -1"));
-        assert!(negative.starts_with("lab.toml:6: health.fall: invalid value"), "{negative}");
+        assert!(
+            negative.starts_with("lab.toml:6: health.fall: invalid value"),
+            "{negative}"
+        );
     }
 
     #[test]
@@ -1200,7 +1321,9 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
              a check has one probe in flight at a time"
         );
         let global_timeout = lab_with("timeout_ms = 100", "timeout_ms = 150");
-        assert!(refused(&global_timeout).starts_with("lab.toml:8: health.timeout_ms: timeout_ms (150)"));
+        assert!(
+            refused(&global_timeout).starts_with("lab.toml:8: health.timeout_ms: timeout_ms (150)")
+        );
     }
 
     #[test]
@@ -1233,13 +1356,23 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
     #[test]
     fn at_least_one_region_interface_check_and_service_region() {
         let no_region = "interfaces = [\"eth0\"]\n";
-        assert_eq!(refused(no_region), "lab.toml:1: region: at least one [[region]] is needed");
         assert_eq!(
-            refused(&lab_with(r#"interfaces = ["veth-client", "veth-r1", "veth-r2"]"#, "interfaces = []")),
+            refused(no_region),
+            "lab.toml:1: region: at least one [[region]] is needed"
+        );
+        assert_eq!(
+            refused(&lab_with(
+                r#"interfaces = ["veth-client", "veth-r1", "veth-r2"]"#,
+                "interfaces = []"
+            )),
             "lab.toml:1: interfaces: at least one interface is needed"
         );
-        let no_check = lab_with(r#"[{ kind = "heartbeat", address = "10.2.0.2:7946" }]"#, "[]");
-        assert!(refused(&no_check).starts_with("lab.toml:26: region \"region2\".checks: at least one check"));
+        let no_check = lab_with(
+            r#"[{ kind = "heartbeat", address = "10.2.0.2:7946" }]"#,
+            "[]",
+        );
+        assert!(refused(&no_check)
+            .starts_with("lab.toml:26: region \"region2\".checks: at least one check"));
         let no_service_region = lab_with(r#"["region1", "region2"]"#, "[]");
         assert_eq!(
             refused(&no_service_region),
@@ -1250,7 +1383,8 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
     #[test]
     fn interface_names_fit_the_kernel() {
         let long = lab_with("\"veth-r2\"]", "\"veth-r2-is-far-too-long\"]");
-        assert!(refused(&long).starts_with("lab.toml:1: interfaces[2]: \"veth-r2-is-far-too-long\" is not"));
+        assert!(refused(&long)
+            .starts_with("lab.toml:1: interfaces[2]: \"veth-r2-is-far-too-long\" is not"));
         let twice = lab_with("\"veth-r2\"]", "\"veth-r1\"]");
         assert_eq!(
             refused(&twice),
@@ -1278,7 +1412,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
             "lab.toml:13: failover.max_switches_per_minute: must be at least 1 (set preempt = false to stop failback)"
         );
         let bad_mode = refused(&lab_with("\"keep-last\"", "\"keep\""));
-        assert!(bad_mode.starts_with("lab.toml:14: failover.all_down: unknown variant `keep`"), "{bad_mode}");
+        assert!(
+            bad_mode.starts_with("lab.toml:14: failover.all_down: unknown variant `keep`"),
+            "{bad_mode}"
+        );
     }
 
     #[test]
@@ -1287,7 +1424,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
             without_spanned_segments("region[0].checks.$__serde_spanned_private_value[0].urll"),
             "region[0].checks[0].urll"
         );
-        assert_eq!(without_spanned_segments("health.fall.$__serde_spanned_private_value"), "health.fall");
+        assert_eq!(
+            without_spanned_segments("health.fall.$__serde_spanned_private_value"),
+            "health.fall"
+        );
         assert_eq!(without_spanned_segments("."), "");
     }
 
@@ -1297,7 +1437,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
             parse_http_url("http://checker.lab:8080/health?deep=1"),
             Ok(("checker.lab".into(), 8080, "/health?deep=1".into()))
         );
-        assert_eq!(parse_http_url("http://10.1.0.2"), Ok(("10.1.0.2".into(), 80, "/".into())));
+        assert_eq!(
+            parse_http_url("http://10.1.0.2"),
+            Ok(("10.1.0.2".into(), 80, "/".into()))
+        );
         let https = refused(&lab_with("http://10.1.0.2:80/", "https://10.1.0.2/"));
         assert_eq!(
             https,
@@ -1307,13 +1450,18 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         assert!(parse_http_url("http://:80/").is_err());
         assert!(parse_http_url("http://user@host/").is_err());
         let status = refused(&lab_with("expect_status = 200", "expect_status = 42"));
-        assert!(status.starts_with("lab.toml:20: region \"region1\".checks[0].expect_status: 42 is not"));
+        assert!(status
+            .starts_with("lab.toml:20: region \"region1\".checks[0].expect_status: 42 is not"));
     }
 
     #[test]
     fn load_names_a_missing_file() {
         let err = Config::load(Path::new("/nonexistent/redirector.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
-        assert!(err.to_string().starts_with("/nonexistent/redirector.toml: "), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/redirector.toml: "),
+            "{err}"
+        );
     }
 }

@@ -125,7 +125,10 @@ impl CheckStatus {
             ),
             Health::Pending if self.probes >= u64::from(rise) + u64::from(fall) => (
                 Health::Down,
-                format!("no verdict after {} probes, last: {}", self.probes, probe.outcome),
+                format!(
+                    "no verdict after {} probes, last: {}",
+                    self.probes, probe.outcome
+                ),
             ),
             unchanged => (unchanged, String::new()),
         };
@@ -228,8 +231,13 @@ impl RegionHealth {
 
     /// The operator's drain; None if it was already so.
     pub fn set_drained(&mut self, drained: bool, now: Duration) -> Option<Transition> {
-        let why = if drained { "drained by the operator" } else { "drain lifted by the operator" };
-        (drained != self.view.drained).then(|| self.change(now, self.view.health, drained, why.into()))
+        let why = if drained {
+            "drained by the operator"
+        } else {
+            "drain lifted by the operator"
+        };
+        (drained != self.view.drained)
+            .then(|| self.change(now, self.view.health, drained, why.into()))
     }
 
     /// What the data plane should hold for this region; None while Pending
@@ -256,7 +264,13 @@ impl RegionHealth {
         }
     }
 
-    fn change(&mut self, at: Duration, health: Health, drained: bool, reason: String) -> Transition {
+    fn change(
+        &mut self,
+        at: Duration,
+        health: Health,
+        drained: bool,
+        reason: String,
+    ) -> Transition {
         let from = self.view;
         self.view = RegionView {
             health,
@@ -307,7 +321,12 @@ mod tests {
 
     /// Feeds one result per probe interval into `check`, starting at
     /// `*clock`; returns the transitions, with the probe number each came at.
-    fn feed(r: &mut RegionHealth, check: usize, clock: &mut Duration, outcomes: &[Outcome]) -> Vec<(usize, Transition)> {
+    fn feed(
+        r: &mut RegionHealth,
+        check: usize,
+        clock: &mut Duration,
+        outcomes: &[Outcome],
+    ) -> Vec<(usize, Transition)> {
         let mut transitions = Vec::new();
         for (i, outcome) in outcomes.iter().enumerate() {
             *clock += T;
@@ -345,7 +364,10 @@ mod tests {
         assert_eq!(t.len(), 1);
         let (probe, t) = &t[0];
         assert_eq!(*probe, 3);
-        assert_eq!((t.from.health, t.to.health, t.at), (Health::Pending, Health::Up, 3 * T));
+        assert_eq!(
+            (t.from.health, t.to.health, t.at),
+            (Health::Pending, Health::Up, 3 * T)
+        );
         assert_eq!(t.reason, "heartbeat 10.1.0.2:7946: 3 successes in a row");
         assert_eq!(r.dataplane_state(), Some(RegionState::Up));
         assert_eq!(r.view().since, 3 * T);
@@ -358,8 +380,16 @@ mod tests {
         feed(&mut r, 0, &mut clock, &ok(3));
         let mut outcomes = miss(2);
         outcomes.push(Outcome::Success);
-        assert!(feed(&mut r, 0, &mut clock, &outcomes).is_empty(), "two misses are noise");
-        let t = feed(&mut r, 0, &mut clock, &[miss(2), vec![Outcome::Failure("connection refused".into())]].concat());
+        assert!(
+            feed(&mut r, 0, &mut clock, &outcomes).is_empty(),
+            "two misses are noise"
+        );
+        let t = feed(
+            &mut r,
+            0,
+            &mut clock,
+            &[miss(2), vec![Outcome::Failure("connection refused".into())]].concat(),
+        );
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].0, t[0].1.to.health), (3, Health::Down));
         assert_eq!(
@@ -392,7 +422,10 @@ mod tests {
         let t = feed(&mut r, 0, &mut clock, &flapping);
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].0, t[0].1.to.health), (6, Health::Down));
-        assert_eq!(t[0].1.reason, "heartbeat 10.1.0.2:7946: no verdict after 6 probes, last: timeout");
+        assert_eq!(
+            t[0].1.reason,
+            "heartbeat 10.1.0.2:7946: no verdict after 6 probes, last: timeout"
+        );
     }
 
     #[test]
@@ -401,7 +434,11 @@ mod tests {
         let mut r = region(2);
         let mut clock = Duration::ZERO;
         feed(&mut r, 0, &mut clock, &ok(3));
-        assert_eq!(r.view().health, Health::Pending, "the tcp check has no verdict yet");
+        assert_eq!(
+            r.view().health,
+            Health::Pending,
+            "the tcp check has no verdict yet"
+        );
         let mut tcp_clock = Duration::ZERO;
         let t = feed(&mut r, 1, &mut tcp_clock, &ok(3));
         assert_eq!(t[0].1.to.health, Health::Up);
@@ -409,7 +446,10 @@ mod tests {
         let t = feed(&mut r, 0, &mut clock, &miss(3));
         assert_eq!(t[0].1.to.health, Health::Down);
         assert!(t[0].1.reason.starts_with("heartbeat "));
-        assert!(feed(&mut r, 1, &mut tcp_clock, &ok(5)).is_empty(), "tcp alone cannot bring it back");
+        assert!(
+            feed(&mut r, 1, &mut tcp_clock, &ok(5)).is_empty(),
+            "tcp alone cannot bring it back"
+        );
         assert_eq!(r.checks()[1].health, Health::Up);
 
         let t = feed(&mut r, 0, &mut clock, &ok(3));
@@ -421,14 +461,23 @@ mod tests {
         let mut r = region(2);
         let mut clock = Duration::ZERO;
         let t = feed(&mut r, 0, &mut clock, &miss(3));
-        assert_eq!(t[0].1.to.health, Health::Down, "no need to wait for the tcp check");
+        assert_eq!(
+            t[0].1.to.health,
+            Health::Down,
+            "no need to wait for the tcp check"
+        );
     }
 
     #[test]
     fn the_last_result_of_each_check_is_kept() {
         let mut r = region(2);
         let mut clock = Duration::ZERO;
-        feed(&mut r, 1, &mut clock, &[Outcome::Failure("connection refused".into())]);
+        feed(
+            &mut r,
+            1,
+            &mut clock,
+            &[Outcome::Failure("connection refused".into())],
+        );
         let last = r.checks()[1].last.as_ref().unwrap();
         assert_eq!(last.at, T);
         assert_eq!(last.outcome.to_string(), "failed: connection refused");
@@ -443,7 +492,10 @@ mod tests {
         let t = r.set_drained(true, clock).unwrap();
         assert_eq!(t.to.to_string(), "pending, draining");
         assert_eq!(r.dataplane_state(), Some(RegionState::Draining));
-        assert!(r.set_drained(true, clock).is_none(), "no change, no transition");
+        assert!(
+            r.set_drained(true, clock).is_none(),
+            "no change, no transition"
+        );
 
         feed(&mut r, 0, &mut clock, &ok(3));
         assert_eq!(r.view().health, Health::Up);
@@ -452,11 +504,18 @@ mod tests {
 
         let t = feed(&mut r, 0, &mut clock, &miss(3));
         assert_eq!(t[0].1.to.to_string(), "down, draining");
-        assert_eq!(r.dataplane_state(), Some(RegionState::Down), "flows leave a dead region");
+        assert_eq!(
+            r.dataplane_state(),
+            Some(RegionState::Down),
+            "flows leave a dead region"
+        );
 
         feed(&mut r, 0, &mut clock, &ok(3));
         let t = r.set_drained(false, clock).unwrap();
-        assert_eq!((t.reason.as_str(), t.to.since), ("drain lifted by the operator", clock));
+        assert_eq!(
+            (t.reason.as_str(), t.to.since),
+            ("drain lifted by the operator", clock)
+        );
         assert!(r.view().eligible());
         assert_eq!(r.dataplane_state(), Some(RegionState::Up));
     }

@@ -6,3 +6,4 @@ pub mod dataplane;
 pub mod config;
 pub mod health;
 pub mod probe;
+pub mod policy;
