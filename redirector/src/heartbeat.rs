@@ -1,0 +1,809 @@
+//! The UDP heartbeat between redirectord and a region's redirector-agent:
+//! the daemon sends a request per probe interval, the agent answers with a
+//! report on its region. Encoding, decoding and the daemon's checks of the
+//! replies; no sockets here.
+//!
+//! Wire format, version 1: 64 bytes, integers big-endian.
+//!
+//! | offset | size | field                                                  |
+//! |-------:|-----:|--------------------------------------------------------|
+//! |      0 |    4 | magic `RDHB`                                           |
+//! |      4 |    1 | version, 1                                             |
+//! |      5 |    1 | kind: 1 request, 2 reply                               |
+//! |      6 |    1 | flags: bit 0 = the MAC field is set; others 0          |
+//! |      7 |    1 | 0                                                      |
+//! |      8 |    8 | sequence number                                        |
+//! |     16 |    8 | timestamp (ns): the daemon's clock; a reply echoes it  |
+//! |     24 |    1 | reply: agent's service check, 0 none, 1 ok, 2 failed   |
+//! |     25 |    1 | 0                                                      |
+//! |     26 |    2 | reply: CPU utilisation, permille (0..=1000)            |
+//! |     28 |    4 | reply: active connections                              |
+//! |     32 |   32 | HMAC-SHA256 of bytes 0..32 under the shared key, or 0  |
+//!
+//! Magic and version come first and stay put, so a later version can change
+//! everything after them. The MAC covers the kind, so a request cannot be
+//! reflected back as a reply.
+//!
+//! Both ends have the same key or none: a MAC where none is expected is
+//! refused like a missing one, so a key configured on one end only shows up
+//! at once as a dead region with a rising `unauthenticated` counter.
+//!
+//! The heartbeat check succeeds when an accepted reply arrives in time and
+//! the agent does not report its own service check failed: an agent that
+//! is alive but sees its service fail takes the region down too.
+
+use std::{
+    collections::VecDeque,
+    fmt, fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::health::Outcome;
+
+pub const MESSAGE_LEN: usize = 64;
+pub const VERSION: u8 = 1;
+/// HMAC-SHA256 takes any key length; a short one is a weak one.
+pub const MIN_KEY_LEN: usize = 16;
+const MAGIC: [u8; 4] = *b"RDHB";
+const FLAG_MAC: u8 = 1;
+const SIGNED_LEN: usize = 32;
+/// Requests a verifier remembers when its caller stops expiring them.
+const MAX_OUTSTANDING: usize = 64;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Reply,
+}
+
+impl Kind {
+    fn wire(self) -> u8 {
+        match self {
+            Kind::Request => 1,
+            Kind::Reply => 2,
+        }
+    }
+}
+
+/// The agent's own check of the service in its region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceCheck {
+    /// The agent checks nothing locally.
+    #[default]
+    None,
+    Ok,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub service: ServiceCheck,
+    pub cpu_permille: u16,
+    pub active_connections: u32,
+}
+
+impl Report {
+    /// What the reply means for the region's heartbeat check.
+    pub fn outcome(&self) -> Outcome {
+        match self.service {
+            ServiceCheck::Failed => Outcome::Failure("the agent's service check failed".into()),
+            ServiceCheck::None | ServiceCheck::Ok => Outcome::Success,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub kind: Kind,
+    pub seq: u64,
+    pub timestamp_ns: u64,
+    /// All zero in a request.
+    pub report: Report,
+}
+
+/// A shared HMAC key.
+#[derive(Clone)]
+pub struct Key(Vec<u8>);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+#[derive(Debug)]
+pub enum KeyError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    TooShort {
+        path: PathBuf,
+        len: usize,
+    },
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Read { path, source } => {
+                write!(f, "heartbeat key {}: {source}", path.display())
+            }
+            KeyError::TooShort { path, len } => write!(
+                f,
+                "heartbeat key {}: {len} bytes, at least {MIN_KEY_LEN} needed",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+impl Key {
+    /// The file's bytes, less trailing whitespace, so that a key written
+    /// with `echo` or `base64` works on both ends.
+    pub fn load(path: &Path) -> Result<Key, KeyError> {
+        let mut bytes = fs::read(path).map_err(|source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+            bytes.pop();
+        }
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort {
+                path: path.to_path_buf(),
+                len: bytes.len(),
+            });
+        }
+        Ok(Key(bytes))
+    }
+
+    fn mac(&self, signed: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(signed);
+        mac
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Length(usize),
+    Magic,
+    Version(u8),
+    /// Not the kind expected here, or no kind at all.
+    Kind(u8),
+    /// A field out of its range, or a zero byte that is not.
+    Field(&'static str),
+    /// A key is configured and the message carries no MAC.
+    MissingMac,
+    /// No key is configured and the message carries a MAC.
+    UnexpectedMac,
+    BadMac,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Length(n) => write!(f, "{n} bytes, a heartbeat is {MESSAGE_LEN}"),
+            DecodeError::Magic => f.write_str("not a heartbeat (bad magic)"),
+            DecodeError::Version(v) => {
+                write!(f, "heartbeat version {v}, this end speaks {VERSION}")
+            }
+            DecodeError::Kind(k) => write!(f, "unexpected message kind {k}"),
+            DecodeError::Field(name) => write!(f, "bad field {name}"),
+            DecodeError::MissingMac => f.write_str("no MAC, and a key is configured"),
+            DecodeError::UnexpectedMac => f.write_str("a MAC, and no key is configured"),
+            DecodeError::BadMac => f.write_str("MAC does not verify"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Message {
+    pub fn request(seq: u64, timestamp_ns: u64) -> Message {
+        Message {
+            kind: Kind::Request,
+            seq,
+            timestamp_ns,
+            report: Report::default(),
+        }
+    }
+
+    pub fn encode(&self, key: Option<&Key>) -> [u8; MESSAGE_LEN] {
+        let mut b = [0u8; MESSAGE_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
+        b[5] = self.kind.wire();
+        b[6] = if key.is_some() { FLAG_MAC } else { 0 };
+        b[8..16].copy_from_slice(&self.seq.to_be_bytes());
+        b[16..24].copy_from_slice(&self.timestamp_ns.to_be_bytes());
+        b[24] = match self.report.service {
+            ServiceCheck::None => 0,
+            ServiceCheck::Ok => 1,
+            ServiceCheck::Failed => 2,
+        };
+        b[26..28].copy_from_slice(&self.report.cpu_permille.to_be_bytes());
+        b[28..32].copy_from_slice(&self.report.active_connections.to_be_bytes());
+        if let Some(key) = key {
+            let tag = key.mac(&b[..SIGNED_LEN]).finalize().into_bytes();
+            b[SIGNED_LEN..].copy_from_slice(&tag);
+        }
+        b
+    }
+
+    /// Checks framing and authentication before it reads any field.
+    pub fn decode(bytes: &[u8], key: Option<&Key>, expect: Kind) -> Result<Message, DecodeError> {
+        let b: &[u8; MESSAGE_LEN] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::Length(bytes.len()))?;
+        if b[0..4] != MAGIC {
+            return Err(DecodeError::Magic);
+        }
+        if b[4] != VERSION {
+            return Err(DecodeError::Version(b[4]));
+        }
+        if b[6] & !FLAG_MAC != 0 {
+            return Err(DecodeError::Field("flags"));
+        }
+        authenticate(b, key)?;
+        if b[5] != expect.wire() {
+            return Err(DecodeError::Kind(b[5]));
+        }
+        if b[7] != 0 || b[25] != 0 {
+            return Err(DecodeError::Field("reserved"));
+        }
+        let service = match b[24] {
+            0 => ServiceCheck::None,
+            1 => ServiceCheck::Ok,
+            2 => ServiceCheck::Failed,
+            _ => return Err(DecodeError::Field("service check")),
+        };
+        let cpu_permille = u16::from_be_bytes([b[26], b[27]]);
+        if cpu_permille > 1000 {
+            return Err(DecodeError::Field("cpu permille"));
+        }
+        Ok(Message {
+            kind: expect,
+            seq: u64::from_be_bytes(b[8..16].try_into().unwrap()),
+            timestamp_ns: u64::from_be_bytes(b[16..24].try_into().unwrap()),
+            report: Report {
+                service,
+                cpu_permille,
+                active_connections: u32::from_be_bytes(b[28..32].try_into().unwrap()),
+            },
+        })
+    }
+}
+
+fn authenticate(b: &[u8; MESSAGE_LEN], key: Option<&Key>) -> Result<(), DecodeError> {
+    let signed = b[6] & FLAG_MAC != 0;
+    match key {
+        Some(_) if !signed => Err(DecodeError::MissingMac),
+        // Constant-time comparison: no timing oracle on the tag.
+        Some(key) => key
+            .mac(&b[..SIGNED_LEN])
+            .verify_slice(&b[SIGNED_LEN..])
+            .map_err(|_| DecodeError::BadMac),
+        None if signed => Err(DecodeError::UnexpectedMac),
+        None => Ok(()),
+    }
+}
+
+/// The agent's side: the reply to a request, or why there is none (the
+/// agent stays silent then: an unauthenticated sender learns nothing).
+pub fn answer(
+    request: &[u8],
+    key: Option<&Key>,
+    report: Report,
+) -> Result<[u8; MESSAGE_LEN], DecodeError> {
+    let request = Message::decode(request, key, Kind::Request)?;
+    let reply = Message {
+        kind: Kind::Reply,
+        seq: request.seq,
+        timestamp_ns: request.timestamp_ns,
+        report,
+    };
+    Ok(reply.encode(key))
+}
+
+/// Replies refused or taken, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub accepted: u64,
+    /// Requests that got no reply before [`Verifier::expire`].
+    pub expired: u64,
+    /// Wrong length, magic or kind, or a field out of range.
+    pub malformed: u64,
+    pub bad_version: u64,
+    /// MAC missing, wrong, or present where no key is configured.
+    pub unauthenticated: u64,
+    /// From an address other than the agent's.
+    pub wrong_source: u64,
+    /// Not the answer to a request in flight: duplicated, replayed, late
+    /// (after its request expired), or never asked for.
+    pub unexpected_sequence: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    WrongSource(SocketAddr),
+    Malformed(DecodeError),
+    BadVersion(u8),
+    Unauthenticated(DecodeError),
+    UnexpectedSequence(u64),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::WrongSource(from) => write!(f, "heartbeat reply from {from}, not the agent"),
+            Rejection::Malformed(e) | Rejection::Unauthenticated(e) => {
+                write!(f, "heartbeat reply refused: {e}")
+            }
+            Rejection::BadVersion(v) => write!(f, "heartbeat reply refused: version {v}"),
+            Rejection::UnexpectedSequence(seq) => {
+                write!(f, "heartbeat reply {seq} answers no request in flight")
+            }
+        }
+    }
+}
+
+/// A reply taken: the agent was alive `rtt` after the request left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub seq: u64,
+    pub rtt: Duration,
+    pub report: Report,
+}
+
+struct InFlight {
+    seq: u64,
+    sent_at: Duration,
+}
+
+/// The daemon's side of one agent: numbers requests and takes only
+/// authentic replies to requests still in flight, from the agent's address.
+pub struct Verifier {
+    agent: SocketAddr,
+    key: Option<Key>,
+    next_seq: u64,
+    in_flight: VecDeque<InFlight>,
+    counters: Counters,
+}
+
+impl Verifier {
+    /// `first_seq` should differ at every daemon start (the wall clock in
+    /// ns does), so that replies recorded before a restart never match a
+    /// new request.
+    pub fn new(agent: SocketAddr, key: Option<Key>, first_seq: u64) -> Self {
+        Verifier {
+            agent,
+            key,
+            next_seq: first_seq,
+            in_flight: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// A new request, sent at `now` (also its timestamp, which the reply
+    /// must echo).
+    pub fn request(&mut self, now: Duration) -> [u8; MESSAGE_LEN] {
+        let seq = self.next_seq;
+        self.next_seq = seq.wrapping_add(1);
+        if self.in_flight.len() == MAX_OUTSTANDING {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.push_back(InFlight { seq, sent_at: now });
+        Message::request(seq, timestamp_ns(now)).encode(self.key.as_ref())
+    }
+
+    /// Checks a datagram received at `now`; counts it either way.
+    pub fn accept(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        now: Duration,
+    ) -> Result<Accepted, Rejection> {
+        let verdict = self.check(from, bytes, now);
+        let c = &mut self.counters;
+        *match &verdict {
+            Ok(_) => &mut c.accepted,
+            Err(Rejection::WrongSource(_)) => &mut c.wrong_source,
+            Err(Rejection::Malformed(_)) => &mut c.malformed,
+            Err(Rejection::BadVersion(_)) => &mut c.bad_version,
+            Err(Rejection::Unauthenticated(_)) => &mut c.unauthenticated,
+            Err(Rejection::UnexpectedSequence(_)) => &mut c.unexpected_sequence,
+        } += 1;
+        verdict
+    }
+
+    /// Gives up on requests sent more than `timeout` before `now`; returns
+    /// how many, each a missed probe. A reply to one of them is refused.
+    pub fn expire(&mut self, now: Duration, timeout: Duration) -> usize {
+        let before = self.in_flight.len();
+        self.in_flight
+            .retain(|r| now.saturating_sub(r.sent_at) <= timeout);
+        let expired = before - self.in_flight.len();
+        self.counters.expired += expired as u64;
+        expired
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    fn check(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        now: Duration,
+    ) -> Result<Accepted, Rejection> {
+        if from != self.agent {
+            return Err(Rejection::WrongSource(from));
+        }
+        let reply =
+            Message::decode(bytes, self.key.as_ref(), Kind::Reply).map_err(|e| match e {
+                DecodeError::Version(v) => Rejection::BadVersion(v),
+                DecodeError::MissingMac | DecodeError::UnexpectedMac | DecodeError::BadMac => {
+                    Rejection::Unauthenticated(e)
+                }
+                _ => Rejection::Malformed(e),
+            })?;
+        // Authenticated before this point: a forgery cannot cancel the
+        // request a genuine reply would answer.
+        let position = self
+            .in_flight
+            .iter()
+            .position(|r| r.seq == reply.seq && timestamp_ns(r.sent_at) == reply.timestamp_ns)
+            .ok_or(Rejection::UnexpectedSequence(reply.seq))?;
+        let request = self
+            .in_flight
+            .remove(position)
+            .expect("position is in range");
+        Ok(Accepted {
+            seq: reply.seq,
+            rtt: now.saturating_sub(request.sent_at),
+            report: reply.report,
+        })
+    }
+}
+
+fn timestamp_ns(at: Duration) -> u64 {
+    u64::try_from(at.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT: &str = "10.2.0.2:7946";
+    const MS: Duration = Duration::from_millis(1);
+
+    fn key(byte: u8) -> Key {
+        Key(vec![byte; 32])
+    }
+
+    fn agent() -> SocketAddr {
+        AGENT.parse().unwrap()
+    }
+
+    fn report() -> Report {
+        Report {
+            service: ServiceCheck::Ok,
+            cpu_permille: 423,
+            active_connections: 70_000,
+        }
+    }
+
+    /// The agent's reply to `request`, with `key`.
+    fn reply(request: &[u8], key: Option<&Key>) -> [u8; MESSAGE_LEN] {
+        answer(request, key, report()).unwrap()
+    }
+
+    #[test]
+    fn the_layout_is_as_documented() {
+        let m = Message {
+            kind: Kind::Reply,
+            seq: 0x0102_0304_0506_0708,
+            timestamp_ns: 0x1112_1314_1516_1718,
+            report: report(),
+        };
+        let b = m.encode(None);
+        assert_eq!(&b[0..8], b"RDHB\x01\x02\x00\x00");
+        assert_eq!(&b[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            &b[16..24],
+            &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+        );
+        assert_eq!(&b[24..32], &[1, 0, 0x01, 0xa7, 0x00, 0x01, 0x11, 0x70]);
+        assert_eq!(&b[32..], &[0; 32]);
+        assert_eq!(Message::decode(&b, None, Kind::Reply), Ok(m));
+        let signed = m.encode(Some(&key(7)));
+        assert_eq!(signed[6], FLAG_MAC);
+        assert_ne!(&signed[32..], &[0; 32]);
+        assert_eq!(Message::decode(&signed, Some(&key(7)), Kind::Reply), Ok(m));
+    }
+
+    #[test]
+    fn the_agent_echoes_sequence_and_timestamp() {
+        let request = Message::request(42, 99).encode(Some(&key(1)));
+        let reply =
+            Message::decode(&reply(&request, Some(&key(1))), Some(&key(1)), Kind::Reply).unwrap();
+        assert_eq!(
+            (reply.seq, reply.timestamp_ns, reply.report),
+            (42, 99, report())
+        );
+    }
+
+    #[test]
+    fn every_tampered_byte_fails_authentication() {
+        let good = Message::request(1, 2).encode(Some(&key(1)));
+        for i in 0..MESSAGE_LEN {
+            let mut bad = good;
+            bad[i] ^= 0x20;
+            let e = Message::decode(&bad, Some(&key(1)), Kind::Request).unwrap_err();
+            // Framing is read before the MAC: those bytes fail earlier.
+            let expected = match i {
+                0..=3 => DecodeError::Magic,
+                4 => DecodeError::Version(VERSION ^ 0x20),
+                6 => DecodeError::Field("flags"),
+                _ => DecodeError::BadMac,
+            };
+            assert_eq!(e, expected, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_key_a_missing_mac_and_an_unexpected_mac_are_refused() {
+        let signed = Message::request(1, 2).encode(Some(&key(1)));
+        let plain = Message::request(1, 2).encode(None);
+        let (right, wrong) = (key(1), key(2));
+        let decode = |b: &[u8], k| Message::decode(b, k, Kind::Request).unwrap_err();
+        assert_eq!(decode(&signed, Some(&wrong)), DecodeError::BadMac);
+        assert_eq!(decode(&plain, Some(&right)), DecodeError::MissingMac);
+        assert_eq!(decode(&signed, None), DecodeError::UnexpectedMac);
+        // A forger who sets the flag without the key gets nowhere either.
+        let mut flagged = plain;
+        flagged[6] = FLAG_MAC;
+        assert_eq!(decode(&flagged, Some(&right)), DecodeError::BadMac);
+    }
+
+    #[test]
+    fn framing_errors_are_named() {
+        let good = Message::request(1, 2).encode(None);
+        let decode = |b: &[u8]| Message::decode(b, None, Kind::Request).unwrap_err();
+        assert_eq!(decode(&good[..63]), DecodeError::Length(63));
+        assert_eq!(decode(&[]), DecodeError::Length(0));
+        assert_eq!(
+            decode(&[good.as_slice(), &[0]].concat()),
+            DecodeError::Length(65)
+        );
+        let mut v2 = good;
+        v2[4] = 2;
+        assert_eq!(decode(&v2), DecodeError::Version(2));
+        assert_eq!(
+            Message::decode(&good, None, Kind::Reply).unwrap_err(),
+            DecodeError::Kind(1),
+            "a request reflected as a reply"
+        );
+    }
+
+    #[test]
+    fn report_fields_out_of_range_are_refused() {
+        let mut m = Message::request(1, 2);
+        m.kind = Kind::Reply;
+        m.report.cpu_permille = 1001;
+        let decode = |b: &[u8]| Message::decode(b, None, Kind::Reply).unwrap_err();
+        assert_eq!(decode(&m.encode(None)), DecodeError::Field("cpu permille"));
+        m.report.cpu_permille = 1000;
+        let mut b = m.encode(None);
+        b[24] = 3;
+        assert_eq!(decode(&b), DecodeError::Field("service check"));
+        b[24] = 0;
+        b[25] = 1;
+        assert_eq!(decode(&b), DecodeError::Field("reserved"));
+    }
+
+    #[test]
+    fn the_agent_does_not_answer_an_unauthenticated_request() {
+        let plain = Message::request(1, 2).encode(None);
+        assert_eq!(
+            answer(&plain, Some(&key(1)), report()),
+            Err(DecodeError::MissingMac)
+        );
+        let forged = Message::request(1, 2).encode(Some(&key(9)));
+        assert_eq!(
+            answer(&forged, Some(&key(1)), report()),
+            Err(DecodeError::BadMac)
+        );
+    }
+
+    #[test]
+    fn the_verifier_takes_a_reply_to_a_request_in_flight_once() {
+        let k = key(1);
+        let mut v = Verifier::new(agent(), Some(k.clone()), 1000);
+        let request = v.request(10 * MS);
+        let r = reply(&request, Some(&k));
+        let accepted = v.accept(agent(), &r, 13 * MS).unwrap();
+        assert_eq!(
+            accepted,
+            Accepted {
+                seq: 1000,
+                rtt: 3 * MS,
+                report: report()
+            }
+        );
+        assert_eq!(accepted.report.outcome(), Outcome::Success);
+        assert_eq!(
+            v.accept(agent(), &r, 14 * MS),
+            Err(Rejection::UnexpectedSequence(1000))
+        );
+        let c = v.counters();
+        assert_eq!((c.accepted, c.unexpected_sequence), (1, 1));
+    }
+
+    #[test]
+    fn a_replay_of_an_earlier_reply_is_refused() {
+        let mut v = Verifier::new(agent(), None, 1);
+        let first = reply(&v.request(MS), None);
+        v.accept(agent(), &first, 2 * MS).unwrap();
+        v.request(101 * MS);
+        assert_eq!(
+            v.accept(agent(), &first, 102 * MS),
+            Err(Rejection::UnexpectedSequence(1))
+        );
+        // Right sequence, wrong timestamp: not the reply to that request.
+        let forged = Message {
+            kind: Kind::Reply,
+            seq: 2,
+            timestamp_ns: 0,
+            report: report(),
+        };
+        assert_eq!(
+            v.accept(agent(), &forged.encode(None), 102 * MS),
+            Err(Rejection::UnexpectedSequence(2))
+        );
+        assert_eq!(v.counters().unexpected_sequence, 2);
+    }
+
+    #[test]
+    fn a_reply_from_another_address_is_refused_before_anything_else() {
+        let mut v = Verifier::new(agent(), None, 1);
+        let r = reply(&v.request(MS), None);
+        let other: SocketAddr = "10.2.0.3:7946".parse().unwrap();
+        assert_eq!(
+            v.accept(other, &r, 2 * MS),
+            Err(Rejection::WrongSource(other))
+        );
+        assert_eq!(
+            v.accept(agent(), &r, 2 * MS).map(|a| a.seq),
+            Ok(1),
+            "still in flight"
+        );
+        let c = v.counters();
+        assert_eq!((c.wrong_source, c.accepted), (1, 1));
+    }
+
+    #[test]
+    fn a_forged_reply_does_not_cancel_the_genuine_one() {
+        let k = key(1);
+        let mut v = Verifier::new(agent(), Some(k.clone()), 1);
+        let request = v.request(MS);
+        let genuine = Message::decode(&reply(&request, Some(&k)), Some(&k), Kind::Reply).unwrap();
+        let forged = genuine.encode(Some(&key(2)));
+        assert!(matches!(
+            v.accept(agent(), &forged, 2 * MS),
+            Err(Rejection::Unauthenticated(DecodeError::BadMac))
+        ));
+        assert!(matches!(
+            v.accept(agent(), &genuine.encode(None), 2 * MS),
+            Err(Rejection::Unauthenticated(DecodeError::MissingMac))
+        ));
+        assert!(v.accept(agent(), &genuine.encode(Some(&k)), 3 * MS).is_ok());
+        assert_eq!(v.counters().unauthenticated, 2);
+    }
+
+    #[test]
+    fn each_cause_has_its_own_counter() {
+        let mut v = Verifier::new(agent(), None, 1);
+        let good = reply(&v.request(MS), None);
+        let mut v2 = good;
+        v2[4] = 2;
+        assert_eq!(
+            v.accept(agent(), &v2, 2 * MS),
+            Err(Rejection::BadVersion(2))
+        );
+        assert_eq!(
+            v.accept(agent(), &good[..10], 2 * MS),
+            Err(Rejection::Malformed(DecodeError::Length(10)))
+        );
+        let request = Message::request(1, 1_000_000).encode(None);
+        assert_eq!(
+            v.accept(agent(), &request, 2 * MS),
+            Err(Rejection::Malformed(DecodeError::Kind(1)))
+        );
+        assert_eq!(
+            v.counters(),
+            Counters {
+                malformed: 2,
+                bad_version: 1,
+                ..Counters::default()
+            }
+        );
+    }
+
+    #[test]
+    fn expired_requests_count_as_misses_and_their_late_replies_are_refused() {
+        let mut v = Verifier::new(agent(), None, 1);
+        let late = reply(&v.request(Duration::ZERO), None);
+        let on_time = reply(&v.request(100 * MS), None);
+        assert_eq!(
+            v.expire(100 * MS, 100 * MS),
+            0,
+            "exactly the timeout is still in time"
+        );
+        assert_eq!(v.expire(150 * MS, 100 * MS), 1);
+        assert_eq!(
+            v.accept(agent(), &late, 150 * MS),
+            Err(Rejection::UnexpectedSequence(1))
+        );
+        assert_eq!(
+            v.accept(agent(), &on_time, 150 * MS).map(|a| a.rtt),
+            Ok(50 * MS)
+        );
+        assert_eq!(v.counters().expired, 1);
+    }
+
+    #[test]
+    fn a_verifier_whose_requests_are_never_expired_stays_bounded() {
+        let mut v = Verifier::new(agent(), None, 1);
+        let first = reply(&v.request(Duration::ZERO), None);
+        for i in 1..=MAX_OUTSTANDING as u32 {
+            v.request(i * MS);
+        }
+        assert_eq!(v.in_flight.len(), MAX_OUTSTANDING);
+        assert_eq!(
+            v.accept(agent(), &first, MS),
+            Err(Rejection::UnexpectedSequence(1))
+        );
+    }
+
+    #[test]
+    fn a_failed_service_check_in_a_reply_is_a_failed_probe() {
+        let r = Report {
+            service: ServiceCheck::Failed,
+            ..report()
+        };
+        assert_eq!(
+            r.outcome(),
+            Outcome::Failure("the agent's service check failed".into())
+        );
+        assert_eq!(Report::default().outcome(), Outcome::Success);
+    }
+
+    #[test]
+    fn keys_load_from_a_file_without_trailing_whitespace() {
+        let dir = std::env::temp_dir().join(format!("redirector-hb-key-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hb.key");
+        fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let k = Key::load(&path).unwrap();
+        assert_eq!(k.0, b"0123456789abcdef0123");
+        assert_eq!(format!("{k:?}"), "Key(..)", "never printed");
+        fs::write(&path, "short  \n").unwrap();
+        let e = Key::load(&path).unwrap_err();
+        assert!(matches!(e, KeyError::TooShort { len: 5, .. }), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(Key::load(&path), Err(KeyError::Read { .. })));
+    }
+}
