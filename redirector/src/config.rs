@@ -68,9 +68,11 @@ use redirector_common::{MAX_REGIONS, MAX_SERVICES};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::dataplane::{Protocol, ServiceAddr, ServiceSpec, DEFAULT_PIN_PATH};
+use crate::{
+    control::DEFAULT_SOCKET,
+    dataplane::{Protocol, ServiceAddr, ServiceSpec, DEFAULT_PIN_PATH},
+};
 
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/redirector/control.sock";
 /// The window of `max_switches_per_minute`.
 pub const SWITCH_WINDOW: Duration = Duration::from_secs(60);
 const MIN_INTERVAL_MS: u64 = 10;
@@ -299,7 +301,7 @@ struct RawConfig {
     service: Vec<RawService>,
 }
 
-#[derive(Clone, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     interval_ms: Option<Spanned<u64>>,
@@ -410,7 +412,6 @@ impl<T: Copy> Located<T> {
     }
 }
 
-#[derive(Clone)]
 struct LocatedHealth {
     interval_ms: Located<u64>,
     fall: Located<u32>,
@@ -503,20 +504,24 @@ impl Source<'_> {
         self.error(inner.span().unwrap_or(0..0), key, inner.message())
     }
 
+    /// In the order of the file's sections, so the first error reported
+    /// is the first one in the file.
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let interfaces = self.interfaces(&raw.interfaces)?;
         let health = self.health_defaults(&raw.health)?;
+        let failover = self.failover(&raw.failover)?;
         let regions = self.regions(&raw.region, &health)?;
         let services = self.services(&raw.service, &regions)?;
         Ok(Config {
-            interfaces: self.interfaces(&raw.interfaces)?,
+            interfaces,
             pin_path: raw
                 .pin_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
             control_socket: raw
                 .control_socket
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             metrics_listen: raw.metrics_listen,
-            failover: self.failover(&raw.failover)?,
+            failover,
             regions,
             services,
         })
@@ -1023,7 +1028,7 @@ regions = ["region1", "region2"]
         let c = Config::parse(LAB, "lab.toml").unwrap();
         assert_eq!(c.interfaces, ["veth-client", "veth-r1", "veth-r2"]);
         assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/redirector"));
-        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9477".parse().unwrap()));
         assert_eq!(c.failover, DEFAULT_FAILOVER);
         assert_eq!(c.regions.len(), 2);

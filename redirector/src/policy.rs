@@ -116,10 +116,10 @@ impl EventLog {
 
     pub fn extend(&mut self, events: impl IntoIterator<Item = Event>) {
         for event in events {
-            if self.events.len() == self.capacity {
+            self.events.push_back(event);
+            if self.events.len() > self.capacity {
                 self.events.pop_front();
             }
-            self.events.push_back(event);
         }
     }
 
@@ -1198,6 +1198,52 @@ mod tests {
     }
 
     #[test]
+    fn fed_by_health_it_fails_over_within_fall_intervals() {
+        use crate::health::{Outcome, Probe, RegionHealth};
+        let config = config("");
+        let mut policy = Policy::new(&config);
+        let mut regions: Vec<RegionHealth> = config
+            .regions
+            .iter()
+            .map(|r| RegionHealth::new(r, Duration::ZERO))
+            .collect();
+        let mut web = Vec::new();
+        for tick in 1..=6u32 {
+            let at = tick * Duration::from_millis(100);
+            for (id, region) in regions.iter_mut().enumerate() {
+                let outcome = if id == R2 as usize && tick > 3 {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Success
+                };
+                let latency = Duration::from_millis(1);
+                region.record(
+                    0,
+                    Probe {
+                        at,
+                        outcome,
+                        latency,
+                    },
+                );
+            }
+            let views: Vec<RegionView> = regions.iter().map(RegionHealth::view).collect();
+            let d = policy.evaluate(at, &views).decisions[0];
+            web.push((tick, d.active, d.changed));
+        }
+        assert_eq!(
+            web,
+            [
+                (1, None, false),
+                (2, None, false),
+                (3, Some(R2), true),
+                (4, Some(R2), false),
+                (5, Some(R2), false),
+                (6, Some(R1), true),
+            ]
+        );
+    }
+
+    #[test]
     fn region_events_show_health_and_drain() {
         let t = Transition {
             at: Duration::from_secs(5),
@@ -1235,5 +1281,8 @@ mod tests {
         log.extend((1..=3).map(event));
         let kept: Vec<u64> = log.iter().map(|e| e.at.as_secs()).collect();
         assert_eq!(kept, [2, 3]);
+        let mut none = EventLog::new(0);
+        none.extend((1..=3).map(event));
+        assert_eq!(none.iter().count(), 0);
     }
 }
