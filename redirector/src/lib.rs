@@ -8,3 +8,5 @@ pub mod health;
 pub mod probe;
 pub mod policy;
 pub mod heartbeat;
+pub mod daemon;
+pub mod metrics;

@@ -9,7 +9,9 @@ use tokio::{
     time::timeout,
 };
 
-use crate::config::HttpCheck;
+use crate::{config::HttpCheck, health::Outcome};
+
+const TIMEOUT: &str = "timeout";
 
 /// What one probe found.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,12 +23,20 @@ pub struct ProbeResult {
 }
 
 impl ProbeResult {
+    pub fn outcome(&self) -> Outcome {
+        match (self.ok, self.error.as_deref()) {
+            (true, _) => Outcome::Success,
+            (false, Some(TIMEOUT)) => Outcome::Timeout,
+            (false, error) => Outcome::Failure(error.unwrap_or("failed").to_string()),
+        }
+    }
+
     fn from(started: Instant, outcome: Result<Result<(), String>, tokio::time::error::Elapsed>) -> Self {
         let latency = started.elapsed();
         match outcome {
             Ok(Ok(())) => Self { ok: true, latency, error: None },
             Ok(Err(error)) => Self { ok: false, latency, error: Some(error) },
-            Err(_) => Self { ok: false, latency, error: Some("timeout".into()) },
+            Err(_) => Self { ok: false, latency, error: Some(TIMEOUT.into()) },
         }
     }
 }

@@ -1,0 +1,58 @@
+//! redirectord: health-checks the regions and steers new flows through the
+//! XDP data plane. Runs in the foreground (systemd: redirectord.service).
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use redirector::daemon;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "Steer a service's traffic between regions")]
+struct Cli {
+    /// The configuration file (TOML).
+    #[arg(long, value_name = "PATH", required_unless_present = "check_config")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit: non-zero with the line and reason.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+    /// Log each new flow and re-steer from the data plane (for diagnosis).
+    #[arg(long)]
+    log_flow_events: bool,
+    /// Take the data plane off the interfaces on exit (by default it keeps
+    /// forwarding on its last state, so a restart loses no flow).
+    #[arg(long)]
+    detach_on_exit: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_target(false)
+        .init();
+    if let Some(path) = cli.check_config {
+        return match daemon::check_config(&path) {
+            Ok(message) => {
+                println!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("redirectord: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let options = daemon::Options {
+        config: cli.config.expect("required by clap"),
+        log_flow_events: cli.log_flow_events,
+        detach_on_exit: cli.detach_on_exit,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(options))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Prometheus metrics, encoded at scrape time from the snapshot the
+//! controller publishes: this module reads state, it owns none.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tracing::{info, warn};
+
+use crate::control::Status;
+
+/// What the controller last published.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub status: Status,
+    /// Per service: times its new flows changed region.
+    pub switches: Vec<(String, u64)>,
+    /// Decision → map write of the last change, seconds.
+    pub last_map_write_seconds: Option<f64>,
+    /// Heartbeat replies rejected, by reason.
+    pub heartbeat_rejections: Vec<(String, u64)>,
+}
+
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+#[derive(Debug)]
+struct SnapshotCollector(Shared);
+
+fn state_value(state: &str) -> i64 {
+    match state {
+        "up" => 1,
+        "draining" => 2,
+        "pending" => 3,
+        _ => 0,
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let snap = self.0.lock().unwrap().clone();
+        let regions = &snap.status.regions;
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_region_state",
+            "Region state: 0 down, 1 up, 2 draining, 3 pending (no verdict yet)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in regions {
+            ConstGauge::new(state_value(&r.state)).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_check_latency_seconds",
+            "Latency of each check's last probe",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in regions {
+            for c in &r.checks {
+                if let Some(ms) = c.last_latency_ms {
+                    let labels = [("region", r.name.as_str()), ("check", c.target.as_str())];
+                    ConstGauge::new(ms / 1000.0).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_check_up",
+            "Whether each check's last probe passed",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in regions {
+            for c in &r.checks {
+                if let Some(ok) = c.last_ok {
+                    let labels = [("region", r.name.as_str()), ("check", c.target.as_str())];
+                    ConstGauge::new(i64::from(ok)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let traffic: [(&str, &str, fn(&crate::control::RegionStatus) -> u64); 3] = [
+            ("redirector_region_packets", "Client → region packets", |r| r.packets),
+            ("redirector_region_bytes", "Client → region bytes", |r| r.bytes),
+            ("redirector_region_new_flows", "Flows pinned to the region", |r| r.new_flows),
+        ];
+        for (name, help, value) in traffic {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for r in regions {
+                ConstCounter::new(value(r)).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_region_active_flows",
+            "Open flows pinned to the region",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in regions {
+            ConstGauge::new(r.active_flows as i64).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_switches",
+            "Times a service's new flows changed region",
+            None,
+            MetricType::Counter,
+        )?;
+        for (service, n) in &snap.switches {
+            ConstCounter::new(*n).encode(family.encode_family(&[("service", service.as_str())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_packets",
+            "Data plane verdicts by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &snap.status.reasons {
+            ConstCounter::new(*n).encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_heartbeat_rejected",
+            "Heartbeat replies rejected, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &snap.heartbeat_rejections {
+            ConstCounter::new(*n).encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        }
+
+        if let Some(seconds) = snap.last_map_write_seconds {
+            let family = encoder.encode_descriptor(
+                "redirector_last_map_write_seconds",
+                "Decision to data plane map write, last change",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(seconds).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+/// The exposition text of a snapshot.
+pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(shared.clone())));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// Serves `GET /metrics` on `listen` until the process ends.
+pub async fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("metrics: binding {listen}"))?;
+    info!("metrics on http://{listen}/metrics");
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let n = conn.read(&mut request).await.unwrap_or(0);
+            let wants_metrics = request[..n].starts_with(b"GET /metrics ");
+            let response = match (wants_metrics, render(&shared)) {
+                (true, Ok(body)) => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+                (true, Err(e)) => {
+                    warn!("metrics: encoding failed: {e}");
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+                }
+                (false, _) => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+            };
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{CheckStatus, RegionStatus};
+
+    #[test]
+    fn renders_region_state_traffic_and_switches() {
+        let shared: Shared = Default::default();
+        {
+            let mut snap = shared.lock().unwrap();
+            snap.status.regions.push(RegionStatus {
+                name: "region1".into(),
+                state: "draining".into(),
+                packets: 42,
+                checks: vec![CheckStatus {
+                    kind: "http".into(),
+                    target: "http://10.1.0.2/".into(),
+                    last_ok: Some(true),
+                    last_latency_ms: Some(1.5),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            snap.switches.push(("web".into(), 3));
+            snap.status.reasons.push(("forwarded".into(), 7));
+        }
+        let text = render(&shared).unwrap();
+        for line in [
+            r#"redirector_region_state{region="region1"} 2"#,
+            r#"redirector_region_packets_total{region="region1"} 42"#,
+            r#"redirector_check_latency_seconds{region="region1",check="http://10.1.0.2/"} 0.0015"#,
+            r#"redirector_switches_total{service="web"} 3"#,
+            r#"redirector_packets_total{reason="forwarded"} 7"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+}
