@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod frames;
 pub mod inns;
+pub mod lab;
 pub mod netns;
 pub mod topology;
 pub mod xdp;

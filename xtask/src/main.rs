@@ -76,6 +76,9 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => {
             require_root("the tests create network namespaces and load XDP programs")?;
             setup(&root)?;
+            // The namespace tests run the daemon, agent and servers as
+            // processes: cargo test alone does not build other packages' bins.
+            cargo(&root, &["build", "--workspace", "--bins"])?;
             let mut cmd = vec!["test", "--workspace", "--no-fail-fast"];
             if !args.is_empty() {
                 cmd.push("--");

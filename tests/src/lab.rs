@@ -1,0 +1,427 @@
+//! The lab with real processes on the topology: an HTTP server and a
+//! redirector-agent in each region, redirectord in the gateway, driven with
+//! redirectorctl. Shared by the controller tests, `cargo xtask lab` and the
+//! failover benchmark. Everything it starts is killed, and everything it
+//! made removed, when it drops.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use redirector::control::Status;
+
+use crate::{
+    netns::{unique_name, Netns},
+    topology::Topology,
+    xdp::PinDir,
+};
+
+pub const HTTP_PORT: u16 = 80;
+pub const AGENT_PORT: u16 = 7946;
+
+/// Where the project's binaries were built: beside the running test or
+/// tool (target/<profile>/ or its deps/).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("no directory for the running binary")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built; `cargo build --workspace --bins` first (`cargo xtask test` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Process {
+    child: Child,
+    name: String,
+}
+
+impl Process {
+    pub fn spawn(mut command: Command, name: &str) -> Result<Self> {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits (at most 5 s) for the process to exit.
+    pub fn stop(mut self, signal: i32) -> Result<()> {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        bail!("{} did not exit on signal {signal}", self.name)
+    }
+
+    /// Whether it exited by itself (and how).
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub regions: u8,
+    /// Heartbeat checks to an agent in each region, besides the HTTP check.
+    pub heartbeat: bool,
+    /// HMAC key on the heartbeats (needs `heartbeat`).
+    pub heartbeat_key: bool,
+    pub interval_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
+    pub timeout_ms: u64,
+    pub preempt: bool,
+    pub preempt_delay_ms: u64,
+    pub all_down: &'static str,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            regions: 3,
+            heartbeat: false,
+            heartbeat_key: false,
+            interval_ms: 100,
+            fall: 3,
+            rise: 3,
+            timeout_ms: 100,
+            preempt: true,
+            preempt_delay_ms: 0,
+            all_down: "keep-last",
+        }
+    }
+}
+
+/// Priorities as in the reference setup: region2 > region1 > region3 ...
+pub fn priority(region: u8) -> u32 {
+    match region {
+        2 => 200,
+        1 => 100,
+        n => 100u32.saturating_sub(10 * u32::from(n)),
+    }
+}
+
+/// The body a region's server answers with.
+pub fn body(region: u8) -> String {
+    format!("I am DataVM on R{region}")
+}
+
+pub struct Lab {
+    // Drop order: processes first, then pins, files and namespaces.
+    servers: Vec<Option<Process>>,
+    agents: Vec<Option<Process>>,
+    daemon: Option<Process>,
+    pub options: LabOptions,
+    pub dir: PathBuf,
+    pub pins: PinDir,
+    pub topo: Topology,
+}
+
+impl Lab {
+    /// Builds the topology and starts the region servers (and agents); the
+    /// daemon is started with [`Lab::start_daemon`].
+    pub fn new(prefix: &str, options: LabOptions) -> Result<Self> {
+        let topo = Topology::build(prefix, options.regions)?;
+        let dir = std::env::temp_dir().join(unique_name("redirector-lab"));
+        fs::create_dir_all(&dir)?;
+        let mut lab = Self {
+            servers: Vec::new(),
+            agents: Vec::new(),
+            daemon: None,
+            options,
+            dir,
+            pins: PinDir::unique(),
+            topo,
+        };
+        if lab.options.heartbeat_key {
+            fs::write(lab.key_path(), "lab-shared-heartbeat-key-0123456789\n")?;
+        }
+        fs::write(lab.config_path(), lab.config(&lab.pins.0))?;
+        for region in 1..=lab.options.regions {
+            let server = lab.start_server(region)?;
+            lab.servers.push(Some(server));
+            let agent = if lab.options.heartbeat {
+                Some(lab.start_agent(region, lab.options.heartbeat_key.then(|| lab.key_path()).as_deref())?)
+            } else {
+                None
+            };
+            lab.agents.push(agent);
+        }
+        Ok(lab)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("redirector.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("heartbeat.key")
+    }
+
+    /// The VIP: region2's own address, as in the reference setup.
+    pub fn vip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.topo.region("region2").addr, HTTP_PORT)
+    }
+
+    /// The config redirectord runs with.
+    pub fn config(&self, pin_path: &Path) -> String {
+        let o = &self.options;
+        let mut text = String::new();
+        let interfaces: Vec<String> = self
+            .topo
+            .gateway_interfaces()
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect();
+        writeln!(text, "interfaces = [{}]", interfaces.join(", ")).unwrap();
+        writeln!(text, "pin_path = {:?}", pin_path.display().to_string()).unwrap();
+        writeln!(text, "control_socket = {:?}", self.socket().display().to_string()).unwrap();
+        writeln!(
+            text,
+            "\n[health]\ninterval_ms = {}\nfall = {}\nrise = {}\ntimeout_ms = {}",
+            o.interval_ms, o.fall, o.rise, o.timeout_ms
+        )
+        .unwrap();
+        writeln!(
+            text,
+            "\n[failover]\npreempt = {}\npreempt_delay_ms = {}\nall_down = {:?}",
+            o.preempt, o.preempt_delay_ms, o.all_down
+        )
+        .unwrap();
+        for region in &self.topo.regions {
+            let n: u8 = region.name.trim_start_matches("region").parse().unwrap();
+            let mut checks = vec![format!(
+                "{{ kind = \"http\", url = \"http://{}:{HTTP_PORT}/\", expect_status = 200 }}",
+                region.addr
+            )];
+            if o.heartbeat {
+                let key = if o.heartbeat_key {
+                    format!(", key_file = {:?}", self.key_path().display().to_string())
+                } else {
+                    String::new()
+                };
+                checks.push(format!(
+                    "{{ kind = \"heartbeat\", address = \"{}:{AGENT_PORT}\"{key} }}",
+                    region.addr
+                ));
+            }
+            writeln!(
+                text,
+                "\n[[region]]\nname = {:?}\naddress = \"{}\"\npriority = {}\nchecks = [{}]",
+                region.name,
+                region.addr,
+                priority(n),
+                checks.join(", ")
+            )
+            .unwrap();
+        }
+        let names: Vec<String> = self.topo.regions.iter().map(|r| format!("{:?}", r.name)).collect();
+        writeln!(
+            text,
+            "\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {HTTP_PORT}\nprotocol = \"tcp\"\npolicy = \"failover\"\nregions = [{}]",
+            self.vip().ip(),
+            names.join(", ")
+        )
+        .unwrap();
+        text
+    }
+
+    fn region_ns(&self, region: u8) -> &Netns {
+        &self.topo.region(&format!("region{region}")).ns
+    }
+
+    pub fn start_server(&self, region: u8) -> Result<Process> {
+        let mut cmd = self.region_ns(region).command(binary("region-http")?.to_str().unwrap());
+        cmd.args(["--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", &format!("R{region}")]);
+        let process = Process::spawn(cmd, &format!("region-http R{region}"))?;
+        let pid = process.pid();
+        wait_for(Duration::from_secs(5), || listening(pid, "tcp", HTTP_PORT))?;
+        Ok(process)
+    }
+
+    pub fn start_agent(&self, region: u8, key: Option<&Path>) -> Result<Process> {
+        let mut cmd = self.region_ns(region).command(binary("redirector-agent")?.to_str().unwrap());
+        cmd.args(["--listen", &format!("0.0.0.0:{AGENT_PORT}")]);
+        cmd.args(["--check-url", &format!("http://127.0.0.1:{HTTP_PORT}/")]);
+        if let Some(key) = key {
+            cmd.args(["--key-file", key.to_str().unwrap()]);
+        }
+        let process = Process::spawn(cmd, &format!("redirector-agent R{region}"))?;
+        let pid = process.pid();
+        wait_for(Duration::from_secs(5), || listening(pid, "udp", AGENT_PORT))?;
+        Ok(process)
+    }
+
+    /// Kills region `n`'s HTTP server (SIGKILL: no goodbye).
+    pub fn kill_server(&mut self, region: u8) -> Result<()> {
+        if let Some(server) = self.servers[region as usize - 1].take() {
+            server.stop(libc::SIGKILL)?;
+        }
+        Ok(())
+    }
+
+    pub fn restore_server(&mut self, region: u8) -> Result<()> {
+        let server = self.start_server(region)?;
+        self.servers[region as usize - 1] = Some(server);
+        Ok(())
+    }
+
+    pub fn kill_agent(&mut self, region: u8) -> Result<()> {
+        if let Some(agent) = self.agents[region as usize - 1].take() {
+            agent.stop(libc::SIGKILL)?;
+        }
+        Ok(())
+    }
+
+    /// Starts an agent in `region` with a key of its own: a spoofer that
+    /// sees the requests and answers them, but cannot sign as the real one.
+    pub fn start_spoofing_agent(&mut self, region: u8) -> Result<()> {
+        let wrong = self.dir.join("wrong.key");
+        fs::write(&wrong, "not-the-lab-key-but-long-enough\n")?;
+        let agent = self.start_agent(region, Some(&wrong))?;
+        self.agents[region as usize - 1] = Some(agent);
+        Ok(())
+    }
+
+    /// Starts redirectord in the gateway and waits until it answers and
+    /// every region has a health verdict.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let mut cmd = self.topo.gateway.command(binary("redirectord")?.to_str().unwrap());
+        cmd.args(["--config", self.config_path().to_str().unwrap()]);
+        let log = fs::File::create(self.dir.join("redirectord.log"))?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        self.daemon = Some(Process::spawn(cmd, "redirectord")?);
+        wait_for(Duration::from_secs(10), || {
+            if let Some(Some(status)) = self.daemon.as_mut().map(|d| d.exited().ok().flatten()) {
+                bail!("redirectord exited ({status}): {}", self.daemon_log());
+            }
+            let status = self.status()?;
+            match status.regions.iter().find(|r| r.state == "pending") {
+                Some(r) => bail!("{} still pending", r.name),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Kills redirectord with `signal`; the data plane stays.
+    pub fn stop_daemon(&mut self, signal: i32) -> Result<()> {
+        match self.daemon.take() {
+            Some(daemon) => daemon.stop(signal),
+            None => Ok(()),
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.dir.join("redirectord.log")).unwrap_or_default()
+    }
+
+    /// Runs redirectorctl against this lab's daemon.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(binary("redirectorctl")?)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// redirectorctl, which must succeed; its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "redirectorctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        Ok(serde_json::from_str(&self.ctl_ok(&["status", "--json"])?)?)
+    }
+
+    /// The regions taking the service's new flows.
+    pub fn active(&self) -> Result<Vec<String>> {
+        Ok(self.status()?.services[0].active.clone())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.daemon.take();
+        self.servers.clear();
+        self.agents.clear();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether process `pid` listens on `port` in its namespace's table
+/// (/proc/PID/net/tcp or udp: local address `IP:PORT` in hex, state 0A is
+/// TCP LISTEN; a bound UDP socket shows state 07).
+fn listening(pid: u32, proto: &str, port: u16) -> Result<()> {
+    let table = fs::read_to_string(format!("/proc/{pid}/net/{proto}"))?;
+    let wanted = format!(":{port:04X}");
+    let found = table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[1].ends_with(&wanted) && (fields[3] == "0A" || fields[3] == "07")
+    });
+    if found {
+        Ok(())
+    } else {
+        bail!("process {pid} does not listen on {proto} port {port} yet")
+    }
+}
+
+/// Polls `check` every 20 ms until it succeeds or `limit` passes; the last
+/// error says why it did not.
+pub fn wait_for(limit: Duration, mut check: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("still not so after {limit:?}")))
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
