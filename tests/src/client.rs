@@ -117,6 +117,7 @@ pub fn get(target: SocketAddrV4, timeout: Duration) -> Result<String> {
 pub struct Measurement {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<Report>>>,
+    started: Instant,
 }
 
 impl Measurement {
@@ -131,7 +132,14 @@ impl Measurement {
         Self {
             stop,
             thread: Some(thread),
+            started: Instant::now(),
         }
+    }
+
+    /// Time since the client started, on the clock its report uses (give
+    /// or take the thread's start).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Stops the client and returns what it measured.

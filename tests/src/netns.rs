@@ -98,15 +98,17 @@ impl Netns {
 
     /// Runs a program inside the namespace and waits for it.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", &self.name, program];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        let out = self.command(program).args(args).stdin(Stdio::null()).output()?;
+        check(program, args, out)
     }
 
-    /// A command that will run inside the namespace (for spawning servers).
+    /// A command that will run inside the namespace. Only the network
+    /// namespace changes: `ip netns exec` would also give the process a
+    /// private mount namespace with a fresh /sys, where bpffs pins live and
+    /// die with the process, and a daemon's data plane with them.
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
         cmd
     }
 

@@ -55,3 +55,117 @@ fn server_killed_moves_new_requests_to_the_next_region_within_a_second_and_back(
     assert!(events.contains("region region2") && events.contains("map_write_us"), "{events}");
     eprintln!("{}", lab.ctl_ok(&["events"]).unwrap());
 }
+
+#[test]
+fn set_active_moves_new_requests_within_100_ms_and_auto_gives_them_back() {
+    let lab = lab(LabOptions::default());
+    wait_active(&lab, "region2", Duration::from_secs(2));
+    let client = measure(&lab);
+    thread::sleep(Duration::from_millis(300));
+
+    let command = std::time::Instant::now();
+    let since_start = client.elapsed();
+    lab.ctl_ok(&["set-active", "region3"]).unwrap();
+    let returned = command.elapsed();
+    thread::sleep(Duration::from_millis(400));
+    lab.ctl_ok(&["set-active", "--auto"]).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let report = client.stop().unwrap();
+
+    let moved = report.first_answer_from(&body(3)).expect("region3 answered after set-active");
+    let delay = moved.saturating_sub(since_start);
+    eprintln!("set-active returned after {returned:?}; first answer from region3 {delay:?} after the command");
+    assert!(delay < Duration::from_millis(100), "region3 answered {delay:?} after set-active");
+    assert_eq!(report.failures, 0, "{:?}", report.outages);
+    assert_eq!(report.answers.last().unwrap().1, body(2), "--auto: back to the policy's region2");
+}
+
+#[test]
+fn requests_survive_kill_9_and_restart_of_redirectord() {
+    let mut lab = lab(LabOptions::default());
+    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.ctl_ok(&["set-active", "region1"]).unwrap();
+    let client = measure(&lab);
+    thread::sleep(Duration::from_millis(300));
+
+    lab.stop_daemon(libc::SIGKILL).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    lab.start_daemon().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let report = client.stop().unwrap();
+
+    assert_eq!(report.failures, 0, "{:?}\n{}", report.outages, lab.daemon_log());
+    assert!(report.requests() > 100, "{} requests", report.requests());
+    // The new daemon adopted what the data plane selected (region1, by the
+    // operator); the override itself lived in the old process, so its
+    // policy, with every region up, then prefers region2.
+    assert_eq!(report.answers[0].1, body(1));
+    assert!(lab.daemon_log().contains("veth-client: XDP Adopted"), "{}", lab.daemon_log());
+    assert!(lab.status().unwrap().regions.iter().all(|r| r.state == "up"));
+}
+
+#[test]
+fn bad_config_is_refused_by_check_config_and_reload_and_traffic_is_undisturbed() {
+    let lab = lab(LabOptions::default());
+    wait_active(&lab, "region2", Duration::from_secs(2));
+    let good = std::fs::read_to_string(lab.config_path()).unwrap();
+    let before = lab.status().unwrap();
+    let client = measure(&lab);
+
+    let bad = good.replace("priority = 100", "priority = \"high\"");
+    std::fs::write(lab.config_path(), &bad).unwrap();
+    let line = bad.lines().position(|l| l.contains("\"high\"")).unwrap() + 1;
+    let check = std::process::Command::new(redirector_tests::lab::binary("redirectord").unwrap())
+        .args(["--check-config", lab.config_path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success());
+    assert!(message.contains(&format!("redirector.toml:{line}")) && message.contains("priority"), "{message}");
+
+    let reload = lab.ctl(&["reload"]).unwrap();
+    let message = String::from_utf8_lossy(&reload.stderr);
+    assert!(!reload.status.success());
+    assert!(message.contains("nothing changed") && message.contains(&format!(":{line}")), "{message}");
+    thread::sleep(Duration::from_millis(300));
+    let report = client.stop().unwrap();
+    assert_eq!(report.failures, 0);
+    assert_eq!(report.by_body.keys().collect::<Vec<_>>(), [&body(2)]);
+    let after = lab.status().unwrap();
+    assert_eq!(
+        after.services.iter().map(|s| &s.active).collect::<Vec<_>>(),
+        before.services.iter().map(|s| &s.active).collect::<Vec<_>>()
+    );
+
+    // A good config reloads.
+    std::fs::write(lab.config_path(), good.replace("priority = 100", "priority = 300")).unwrap();
+    lab.ctl_ok(&["reload"]).unwrap();
+    wait_active(&lab, "region1", Duration::from_secs(2));
+}
+
+#[test]
+fn operator_errors_name_what_is_known_and_exit_non_zero() {
+    let lab = lab(LabOptions::default());
+    for args in [&["drain", "region9"][..], &["set-active", "region9"], &["set-active", "region1", "--service", "mail"]] {
+        let out = lab.ctl(args).unwrap();
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(message.contains("known:") && message.contains("region1") || message.contains("web"), "{args:?}: {message}");
+    }
+    let usage = lab.ctl(&["frobnicate"]).unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("Usage"));
+
+    let json: serde_json::Value = serde_json::from_str(&lab.ctl_ok(&["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(json["regions"][1]["name"], "region2");
+    assert_eq!(json["regions"][1]["state"], "up");
+    assert_eq!(json["services"][0]["name"], "web");
+    assert_eq!(json["services"][0]["active"][0], "region2");
+
+    lab.ctl_ok(&["drain", "region2"]).unwrap();
+    wait_active(&lab, "region1", Duration::from_secs(1));
+    let json: serde_json::Value = serde_json::from_str(&lab.ctl_ok(&["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(json["regions"][1]["state"], "draining");
+    lab.ctl_ok(&["undrain", "region2"]).unwrap();
+    wait_active(&lab, "region2", Duration::from_secs(1));
+}
