@@ -883,6 +883,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_example_configs_are_valid() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in fs::read_dir(examples).unwrap() {
+            let path = entry.unwrap().path();
+            check_config(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+    }
+
+    #[test]
     fn closed_tcp_entries_linger_then_go_and_idle_ones_expire() {
         let mut flow = Flow::default();
         assert!(!expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS + 1));
