@@ -25,6 +25,8 @@ use crate::{
 
 pub const HTTP_PORT: u16 = 80;
 pub const AGENT_PORT: u16 = 7946;
+/// redirectord's metrics, on the gateway's loopback.
+pub const METRICS: &str = "127.0.0.1:9477";
 
 /// Where the project's binaries were built: beside the running test or
 /// tool (target/<profile>/ or its deps/).
@@ -213,6 +215,7 @@ impl Lab {
         writeln!(text, "interfaces = [{}]", interfaces.join(", ")).unwrap();
         writeln!(text, "pin_path = {:?}", pin_path.display().to_string()).unwrap();
         writeln!(text, "control_socket = {:?}", self.socket().display().to_string()).unwrap();
+        writeln!(text, "metrics_listen = {METRICS:?}").unwrap();
         writeln!(
             text,
             "\n[health]\ninterval_ms = {}\nfall = {}\nrise = {}\ntimeout_ms = {}",
@@ -270,6 +273,7 @@ impl Lab {
     pub fn start_server(&self, region: u8) -> Result<Process> {
         let mut cmd = self.region_ns(region).command(binary("region-http")?.to_str().unwrap());
         cmd.args(["--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", &format!("R{region}")]);
+        self.log_to(&mut cmd, &format!("region-http-r{region}.log"))?;
         let process = Process::spawn(cmd, &format!("region-http R{region}"))?;
         let pid = process.pid();
         wait_for(Duration::from_secs(5), || listening(pid, "tcp", HTTP_PORT))?;
@@ -283,6 +287,7 @@ impl Lab {
         if let Some(key) = key {
             cmd.args(["--key-file", key.to_str().unwrap()]);
         }
+        self.log_to(&mut cmd, &format!("agent-r{region}.log"))?;
         let process = Process::spawn(cmd, &format!("redirector-agent R{region}"))?;
         let pid = process.pid();
         wait_for(Duration::from_secs(5), || listening(pid, "udp", AGENT_PORT))?;
@@ -310,23 +315,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts an agent in `region` with a key of its own: a spoofer that
-    /// sees the requests and answers them, but cannot sign as the real one.
-    pub fn start_spoofing_agent(&mut self, region: u8) -> Result<()> {
-        let wrong = self.dir.join("wrong.key");
-        fs::write(&wrong, "not-the-lab-key-but-long-enough\n")?;
-        let agent = self.start_agent(region, Some(&wrong))?;
-        self.agents[region as usize - 1] = Some(agent);
-        Ok(())
-    }
-
     /// Starts redirectord in the gateway and waits until it answers and
     /// every region has a health verdict.
     pub fn start_daemon(&mut self) -> Result<()> {
         let mut cmd = self.topo.gateway.command(binary("redirectord")?.to_str().unwrap());
         cmd.args(["--config", self.config_path().to_str().unwrap()]);
-        let log = fs::File::create(self.dir.join("redirectord.log"))?;
-        cmd.stdout(log.try_clone()?).stderr(log);
+        self.log_to(&mut cmd, "redirectord.log")?;
         self.daemon = Some(Process::spawn(cmd, "redirectord")?);
         wait_for(Duration::from_secs(10), || {
             if let Some(Some(status)) = self.daemon.as_mut().map(|d| d.exited().ok().flatten()) {
@@ -338,6 +332,13 @@ impl Lab {
                 None => Ok(()),
             }
         })
+    }
+
+    /// Sends a process's output to `name` in the lab directory.
+    fn log_to(&self, cmd: &mut Command, name: &str) -> Result<()> {
+        let log = fs::File::create(self.dir.join(name))?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        Ok(())
     }
 
     /// Kills redirectord with `signal`; the data plane stays.
@@ -373,6 +374,11 @@ impl Lab {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// redirectord's /metrics text.
+    pub fn metrics(&self) -> Result<String> {
+        self.topo.gateway.exec("curl", &["-sf", &format!("http://{METRICS}/metrics")])
     }
 
     pub fn status(&self) -> Result<Status> {

@@ -5,8 +5,8 @@ use std::{thread, time::Duration};
 
 use redirector_tests::{
     client::{Measurement, Options},
-    lab::{body, wait_for, Lab, LabOptions},
-    netns::{require_root, unique_name},
+    lab::{body, wait_for, Lab, LabOptions, AGENT_PORT},
+    netns::{require_root, unique_name, Netns},
 };
 
 fn lab(options: LabOptions) -> Lab {
@@ -168,4 +168,83 @@ fn operator_errors_name_what_is_known_and_exit_non_zero() {
     assert_eq!(json["regions"][1]["state"], "draining");
     lab.ctl_ok(&["undrain", "region2"]).unwrap();
     wait_active(&lab, "region2", Duration::from_secs(1));
+}
+
+/// Answers every heartbeat request at `ns`'s agent address with a reply
+/// that echoes its sequence number and timestamp (read off the wire, as
+/// anyone on the path can) and carries a MAC under the wrong key, until
+/// `stop` is set.
+fn spoof_heartbeats(ns: &str, key_file: &std::path::Path, stop: &std::sync::atomic::AtomicBool) {
+    use redirector::heartbeat::{Key, Kind, Message, Report, ServiceCheck};
+    let _inside = Netns::attach(ns).unwrap().enter().unwrap();
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", AGENT_PORT)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let wrong = Key::load(key_file).unwrap();
+    let mut buf = [0u8; 128];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+        if len < 24 {
+            continue;
+        }
+        let reply = Message {
+            kind: Kind::Reply,
+            seq: u64::from_be_bytes(buf[8..16].try_into().unwrap()),
+            timestamp_ns: u64::from_be_bytes(buf[16..24].try_into().unwrap()),
+            report: Report { service: ServiceCheck::Ok, ..Default::default() },
+        };
+        socket.send_to(&reply.encode(Some(&wrong)), from).unwrap();
+    }
+}
+
+#[test]
+fn spoofed_heartbeats_do_not_keep_a_dead_region_up() {
+    let mut lab = lab(LabOptions { heartbeat: true, heartbeat_key: true, ..Default::default() });
+    wait_active(&lab, "region2", Duration::from_secs(2));
+
+    // The real agent dies; an impostor at its address answers every
+    // request at once with well-formed replies it cannot sign.
+    lab.kill_agent(2).unwrap();
+    let wrong_key = lab.dir.join("wrong.key");
+    std::fs::write(&wrong_key, "not-the-lab-key-but-long-enough").unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let region2_ns = lab.topo.region("region2").ns.name().to_string();
+    thread::scope(|scope| {
+        scope.spawn(|| spoof_heartbeats(&region2_ns, &wrong_key, &stop));
+        wait_active(&lab, "region1", Duration::from_secs(2));
+        thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+
+    let region2 = lab.status().unwrap().regions.into_iter().find(|r| r.name == "region2").unwrap();
+    assert_eq!(region2.state, "down");
+    let metrics = lab.metrics().unwrap();
+    let rejected: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"redirector_heartbeat_rejected_total{reason="unauthenticated"} "#))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no unauthenticated counter in\n{metrics}"));
+    assert!(rejected >= 3, "{rejected} replies rejected as unauthenticated");
+}
+
+#[test]
+fn agent_killed_while_http_lives_takes_its_region_down() {
+    let mut lab = lab(LabOptions { heartbeat: true, ..Default::default() });
+    wait_active(&lab, "region2", Duration::from_secs(2));
+    let client = measure(&lab);
+    thread::sleep(Duration::from_millis(300));
+
+    lab.kill_agent(2).unwrap();
+    wait_active(&lab, "region1", Duration::from_secs(2));
+    thread::sleep(Duration::from_millis(300));
+    let report = client.stop().unwrap();
+
+    // The HTTP server never stopped: the region's answers never failed; new
+    // requests simply moved when the heartbeat check took region2 down.
+    assert_eq!(report.failures, 0, "{:?}", report.outages);
+    assert_eq!(report.answers.last().unwrap().1, body(1));
+    let status = lab.status().unwrap();
+    let region2 = status.regions.iter().find(|r| r.name == "region2").unwrap();
+    let http = region2.checks.iter().find(|c| c.kind == "http").unwrap();
+    let heartbeat = region2.checks.iter().find(|c| c.kind == "heartbeat").unwrap();
+    assert_eq!((http.last_ok, heartbeat.last_ok), (Some(true), Some(false)));
 }
