@@ -349,6 +349,10 @@ impl Lab {
         }
     }
 
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Process::pid)
+    }
+
     pub fn daemon_log(&self) -> String {
         fs::read_to_string(self.dir.join("redirectord.log")).unwrap_or_default()
     }

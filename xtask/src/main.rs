@@ -89,6 +89,8 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench { which, args } => {
             require_root("the benchmarks load XDP programs and build namespaces")?;
             setup(&root)?;
+            // Benchmarks run the project's binaries as processes.
+            cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
             let mut cmd = vec![
                 "run",
                 "--release",

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp] [--quick]`
+//! `cargo xtask bench [xdp|daemon] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -6,7 +6,8 @@ fn main() -> ExitCode {
     let (which, rest) = args.split_first().map_or(("xdp", &[][..]), |(w, r)| (w.as_str(), r));
     let result = match which {
         "xdp" => redirector_tests::bench::xdp::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp")),
+        "daemon" => redirector_tests::bench::daemon::run(rest),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
