@@ -31,35 +31,29 @@ pub fn rewrite_end(pkt: &Packet, end: End, addr: u32, port: u16) {
         let check = u16::from_ne_bytes((*pkt.ip).check);
         (*pkt.ip).check = csum::replace4(check, old_addr, addr).to_ne_bytes();
     }
-    match pkt.l4 {
+    // TCP and UDP carry the ports and a checksum over the pseudo-header;
+    // only UDP may say "no checksum" with a zero.
+    let (src_port, dst_port, check, optional_check) = match pkt.l4 {
         L4::Tcp(tcp) => unsafe {
-            let port_field = match end {
-                End::Source => &mut (*tcp).source,
-                End::Destination => &mut (*tcp).dest,
-            };
-            let old_port = u16::from_ne_bytes(*port_field);
-            *port_field = port.to_ne_bytes();
-            let check = u16::from_ne_bytes((*tcp).check);
-            let check = csum::replace4(check, old_addr, addr);
-            (*tcp).check = csum::replace2(check, old_port, port).to_ne_bytes();
+            (&mut (*tcp).source, &mut (*tcp).dest, &mut (*tcp).check, false)
         },
-        L4::Udp(udp) => unsafe {
-            let port_field = match end {
-                End::Source => &mut (*udp).src,
-                End::Destination => &mut (*udp).dst,
-            };
-            let old_port = u16::from_ne_bytes(*port_field);
-            *port_field = port.to_ne_bytes();
-            let check = u16::from_ne_bytes((*udp).check);
-            // A zero UDP checksum means "none" and stays so; a computed zero
-            // is sent as all ones (RFC 768).
-            if check != 0 {
-                let check = csum::replace2(csum::replace4(check, old_addr, addr), old_port, port);
-                (*udp).check = if check == 0 { 0xffff } else { check }.to_ne_bytes();
-            }
-        },
-        L4::IcmpEcho { .. } => {}
+        L4::Udp(udp) => unsafe { (&mut (*udp).src, &mut (*udp).dst, &mut (*udp).check, true) },
+        L4::IcmpEcho { .. } => return,
+    };
+    let port_field = match end {
+        End::Source => src_port,
+        End::Destination => dst_port,
+    };
+    let old_port = u16::from_ne_bytes(*port_field);
+    *port_field = port.to_ne_bytes();
+    let old_check = u16::from_ne_bytes(*check);
+    if optional_check && old_check == 0 {
+        return;
     }
+    let new_check = csum::replace2(csum::replace4(old_check, old_addr, addr), old_port, port);
+    // A computed zero is sent as all ones where zero means "none" (RFC 768).
+    let new_check = if optional_check && new_check == 0 { 0xffff } else { new_check };
+    *check = new_check.to_ne_bytes();
 }
 
 /// Sets the frame's MAC addresses toward the next hop.

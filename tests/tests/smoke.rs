@@ -14,6 +14,16 @@ use redirector_tests::{
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The data plane loaded in the calling thread's namespace (the gateway)
+/// and attached to every gateway interface.
+fn attached(topo: &Topology, pins: &PinDir) -> Dataplane {
+    let mut dp = Dataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
+    for iface in topo.gateway_interfaces() {
+        assert_eq!(dp.attach(&iface).unwrap(), AttachMode::Native, "{iface}");
+    }
+    dp
+}
+
 #[test]
 fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
     require_root();
@@ -29,10 +39,7 @@ fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
 
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter().unwrap();
-    let mut dp = Dataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
-    for iface in topo.gateway_interfaces() {
-        dp.attach(&iface).unwrap();
-    }
+    let mut dp = attached(&topo, &pins);
     dp.set_services(&[ServiceSpec {
         id: 0,
         addr: web,
@@ -72,10 +79,7 @@ fn traffic_not_for_a_service_is_routed_as_before() {
     let _server = Server::start(&r1.ns, 8080, "plain routing").unwrap();
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter().unwrap();
-    let mut dp = Dataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
-    for iface in topo.gateway_interfaces() {
-        dp.attach(&iface).unwrap();
-    }
+    let mut dp = attached(&topo, &pins);
     // A service on port 80 of region1's address; port 8080 is not one.
     let web = ServiceAddr { vip: r1.addr, port: 80, protocol: Protocol::Tcp };
     dp.set_services(&[ServiceSpec { id: 0, addr: web, backends: [(1, SocketAddrV4::new(r1.addr, 80))].into() }]).unwrap();
@@ -100,10 +104,7 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
     let options = LoadOptions { pin_path: pins.0.clone(), log_flow_events: false };
     let _inside = topo.gateway.enter().unwrap();
 
-    let mut first = Dataplane::load(&options).unwrap();
-    for iface in topo.gateway_interfaces() {
-        assert_eq!(first.attach(&iface).unwrap(), AttachMode::Native, "{iface}");
-    }
+    let mut first = attached(&topo, &pins);
     first.set_services(&[ServiceSpec {
         id: 0,
         addr: web,
