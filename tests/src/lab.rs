@@ -334,6 +334,43 @@ impl Lab {
         })
     }
 
+    /// Takes region `n`'s link down (its end of the veth): the gateway sees
+    /// no carrier, packets toward it go nowhere.
+    pub fn link_down(&self, region: u8) -> Result<()> {
+        self.region_ns(region).ip(&["link", "set", "eth0", "down"])?;
+        Ok(())
+    }
+
+    pub fn link_up(&self, region: u8) -> Result<()> {
+        let ns = self.region_ns(region);
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        // The default route went with the link.
+        ns.ip(&["route", "replace", "default", "via", &format!("10.{region}.0.1")])?;
+        Ok(())
+    }
+
+    /// Region `n` silently drops everything it receives: no answer, no RST,
+    /// health checks included, as a firewall or a hung host would.
+    pub fn black_hole(&self, region: u8) -> Result<()> {
+        self.region_ns(region).exec(
+            "nft",
+            &["add table inet redirector_lab; add chain inet redirector_lab input { type filter hook input priority 0; policy drop; }"],
+        )?;
+        Ok(())
+    }
+
+    pub fn lift_black_hole(&self, region: u8) -> Result<()> {
+        self.region_ns(region).exec("nft", &["delete table inet redirector_lab"])?;
+        Ok(())
+    }
+
+    pub fn restore_agent(&mut self, region: u8) -> Result<()> {
+        let key = self.options.heartbeat_key.then(|| self.key_path());
+        let agent = self.start_agent(region, key.as_deref())?;
+        self.agents[region as usize - 1] = Some(agent);
+        Ok(())
+    }
+
     /// Sends a process's output to `name` in the lab directory.
     fn log_to(&self, cmd: &mut Command, name: &str) -> Result<()> {
         let log = fs::File::create(self.dir.join(name))?;

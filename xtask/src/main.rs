@@ -50,6 +50,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "wrk",
     "iperf3",
+    "nftables",
+    "util-linux",
 ];
 
 /// bpf-linker must be built against the LLVM of the pinned nightly.

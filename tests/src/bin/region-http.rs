@@ -24,11 +24,24 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    raise_open_files_limit();
     let body: &'static str = Box::leak(format!("I am DataVM on {}\n", args.name).into_boxed_str());
     let listener = bind(args.listen)?;
     loop {
         let (conn, _) = listener.accept().await?;
         tokio::spawn(serve(conn, body));
+    }
+}
+
+/// Load tests hold thousands of connections: allow as many files as the
+/// hard limit does.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
