@@ -1,6 +1,7 @@
 //! redirector: steer a service's traffic between regions with XDP.
 //!
 //! `dataplane` is the only module that touches the kernel's BPF objects.
+pub mod agent;
 pub mod control;
 pub mod dataplane;
 pub mod config;
