@@ -108,6 +108,9 @@ pub struct LabOptions {
     pub preempt: bool,
     pub preempt_delay_ms: u64,
     pub all_down: &'static str,
+    /// Run redirectord with this file (its pin path and control socket)
+    /// instead of a config generated from these options.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for LabOptions {
@@ -123,6 +126,7 @@ impl Default for LabOptions {
             preempt: true,
             preempt_delay_ms: 0,
             all_down: "keep-last",
+            config_file: None,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Lab {
     daemon: Option<Process>,
     pub options: LabOptions,
     pub dir: PathBuf,
+    config_path: PathBuf,
+    socket: PathBuf,
     pub pins: PinDir,
     pub topo: Topology,
 }
@@ -159,19 +165,30 @@ impl Lab {
         let topo = Topology::build(prefix, options.regions)?;
         let dir = std::env::temp_dir().join(unique_name("redirector-lab"));
         fs::create_dir_all(&dir)?;
+        let (config_path, socket, pins) = match &options.config_file {
+            Some(file) => {
+                let config = redirector::config::Config::load(file)?;
+                (file.clone(), config.control_socket, PinDir(config.pin_path))
+            }
+            None => (dir.join("redirector.toml"), dir.join("control.sock"), PinDir::unique()),
+        };
         let mut lab = Self {
             servers: Vec::new(),
             agents: Vec::new(),
             daemon: None,
             options,
             dir,
-            pins: PinDir::unique(),
+            config_path,
+            socket,
+            pins,
             topo,
         };
         if lab.options.heartbeat_key {
             fs::write(lab.key_path(), "lab-shared-heartbeat-key-0123456789\n")?;
         }
-        fs::write(lab.config_path(), lab.config(&lab.pins.0))?;
+        if lab.options.config_file.is_none() {
+            fs::write(lab.config_path(), lab.config(&lab.pins.0))?;
+        }
         for region in 1..=lab.options.regions {
             let server = lab.start_server(region)?;
             lab.servers.push(Some(server));
@@ -186,11 +203,11 @@ impl Lab {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join("redirector.toml")
+        self.config_path.clone()
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("control.sock")
+        self.socket.clone()
     }
 
     pub fn key_path(&self) -> PathBuf {

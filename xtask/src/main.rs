@@ -32,6 +32,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The lab: client, gateway and three regions in namespaces, and a
+    /// scripted failover demo. `--keep` leaves it running; `down` removes it.
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a benchmark and write its results under bench/results/.
     Bench {
         #[arg(default_value = "xdp")]
@@ -87,6 +93,14 @@ fn run(cli: Cli) -> Result<()> {
                 cmd.extend(args.iter().map(String::as_str));
             }
             cargo_test(&root, &cmd)
+        }
+        Task::Lab { args } => {
+            require_root("the lab builds network namespaces and loads XDP programs")?;
+            setup(&root)?;
+            cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
+            let mut cmd = Command::new(root.join("target/release/lab"));
+            cmd.args(&args);
+            run_command(&mut cmd)
         }
         Task::Bench { which, args } => {
             require_root("the benchmarks load XDP programs and build namespaces")?;

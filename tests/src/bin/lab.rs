@@ -1,0 +1,191 @@
+//! `cargo xtask lab [--keep] | lab down`: the lab and its scripted demo.
+//!
+//! A client, a gateway and regions 1-3 in network namespaces, an HTTP
+//! server ("I am DataVM on R<n>") and a redirector-agent in each region,
+//! redirectord in the gateway with examples/lab.toml. The demo shows
+//! requests to the VIP answered by region2, an operator switch, a failure
+//! with its measured unavailability, and the failback.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use redirector::dataplane::Dataplane;
+use redirector_tests::{
+    client::{get, Measurement, Options},
+    lab::{wait_for, Lab, LabOptions, METRICS},
+    netns::run,
+};
+
+const PREFIX: &str = "rdlab";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Between steps: a Ctrl-C ends the demo and everything is taken down.
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn config_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab.toml")
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("down") => down().map(|()| println!("lab removed")),
+        None | Some("--keep") => demo(args.first().is_some()),
+        Some(other) => Err(anyhow::anyhow!("unknown argument {other:?}: lab [--keep] | lab down")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Removes what a lab left (a `--keep` run, or one killed outright).
+fn down() -> Result<()> {
+    let namespaces = run("ip", &["netns", "list"])?;
+    for ns in namespaces.lines().filter_map(|l| l.split_whitespace().next()) {
+        if ns.starts_with(&format!("{PREFIX}-")) {
+            for pid in run("ip", &["netns", "pids", ns])?.split_whitespace() {
+                let _ = run("kill", &["-9", pid]);
+            }
+            run("ip", &["netns", "del", ns])?;
+        }
+    }
+    let config = redirector::config::Config::load(&config_file())?;
+    Dataplane::remove_pins(&config.pin_path)?;
+    let _ = std::fs::remove_file(&config.control_socket);
+    Ok(())
+}
+
+fn step(title: &str) -> Result<()> {
+    check_interrupt()?;
+    println!("\n── {title}");
+    Ok(())
+}
+
+/// `count` requests to the VIP from the client; the bodies.
+fn requests(lab: &Lab, count: usize) -> Result<Vec<String>> {
+    let _inside = lab.topo.client.enter()?;
+    (0..count)
+        .map(|_| get(lab.vip(), Duration::from_millis(500)))
+        .collect()
+}
+
+fn show_requests(lab: &Lab, expect: &str) -> Result<()> {
+    let bodies = requests(lab, 3)?;
+    for body in &bodies {
+        println!("   curl http://{}/  →  {body}", lab.vip());
+    }
+    if bodies.iter().any(|b| !b.ends_with(expect)) {
+        bail!("expected answers from {expect}");
+    }
+    Ok(())
+}
+
+fn wait_active(lab: &Lab, region: &str) -> Result<Duration> {
+    let started = Instant::now();
+    wait_for(Duration::from_secs(5), || {
+        let active = lab.active()?;
+        anyhow::ensure!(active == [region], "new flows go to {active:?}, not {region}");
+        Ok(())
+    })?;
+    Ok(started.elapsed())
+}
+
+fn demo(keep: bool) -> Result<()> {
+    unsafe {
+        libc::signal(libc::SIGINT, on_interrupt as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_interrupt as libc::sighandler_t);
+    }
+    down().context("removing an earlier lab")?;
+    let options = LabOptions {
+        heartbeat: true,
+        config_file: Some(config_file()),
+        ..Default::default()
+    };
+    step("building the lab: client, gateway, region1-3 (namespaces, veth pairs)")?;
+    let mut lab = Lab::new(PREFIX, options)?;
+    step("starting redirectord with examples/lab.toml (VIP 10.2.0.2, priorities region2 > region1 > region3)")?;
+    lab.start_daemon()?;
+    wait_active(&lab, "region2")?;
+    println!("{}", lab.ctl_ok(&["status"])?);
+
+    step("requests to the VIP are answered by region2")?;
+    show_requests(&lab, "R2")?;
+
+    step("redirectorctl set-active region1")?;
+    println!("   {}", lab.ctl_ok(&["set-active", "region1"])?.trim());
+    show_requests(&lab, "R1")?;
+
+    step("redirectorctl set-active --auto")?;
+    println!("   {}", lab.ctl_ok(&["set-active", "--auto"])?.trim());
+    show_requests(&lab, "R2")?;
+
+    step("region2's HTTP server killed, the measuring client running")?;
+    let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
+    thread::sleep(Duration::from_millis(500));
+    lab.kill_server(2)?;
+    let detected = wait_active(&lab, "region1")?;
+    thread::sleep(Duration::from_millis(500));
+    let report = client.stop()?;
+    check_interrupt()?;
+    println!(
+        "   failover to region1 after {detected:.0?}; unavailability T_un = {:.0?}; {} of {} requests succeeded ({:.2} %)",
+        report.max_t_un(),
+        report.successes,
+        report.requests(),
+        report.success_rate() * 100.0
+    );
+
+    step("region2's HTTP server restored: failback (preempt = true)")?;
+    lab.restore_server(2)?;
+    let failback = wait_active(&lab, "region2")?;
+    show_requests(&lab, "R2")?;
+
+    step("summary")?;
+    println!("| step | result |\n|---|---|");
+    println!("| requests to the VIP | answered by region2 |");
+    println!("| set-active region1 / --auto | region1, then region2 again |");
+    println!("| region2 server killed: detection | {detected:.0?} |");
+    println!("| unavailability T_un | {:.0?} |", report.max_t_un());
+    println!("| success rate during the failure | {:.2} % of {} requests |", report.success_rate() * 100.0, report.requests());
+    println!("| failback after region2 restored | {failback:.0?} |");
+    println!("\n{}", lab.ctl_ok(&["events"])?);
+
+    if keep {
+        let socket = lab.socket();
+        let ctl = redirector_tests::lab::binary("redirectorctl")?;
+        println!(
+            "\nThe lab keeps running. Explore it:\n\
+             \x20  ip netns exec {PREFIX}-client curl -s http://10.2.0.2/\n\
+             \x20  {ctl} --socket {s} status\n\
+             \x20  {ctl} --socket {s} set-active region3\n\
+             \x20  ip netns exec {PREFIX}-gw curl -s http://{METRICS}/metrics\n\
+             \x20  ip netns exec {PREFIX}-r2 ip link set eth0 down     # a failure of your own\n\
+             Remove it: cargo xtask lab down",
+            s = socket.display(),
+            ctl = ctl.display()
+        );
+        // Leave processes, namespaces and pins to `lab down`.
+        std::mem::forget(lab);
+    }
+    Ok(())
+}
