@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use tokio::{
     net::UdpSocket,
     time::{interval, interval_at, MissedTickBehavior},
@@ -175,31 +175,7 @@ impl Responder {
 
 /// `http://HOST[:PORT][/PATH]`, as the daemon's http checks take it.
 pub fn http_check(url: &str, expect_status: u16) -> Result<HttpCheck> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        bail!("{url:?}: only http:// URLs are supported");
-    };
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .with_context(|| format!("{url:?}: bad port {port:?}"))?,
-        ),
-        None => (authority, 80),
-    };
-    ensure!(
-        !host.is_empty() && !host.contains(['@', '[', ']', '?', '#']),
-        "{url:?}: bad host {host:?}"
-    );
-    Ok(HttpCheck {
-        url: url.to_string(),
-        host: host.to_string(),
-        port,
-        path: path.to_string(),
-        expect_status,
-    })
+    HttpCheck::parse(url, expect_status).map_err(anyhow::Error::msg)
 }
 
 /// One probe, its result written into the report; logs only changes, as

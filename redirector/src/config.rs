@@ -774,15 +774,10 @@ impl Source<'_> {
                     Some(s) => *s.get_ref(),
                     None => 200,
                 };
-                let (host, port, path) = parse_http_url(url.get_ref())
-                    .map_err(|m| self.error(url.span(), format!("{key}.url"), m))?;
-                Check::Http(HttpCheck {
-                    url: url.get_ref().clone(),
-                    host,
-                    port,
-                    path,
-                    expect_status,
-                })
+                Check::Http(
+                    HttpCheck::parse(url.get_ref(), expect_status)
+                        .map_err(|m| self.error(url.span(), format!("{key}.url"), m))?,
+                )
             }
         })
     }
@@ -942,7 +937,20 @@ fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
-/// `http://HOST[:PORT][/PATH]`: the checker speaks plain HTTP/1.1 only.
+impl HttpCheck {
+    /// `http://HOST[:PORT][/PATH]`: the checker speaks plain HTTP only.
+    pub fn parse(url: &str, expect_status: u16) -> Result<HttpCheck, String> {
+        let (host, port, path) = parse_http_url(url)?;
+        Ok(HttpCheck {
+            url: url.to_string(),
+            host,
+            port,
+            path,
+            expect_status,
+        })
+    }
+}
+
 fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
     let rest = url
         .strip_prefix("http://")
