@@ -454,6 +454,8 @@ impl Drop for Lab {
         self.daemon.take();
         self.servers.clear();
         self.agents.clear();
+        // A daemon killed outright leaves its socket.
+        let _ = fs::remove_file(&self.socket);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
