@@ -238,9 +238,12 @@ fn agent_killed_while_http_lives_takes_its_region_down() {
     thread::sleep(Duration::from_millis(300));
     let report = client.stop().unwrap();
 
-    // The HTTP server never stopped: the region's answers never failed; new
-    // requests simply moved when the heartbeat check took region2 down.
-    assert_eq!(report.failures, 0, "{:?}", report.outages);
+    // The HTTP server never stopped, so nothing waited for a timeout: new
+    // requests moved when the heartbeat check took region2 down. A request
+    // in flight at that moment may fail at once: a down region's flows are
+    // re-steered on their next packet, and the new region resets them.
+    assert!(report.max_t_un() < Duration::from_millis(500), "{:?}", report.outages);
+    assert!(report.failures <= 2, "{:?}", report.outages);
     assert_eq!(report.answers.last().unwrap().1, body(1));
     let status = lab.status().unwrap();
     let region2 = status.regions.iter().find(|r| r.name == "region2").unwrap();
