@@ -59,7 +59,8 @@ pub struct Status {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegionStatus {
     pub name: String,
-    /// "up", "down" or "draining".
+    /// "up", "down", "draining", or "pending" (no health verdict yet,
+    /// after a start: the data plane keeps what it had).
     pub state: String,
     /// Unix time (ms) of the last state change.
     pub since_unix_ms: u64,

@@ -130,8 +130,8 @@ struct Controller {
     checkers: Vec<JoinHandle<()>>,
     snapshot: metrics::Shared,
     switches: Vec<u64>,
-    /// Decision → map write of each service's last change.
-    map_writes: VecDeque<(Instant, Duration)>,
+    /// Decision → map write of the last change.
+    last_map_write: Option<Duration>,
     traffic: Traffic,
     heartbeat_counters: Vec<Vec<heartbeat::Counters>>,
     agent_reports: Vec<Option<heartbeat::Report>>,
@@ -209,7 +209,7 @@ pub async fn run(options: Options) -> Result<()> {
         inputs,
         checkers: Vec::new(),
         snapshot,
-        map_writes: VecDeque::new(),
+        last_map_write: None,
         traffic: Traffic::default(),
         log: VecDeque::new(),
     };
@@ -333,7 +333,7 @@ impl Controller {
                         took.as_secs_f64() * 1e6
                     );
                     self.switches[decision.service as usize] += 1;
-                    self.map_writes.push_back((Instant::now(), took));
+                    self.last_map_write = Some(took);
                     written.push((service.name.clone(), took));
                 }
                 Err(e) => error!("service {}: writing the selection failed: {e:#}", service.name),
@@ -667,7 +667,7 @@ impl Controller {
             .zip(&self.switches)
             .map(|(s, n)| (s.name.clone(), *n))
             .collect();
-        snap.last_map_write_seconds = self.map_writes.back().map(|(_, took)| took.as_secs_f64());
+        snap.last_map_write_seconds = self.last_map_write.map(|took| took.as_secs_f64());
         let mut rejected = heartbeat::Counters::default();
         for c in self.heartbeat_counters.iter().flatten() {
             rejected.malformed += c.malformed;
@@ -685,9 +685,6 @@ impl Controller {
             ("unexpected_sequence".into(), rejected.unexpected_sequence),
             ("expired".into(), rejected.expired),
         ];
-        while self.map_writes.len() > 1 {
-            self.map_writes.pop_front();
-        }
     }
 }
 
