@@ -447,6 +447,19 @@ impl Lab {
     pub fn active(&self) -> Result<Vec<String>> {
         Ok(self.status()?.services[0].active.clone())
     }
+
+    /// Waits (at most `limit`) until `region` alone takes new flows; how
+    /// long that took. The error carries the daemon's log.
+    pub fn wait_active(&self, region: &str, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        wait_for(limit, || {
+            let active = self.active()?;
+            anyhow::ensure!(active == [region], "new flows go to {active:?}, not {region}");
+            Ok(())
+        })
+        .with_context(|| self.daemon_log())?;
+        Ok(started.elapsed())
+    }
 }
 
 impl Drop for Lab {

@@ -5,7 +5,7 @@ use std::{thread, time::Duration};
 
 use redirector_tests::{
     client::{Measurement, Options},
-    lab::{body, wait_for, Lab, LabOptions, AGENT_PORT},
+    lab::{body, Lab, LabOptions, AGENT_PORT},
     netns::{require_root, unique_name, Netns},
 };
 
@@ -20,24 +20,15 @@ fn measure(lab: &Lab) -> Measurement {
     Measurement::start(&lab.topo.client, lab.vip(), Options::default())
 }
 
-fn wait_active(lab: &Lab, region: &str, limit: Duration) {
-    wait_for(limit, || {
-        let active = lab.active()?;
-        anyhow::ensure!(active == [region], "active {active:?}, waiting for {region}");
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.daemon_log()));
-}
-
 #[test]
 fn server_killed_moves_new_requests_to_the_next_region_within_a_second_and_back() {
     let mut lab = lab(LabOptions::default());
-    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     let client = measure(&lab);
     thread::sleep(Duration::from_millis(500));
 
     lab.kill_server(2).unwrap();
-    wait_active(&lab, "region1", Duration::from_secs(2));
+    lab.wait_active("region1", Duration::from_secs(2)).unwrap();
     thread::sleep(Duration::from_millis(500));
     let report = client.stop().unwrap();
 
@@ -50,7 +41,7 @@ fn server_killed_moves_new_requests_to_the_next_region_within_a_second_and_back(
 
     // Failback (preempt = true): region2 takes new flows again once up.
     lab.restore_server(2).unwrap();
-    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     let events = lab.ctl_ok(&["events", "--json"]).unwrap();
     assert!(events.contains("region region2") && events.contains("map_write_us"), "{events}");
     eprintln!("{}", lab.ctl_ok(&["events"]).unwrap());
@@ -59,7 +50,7 @@ fn server_killed_moves_new_requests_to_the_next_region_within_a_second_and_back(
 #[test]
 fn set_active_moves_new_requests_within_100_ms_and_auto_gives_them_back() {
     let lab = lab(LabOptions::default());
-    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     let client = measure(&lab);
     thread::sleep(Duration::from_millis(300));
 
@@ -83,7 +74,7 @@ fn set_active_moves_new_requests_within_100_ms_and_auto_gives_them_back() {
 #[test]
 fn requests_survive_kill_9_and_restart_of_redirectord() {
     let mut lab = lab(LabOptions::default());
-    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     lab.ctl_ok(&["set-active", "region1"]).unwrap();
     let client = measure(&lab);
     thread::sleep(Duration::from_millis(300));
@@ -107,7 +98,7 @@ fn requests_survive_kill_9_and_restart_of_redirectord() {
 #[test]
 fn bad_config_is_refused_by_check_config_and_reload_and_traffic_is_undisturbed() {
     let lab = lab(LabOptions::default());
-    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     let good = std::fs::read_to_string(lab.config_path()).unwrap();
     let before = lab.status().unwrap();
     let client = measure(&lab);
@@ -140,7 +131,7 @@ fn bad_config_is_refused_by_check_config_and_reload_and_traffic_is_undisturbed()
     // A good config reloads.
     std::fs::write(lab.config_path(), good.replace("priority = 100", "priority = 300")).unwrap();
     lab.ctl_ok(&["reload"]).unwrap();
-    wait_active(&lab, "region1", Duration::from_secs(2));
+    lab.wait_active("region1", Duration::from_secs(2)).unwrap();
 }
 
 #[test]
@@ -163,11 +154,11 @@ fn operator_errors_name_what_is_known_and_exit_non_zero() {
     assert_eq!(json["services"][0]["active"][0], "region2");
 
     lab.ctl_ok(&["drain", "region2"]).unwrap();
-    wait_active(&lab, "region1", Duration::from_secs(1));
+    lab.wait_active("region1", Duration::from_secs(1)).unwrap();
     let json: serde_json::Value = serde_json::from_str(&lab.ctl_ok(&["status", "--json"]).unwrap()).unwrap();
     assert_eq!(json["regions"][1]["state"], "draining");
     lab.ctl_ok(&["undrain", "region2"]).unwrap();
-    wait_active(&lab, "region2", Duration::from_secs(1));
+    lab.wait_active("region2", Duration::from_secs(1)).unwrap();
 }
 
 /// Answers every heartbeat request at `ns`'s agent address with a reply
@@ -199,7 +190,7 @@ fn spoof_heartbeats(ns: &str, key_file: &std::path::Path, stop: &std::sync::atom
 #[test]
 fn spoofed_heartbeats_do_not_keep_a_dead_region_up() {
     let mut lab = lab(LabOptions { heartbeat: true, heartbeat_key: true, ..Default::default() });
-    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
 
     // The real agent dies; an impostor at its address answers every
     // request at once with well-formed replies it cannot sign.
@@ -210,7 +201,7 @@ fn spoofed_heartbeats_do_not_keep_a_dead_region_up() {
     let region2_ns = lab.topo.region("region2").ns.name().to_string();
     thread::scope(|scope| {
         scope.spawn(|| spoof_heartbeats(&region2_ns, &wrong_key, &stop));
-        wait_active(&lab, "region1", Duration::from_secs(2));
+        lab.wait_active("region1", Duration::from_secs(2)).unwrap();
         thread::sleep(Duration::from_millis(200));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
@@ -229,12 +220,12 @@ fn spoofed_heartbeats_do_not_keep_a_dead_region_up() {
 #[test]
 fn agent_killed_while_http_lives_takes_its_region_down() {
     let mut lab = lab(LabOptions { heartbeat: true, ..Default::default() });
-    wait_active(&lab, "region2", Duration::from_secs(2));
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     let client = measure(&lab);
     thread::sleep(Duration::from_millis(300));
 
     lab.kill_agent(2).unwrap();
-    wait_active(&lab, "region1", Duration::from_secs(2));
+    lab.wait_active("region1", Duration::from_secs(2)).unwrap();
     thread::sleep(Duration::from_millis(300));
     let report = client.stop().unwrap();
 

@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 
 use redirector_tests::{
     client::{Measurement, Options},
-    lab::{body, wait_for, Lab, LabOptions},
+    lab::{body, Lab, LabOptions},
     netns::{require_root, unique_name},
 };
 
@@ -39,25 +39,16 @@ fn repair(lab: &mut Lab, failure: Failure, region: u8) {
     .unwrap()
 }
 
-fn wait_active(lab: &Lab, region: &str) {
-    wait_for(Duration::from_secs(3), || {
-        let active = lab.active()?;
-        anyhow::ensure!(active == [region], "active {active:?}, waiting for {region}");
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.daemon_log()));
-}
-
 fn fails_over_and_back(failure: Failure) {
     require_root();
     let mut lab = Lab::new(&unique_name("rdf"), LabOptions { heartbeat: true, ..Default::default() }).unwrap();
     lab.start_daemon().unwrap();
-    wait_active(&lab, "region2");
+    lab.wait_active("region2", Duration::from_secs(3)).unwrap();
     let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
     thread::sleep(Duration::from_millis(300));
 
     inject(&mut lab, failure, 2);
-    wait_active(&lab, "region1");
+    lab.wait_active("region1", Duration::from_secs(3)).unwrap();
     thread::sleep(Duration::from_millis(300));
     let report = client.stop().unwrap();
     let t_un = report.max_t_un();
@@ -67,7 +58,7 @@ fn fails_over_and_back(failure: Failure) {
 
     // preempt = true: region2 takes new flows again once it is back.
     repair(&mut lab, failure, 2);
-    wait_active(&lab, "region2");
+    lab.wait_active("region2", Duration::from_secs(3)).unwrap();
     let answer = {
         let _inside = lab.topo.client.enter().unwrap();
         redirector_tests::client::get(lab.vip(), Duration::from_secs(1)).unwrap()
@@ -103,7 +94,7 @@ fn a_thousand_concurrent_connections_through_the_vip_complete_without_errors() {
     // Steer to region1: every connection is rewritten by the data plane (to
     // region2, the VIP's owner, plain routing would also deliver).
     lab.ctl_ok(&["set-active", "region1"]).unwrap();
-    wait_active(&lab, "region1");
+    lab.wait_active("region1", Duration::from_secs(3)).unwrap();
     let url = format!("http://{}/", lab.vip());
     let out = lab
         .topo

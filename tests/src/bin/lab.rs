@@ -11,14 +11,14 @@ use std::{
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use redirector::dataplane::Dataplane;
 use redirector_tests::{
     client::{get, Measurement, Options},
-    lab::{wait_for, Lab, LabOptions, METRICS},
+    lab::{Lab, LabOptions, METRICS},
     netns::run,
 };
 
@@ -100,20 +100,10 @@ fn show_requests(lab: &Lab, expect: &str) -> Result<()> {
     Ok(())
 }
 
-fn wait_active(lab: &Lab, region: &str) -> Result<Duration> {
-    let started = Instant::now();
-    wait_for(Duration::from_secs(5), || {
-        let active = lab.active()?;
-        anyhow::ensure!(active == [region], "new flows go to {active:?}, not {region}");
-        Ok(())
-    })?;
-    Ok(started.elapsed())
-}
-
 fn demo(keep: bool) -> Result<()> {
     unsafe {
-        libc::signal(libc::SIGINT, on_interrupt as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_interrupt as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
     }
     down().context("removing an earlier lab")?;
     let options = LabOptions {
@@ -125,7 +115,7 @@ fn demo(keep: bool) -> Result<()> {
     let mut lab = Lab::new(PREFIX, options)?;
     step("starting redirectord with examples/lab.toml (VIP 10.2.0.2, priorities region2 > region1 > region3)")?;
     lab.start_daemon()?;
-    wait_active(&lab, "region2")?;
+    lab.wait_active("region2", Duration::from_secs(5))?;
     println!("{}", lab.ctl_ok(&["status"])?);
 
     step("requests to the VIP are answered by region2")?;
@@ -143,7 +133,7 @@ fn demo(keep: bool) -> Result<()> {
     let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
     thread::sleep(Duration::from_millis(500));
     lab.kill_server(2)?;
-    let detected = wait_active(&lab, "region1")?;
+    let detected = lab.wait_active("region1", Duration::from_secs(5))?;
     thread::sleep(Duration::from_millis(500));
     let report = client.stop()?;
     check_interrupt()?;
@@ -157,7 +147,7 @@ fn demo(keep: bool) -> Result<()> {
 
     step("region2's HTTP server restored: failback (preempt = true)")?;
     lab.restore_server(2)?;
-    let failback = wait_active(&lab, "region2")?;
+    let failback = lab.wait_active("region2", Duration::from_secs(5))?;
     show_requests(&lab, "R2")?;
 
     step("summary")?;
