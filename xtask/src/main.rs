@@ -58,6 +58,11 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "nftables",
     "util-linux",
+    // The benchmarks' plots (plotters renders text through fontconfig).
+    "pkg-config",
+    "libfontconfig-dev",
+    "libfreetype-dev",
+    "fonts-dejavu-core",
 ];
 
 /// bpf-linker must be built against the LLVM of the pinned nightly.

@@ -2,6 +2,7 @@
 //! it ran on, under bench/results/.
 
 pub mod daemon;
+pub mod failover;
 pub mod xdp;
 
 use std::{fs, path::PathBuf};
@@ -32,13 +33,18 @@ pub fn machine() -> String {
     )
 }
 
-/// Writes `name.md` under bench/results/ and returns its path.
-pub fn write_result(name: &str, markdown: &str) -> Result<PathBuf> {
+/// bench/results/, created if missing.
+pub fn results_dir() -> Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{name}.md"));
+    Ok(dir.canonicalize()?)
+}
+
+/// Writes `name.md` under bench/results/ and returns its path.
+pub fn write_result(name: &str, markdown: &str) -> Result<PathBuf> {
+    let path = results_dir()?.join(format!("{name}.md"));
     fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path.canonicalize()?)
+    Ok(path)
 }
 
 pub fn median(values: &mut [f64]) -> f64 {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|daemon] [--quick]`
+//! `cargo xtask bench [xdp|daemon|failover] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -7,7 +7,8 @@ fn main() -> ExitCode {
     let result = match which {
         "xdp" => redirector_tests::bench::xdp::run(rest),
         "daemon" => redirector_tests::bench::daemon::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon")),
+        "failover" => redirector_tests::bench::failover::run(rest),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

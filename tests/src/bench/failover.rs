@@ -1,0 +1,183 @@
+//! The reference's Table 5.6 re-run on our system: unavailability T_un and
+//! success rate per (heartbeat interval T_h, misses n), with the region's
+//! HTTP server killed (the reference's checkHTTPServer failure) at least
+//! five times per row, failing back in between.
+
+use std::{thread, time::Duration};
+
+use anyhow::Result;
+use plotters::prelude::*;
+
+use super::{machine, results_dir, write_result};
+use crate::{
+    client::{Measurement, Options},
+    lab::{Lab, LabOptions},
+    netns::unique_name,
+};
+
+struct Row {
+    interval_ms: u64,
+    fall: u32,
+    /// The reference's T_un (s) and success rate (%), where it has the row.
+    reference: Option<(f64, f64)>,
+}
+
+const ROWS: [Row; 7] = [
+    Row { interval_ms: 2000, fall: 10, reference: Some((24.72, 91.24)) },
+    Row { interval_ms: 2000, fall: 5, reference: Some((9.88, 96.85)) },
+    Row { interval_ms: 1000, fall: 5, reference: Some((5.09, 98.66)) },
+    Row { interval_ms: 500, fall: 5, reference: Some((3.25, 99.5)) },
+    Row { interval_ms: 100, fall: 3, reference: None },
+    Row { interval_ms: 50, fall: 3, reference: None },
+    Row { interval_ms: 10, fall: 3, reference: None },
+];
+
+struct Measured {
+    t_un: Vec<Duration>,
+    success_rate: f64,
+    requests: u64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn measure(row: &Row, failures: usize) -> Result<Measured> {
+    let options = LabOptions {
+        interval_ms: row.interval_ms,
+        fall: row.fall,
+        rise: 3,
+        timeout_ms: row.interval_ms.min(1000),
+        ..Default::default()
+    };
+    let mut lab = Lab::new(&unique_name("rdbf"), options)?;
+    lab.start_daemon()?;
+    let interval = Duration::from_millis(row.interval_ms);
+    let verdict = interval * (row.fall + 3) * 2 + Duration::from_secs(5);
+    let settle = (interval * 2).max(Duration::from_millis(500));
+    lab.wait_active("region2", verdict)?;
+    let client = Measurement::start(
+        &lab.topo.client,
+        lab.vip(),
+        Options {
+            pause: Duration::from_millis(10),
+            max_duration: Duration::from_secs(900),
+            ..Default::default()
+        },
+    );
+    for _ in 0..failures {
+        thread::sleep(settle);
+        lab.kill_server(2)?;
+        lab.wait_active("region1", verdict)?;
+        thread::sleep(settle);
+        lab.restore_server(2)?;
+        lab.wait_active("region2", verdict)?;
+    }
+    thread::sleep(settle);
+    let report = client.stop()?;
+    let mut t_un: Vec<Duration> = report.outages.iter().map(|o| o.t_un()).collect();
+    t_un.sort();
+    anyhow::ensure!(!t_un.is_empty(), "no outage measured: the failures went unnoticed");
+    Ok(Measured {
+        t_un,
+        success_rate: report.success_rate() * 100.0,
+        requests: report.requests(),
+    })
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let (rows, failures): (Vec<&Row>, usize) = if quick {
+        (ROWS.iter().filter(|r| r.interval_ms <= 100).collect(), 2)
+    } else {
+        (ROWS.iter().collect(), 5)
+    };
+    let mut table = String::from(
+        "| T_h | n | failures | T_un p50 | T_un p99 | success | requests | reference T_un | reference success |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut measured = Vec::new();
+    for row in rows {
+        eprintln!("T_h = {} ms, n = {}: {failures} failures...", row.interval_ms, row.fall);
+        let m = measure(row, failures)?;
+        let (reference_t_un, reference_success) = match row.reference {
+            Some((t, s)) => (format!("{t:.2} s"), format!("{s:.2} %")),
+            None => ("—".into(), "—".into()),
+        };
+        table += &format!(
+            "| {} ms | {} | {} | {:.0} ms | {:.0} ms | {:.3} % | {} | {reference_t_un} | {reference_success} |\n",
+            row.interval_ms,
+            row.fall,
+            m.t_un.len(),
+            percentile(&m.t_un, 0.5).as_secs_f64() * 1e3,
+            percentile(&m.t_un, 0.99).as_secs_f64() * 1e3,
+            m.success_rate,
+            m.requests,
+        );
+        measured.push((row, m));
+    }
+    let plot = results_dir()?.join("failover.png");
+    draw(&plot, &measured)?;
+    let report = format!(
+        "# Failover: unavailability and success rate (the reference's Table 5.6, re-run)\n\n\
+         Machine: {}\n\n\
+         Three regions in namespaces, VIP = region2's address, HTTP health check, rise = 3, \
+         timeout = min(T_h, 1 s). Region2's HTTP server is killed (SIGKILL), then restored after \
+         the failover and failed back, {failures} times per row. The measuring client sends a \
+         request every 10 ms on a new TCP connection with a 200 ms timeout; T_un runs from the last \
+         success before a failure to the first success after it. Reference: OpenFlow switch \
+         (Open vSwitch on a Raspberry Pi) and an SDN controller, heartbeats every T_h.\n\n\
+         {table}\n![T_un per row](failover.png)\n",
+        machine()
+    );
+    println!("{report}");
+    println!("written to {}", write_result("failover", &report)?.display());
+    Ok(())
+}
+
+/// T_un p50 and p99 per row against the reference's, log scale.
+fn draw(path: &std::path::Path, measured: &[(&Row, Measured)]) -> Result<()> {
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let labels: Vec<String> = measured.iter().map(|(r, _)| format!("{} ms × {}", r.interval_ms, r.fall)).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Failover unavailability T_un (seconds, log scale)", ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..(measured.len() as f64 - 0.5), (0.001f64..100f64).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(measured.len())
+        .x_label_formatter(&|x| labels.get(x.round() as usize).cloned().unwrap_or_default())
+        .x_desc("heartbeat interval T_h × misses n")
+        .y_desc("T_un (s)")
+        .draw()?;
+    let points = |f: &dyn Fn(&Measured) -> f64| -> Vec<(f64, f64)> {
+        measured.iter().enumerate().map(|(i, (_, m))| (i as f64, f(m))).collect()
+    };
+    chart
+        .draw_series(points(&|m| percentile(&m.t_un, 0.5).as_secs_f64()).into_iter().map(|p| Circle::new(p, 6, BLUE.filled())))?
+        .label("redirector p50")
+        .legend(|(x, y)| Circle::new((x, y), 5, BLUE.filled()));
+    chart
+        .draw_series(points(&|m| percentile(&m.t_un, 0.99).as_secs_f64()).into_iter().map(|p| TriangleMarker::new(p, 7, RED.filled())))?
+        .label("redirector p99")
+        .legend(|(x, y)| TriangleMarker::new((x, y), 6, RED.filled()));
+    let reference: Vec<(f64, f64)> = measured
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (r, _))| r.reference.map(|(t, _)| (i as f64, t)))
+        .collect();
+    chart
+        .draw_series(reference.into_iter().map(|p| Cross::new(p, 8, BLACK.stroke_width(2))))?
+        .label("reference (OpenFlow + SDN controller)")
+        .legend(|(x, y)| Cross::new((x, y), 6, BLACK.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
