@@ -107,6 +107,7 @@ pub struct LabOptions {
     pub timeout_ms: u64,
     pub preempt: bool,
     pub preempt_delay_ms: u64,
+    pub max_switches_per_minute: u32,
     pub all_down: &'static str,
     /// Run redirectord with this file (its pin path and control socket)
     /// instead of a config generated from these options.
@@ -125,6 +126,7 @@ impl Default for LabOptions {
             timeout_ms: 100,
             preempt: true,
             preempt_delay_ms: 0,
+            max_switches_per_minute: 6,
             all_down: "keep-last",
             config_file: None,
         }
@@ -241,8 +243,8 @@ impl Lab {
         .unwrap();
         writeln!(
             text,
-            "\n[failover]\npreempt = {}\npreempt_delay_ms = {}\nall_down = {:?}",
-            o.preempt, o.preempt_delay_ms, o.all_down
+            "\n[failover]\npreempt = {}\npreempt_delay_ms = {}\nmax_switches_per_minute = {}\nall_down = {:?}",
+            o.preempt, o.preempt_delay_ms, o.max_switches_per_minute, o.all_down
         )
         .unwrap();
         for region in &self.topo.regions {
