@@ -19,6 +19,10 @@
 //! max_switches_per_minute = 6    # flap limit, see below
 //! all_down = "keep-last"         # or "drop"
 //!
+//! [balance]
+//! dwell_ms = 3000                # default; a region's saturated-or-not verdict holds at
+//!                                # least this long, so load at a watermark cannot flap; 0: none
+//!
 //! [[region]]                     # ids are given in file order: 0, 1, ...
 //! name = "region1"
 //! address = "10.1.0.2"
@@ -31,19 +35,37 @@
 //! address = "10.2.0.2"
 //! priority = 200
 //! checks = [{ kind = "heartbeat", address = "10.2.0.2:7946", key_file = "/etc/redirector/hb.key" }]
+//! weight = 1                     # default 1: the share of new flows under weighted;
+//!                                # 0: a backup, taking new flows only when no region of
+//!                                # positive weight is eligible
+//! # Load watermarks, each optional: saturated above high, until back below low. Under
+//! # policy pps/flows/cpu, new flows spill to the next region in priority order while
+//! # this region is saturated.
+//! pps = { low = 800, high = 1000 }     # client-to-region packets/s
+//! flows = { low = 800, high = 1000 }   # active flows
+//! cpu = { low = 60, high = 80 }        # percent, reported by the agent: needs a heartbeat check
 //!
 //! [[service]]                    # ids are given in file order: 0, 1, ...
 //! name = "web"
 //! vip = "10.2.0.2"
 //! port = 80                      # tcp and udp only
 //! protocol = "tcp"               # tcp | udp | icmp
-//! policy = "failover"            # default
+//! policy = "failover"            # default; or weighted | pps | flows | cpu
 //! regions = ["region1", "region2"]
+//! weights = { region1 = 3, region2 = 1 }  # optional: overrides the regions' weight for this service
 //! target_port = 8080             # optional: the regions serve on this port
 //! ```
 //!
 //! Check kinds: `heartbeat` {address, key_file?}, `http` {url, expect_status
 //! (default 200)}, `tcp` {address}.
+//!
+//! Policies: `failover` sends new flows to the highest-priority eligible
+//! region; `weighted` shares them among the eligible regions by weight (at
+//! least one weight must be positive); `pps`, `flows` and `cpu` fail over by
+//! priority but spill past a saturated region, so at least one of the
+//! service's regions needs the matching watermarks, and under `cpu` every
+//! region with `cpu` watermarks needs a heartbeat check: the agent reports
+//! its CPU over it.
 //!
 //! `max_switches_per_minute` bounds how often one service's new flows change
 //! region within any 60 s. Only switches away from a region that is still
@@ -56,7 +78,7 @@
 //! region1, region2)`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt, fs,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     ops::Range,
@@ -91,6 +113,13 @@ const DEFAULT_FAILOVER: FailoverSettings = FailoverSettings {
     max_switches_per_minute: 6,
     all_down: AllDown::KeepLast,
 };
+const DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
+    dwell: Duration::from_millis(3000),
+};
+/// One share each: with no weights written, `weighted` spreads evenly.
+const DEFAULT_WEIGHT: u32 = 1;
+/// cpu watermarks are a percentage of the region's CPU.
+const MAX_PERCENT: u64 = 100;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -99,6 +128,7 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     pub failover: FailoverSettings,
+    pub balance: BalanceSettings,
     /// Position is the region's id in the data plane.
     pub regions: Vec<RegionConfig>,
     /// Position is the service's id in the data plane.
@@ -119,6 +149,23 @@ pub struct FailoverSettings {
     pub preempt_delay: Duration,
     pub max_switches_per_minute: u32,
     pub all_down: AllDown,
+}
+
+/// Tuning of the load policies (`pps`, `flows`, `cpu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalanceSettings {
+    /// How long a region's saturated-or-not verdict holds at least, so that
+    /// load hovering at a watermark cannot make new flows oscillate; zero:
+    /// no dwell.
+    pub dwell: Duration,
+}
+
+/// Load watermarks: a region becomes saturated above `high` and stops
+/// being saturated below `low`. `low <= high`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermarks {
+    pub low: u64,
+    pub high: u64,
 }
 
 /// What new flows of a service do when none of its regions is eligible.
@@ -142,6 +189,36 @@ pub struct RegionConfig {
     pub health: HealthSettings,
     /// At least one.
     pub checks: Vec<Check>,
+    /// The region's share of new flows under `weighted`, unless a service
+    /// overrides it. 0: a backup, which takes new flows only when no region
+    /// of positive weight is eligible.
+    pub weight: u32,
+    /// Client-to-region packets per second.
+    pub pps: Option<Watermarks>,
+    /// Active flows.
+    pub flows: Option<Watermarks>,
+    /// Percent of the CPU, as the region's agent reports it over the
+    /// heartbeat: at most 100.
+    pub cpu: Option<Watermarks>,
+}
+
+impl RegionConfig {
+    /// The watermarks a load policy compares this region's load with; none
+    /// for the policies that do not measure load.
+    pub fn watermarks(&self, policy: PolicyKind) -> Option<Watermarks> {
+        match policy {
+            PolicyKind::Failover | PolicyKind::Weighted => None,
+            PolicyKind::Pps => self.pps,
+            PolicyKind::Flows => self.flows,
+            PolicyKind::Cpu => self.cpu,
+        }
+    }
+
+    fn has_heartbeat(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| matches!(c, Check::Heartbeat { .. }))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,7 +260,28 @@ impl fmt::Display for Check {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyKind {
+    /// The highest-priority eligible region takes every new flow.
     Failover,
+    /// New flows are shared among the eligible regions by weight.
+    Weighted,
+    /// Failover, except that new flows spill to the next region while one
+    /// is saturated by packets per second, active flows or CPU.
+    Pps,
+    Flows,
+    Cpu,
+}
+
+impl PolicyKind {
+    /// As written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Failover => "failover",
+            PolicyKind::Weighted => "weighted",
+            PolicyKind::Pps => "pps",
+            PolicyKind::Flows => "flows",
+            PolicyKind::Cpu => "cpu",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,7 +292,35 @@ pub struct ServiceConfig {
     pub policy: PolicyKind,
     /// Region ids, as listed: among equal priorities the first wins.
     pub regions: Vec<u8>,
+    /// Parallel to `regions`: each region's `weight`, or the service's
+    /// override.
+    pub weights: Vec<u32>,
     pub target_port: Option<u16>,
+}
+
+impl ServiceConfig {
+    /// Refuses weights that would leave a weighted service without a region
+    /// for new flows. `weights` is parallel to `regions`.
+    pub fn check_weights(&self, weights: &[u32]) -> Result<(), String> {
+        if weights.len() != self.regions.len() {
+            return Err(format!(
+                "service {:?} has {} regions: it takes {} weights, not {}",
+                self.name,
+                self.regions.len(),
+                self.regions.len(),
+                weights.len()
+            ));
+        }
+        // A region of weight 0 is a backup to those of positive weight;
+        // with none positive, weighted has nothing to share new flows by.
+        if self.policy == PolicyKind::Weighted && weights.iter().all(|&w| w == 0) {
+            return Err(format!(
+                "every weight of service {:?} would be 0: no region would take new flows",
+                self.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -296,6 +422,8 @@ struct RawConfig {
     #[serde(default)]
     failover: RawFailover,
     #[serde(default)]
+    balance: RawBalance,
+    #[serde(default)]
     region: Vec<RawRegion>,
     #[serde(default)]
     service: Vec<RawService>,
@@ -319,6 +447,12 @@ struct RawFailover {
     all_down: Option<AllDown>,
 }
 
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalance {
+    dwell_ms: Option<u64>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegion {
@@ -331,6 +465,17 @@ struct RawRegion {
     fall: Option<Spanned<u32>>,
     rise: Option<Spanned<u32>>,
     timeout_ms: Option<Spanned<u64>>,
+    weight: Option<u32>,
+    pps: Option<RawWatermarks>,
+    flows: Option<RawWatermarks>,
+    cpu: Option<RawWatermarks>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatermarks {
+    low: Spanned<u64>,
+    high: Spanned<u64>,
 }
 
 impl RawRegion {
@@ -371,8 +516,11 @@ struct RawService {
     vip: Spanned<Ipv4Addr>,
     port: Option<Spanned<u16>>,
     protocol: Spanned<Protocol>,
-    policy: Option<PolicyKind>,
+    policy: Option<Spanned<PolicyKind>>,
     regions: Spanned<Vec<Spanned<String>>>,
+    /// Region name to weight; toml keeps no order, the spans give it back.
+    /// (A spanned key would show as `?` in the key path of a type error.)
+    weights: Option<Spanned<BTreeMap<String, Spanned<u32>>>>,
     target_port: Option<Spanned<u16>>,
 }
 
@@ -510,6 +658,12 @@ impl Source<'_> {
         let interfaces = self.interfaces(&raw.interfaces)?;
         let health = self.health_defaults(&raw.health)?;
         let failover = self.failover(&raw.failover)?;
+        let balance = BalanceSettings {
+            dwell: raw
+                .balance
+                .dwell_ms
+                .map_or(DEFAULT_BALANCE.dwell, Duration::from_millis),
+        };
         let regions = self.regions(&raw.region, &health)?;
         let services = self.services(&raw.service, &regions)?;
         Ok(Config {
@@ -522,6 +676,7 @@ impl Source<'_> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             metrics_listen: raw.metrics_listen,
             failover,
+            balance,
             regions,
             services,
         })
@@ -686,9 +841,41 @@ impl Source<'_> {
                 priority: r.priority,
                 health: located.settings(),
                 checks: self.checks(&r.checks, &prefix)?,
+                weight: r.weight.unwrap_or(DEFAULT_WEIGHT),
+                pps: self.watermarks(&r.pps, &format!("{prefix}.pps"), false)?,
+                flows: self.watermarks(&r.flows, &format!("{prefix}.flows"), false)?,
+                cpu: self.watermarks(&r.cpu, &format!("{prefix}.cpu"), true)?,
             });
         }
         Ok(regions)
+    }
+
+    /// `percent`: the load is a percentage, so no watermark is above 100.
+    fn watermarks(
+        &self,
+        raw: &Option<RawWatermarks>,
+        key: &str,
+        percent: bool,
+    ) -> Result<Option<Watermarks>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let (low, high) = (*raw.low.get_ref(), *raw.high.get_ref());
+        if percent && high > MAX_PERCENT {
+            return Err(self.error(
+                raw.high.span(),
+                key,
+                format!("high ({high}) is above {MAX_PERCENT} percent"),
+            ));
+        }
+        if low > high {
+            return Err(self.error(
+                raw.low.span(),
+                key,
+                format!("low ({low}) is above high ({high})"),
+            ));
+        }
+        Ok(Some(Watermarks { low, high }))
     }
 
     fn checks(
@@ -818,16 +1005,129 @@ impl Source<'_> {
                     ),
                 ));
             }
-            services.push(ServiceConfig {
+            let ids = self.service_regions(&s.regions, regions, &prefix)?;
+            let service = ServiceConfig {
                 id: i as u32,
                 name: s.name.get_ref().clone(),
                 addr,
-                policy: s.policy.unwrap_or(PolicyKind::Failover),
-                regions: self.service_regions(&s.regions, regions, &prefix)?,
+                policy: s
+                    .policy
+                    .as_ref()
+                    .map_or(PolicyKind::Failover, |p| *p.get_ref()),
+                weights: self.service_weights(s, &ids, regions, &prefix)?,
+                regions: ids,
                 target_port: self.target_port(s, &prefix)?,
-            });
+            };
+            self.policy_inputs(s, &service, regions, &prefix)?;
+            services.push(service);
         }
         Ok(services)
+    }
+
+    /// The regions' own weights, with the service's overrides applied.
+    fn service_weights(
+        &self,
+        s: &RawService,
+        ids: &[u8],
+        regions: &[RegionConfig],
+        prefix: &str,
+    ) -> Result<Vec<u32>, ConfigError> {
+        let mut weights: Vec<u32> = ids.iter().map(|&id| regions[id as usize].weight).collect();
+        let Some(raw) = &s.weights else {
+            return Ok(weights);
+        };
+        let mut overrides: Vec<_> = raw.get_ref().iter().collect();
+        overrides.sort_by_key(|(_, weight)| weight.span().start);
+        for (name, weight) in overrides {
+            let key = format!("{prefix}.weights.{name}");
+            let region = self.region_named(name, weight.span(), regions, &key)?;
+            let Some(i) = ids.iter().position(|&id| id == region.id) else {
+                let own: Vec<&str> = s
+                    .regions
+                    .get_ref()
+                    .iter()
+                    .map(|n| n.get_ref().as_str())
+                    .collect();
+                return Err(self.error(
+                    weight.span(),
+                    key,
+                    format!(
+                        "{name:?} is not among service {:?}'s regions ({})",
+                        s.name.get_ref(),
+                        own.join(", ")
+                    ),
+                ));
+            };
+            weights[i] = *weight.get_ref();
+        }
+        Ok(weights)
+    }
+
+    /// Refuses a policy that has nothing to go by: no weight to share new
+    /// flows by, or no load to compare.
+    fn policy_inputs(
+        &self,
+        s: &RawService,
+        service: &ServiceConfig,
+        regions: &[RegionConfig],
+        prefix: &str,
+    ) -> Result<(), ConfigError> {
+        // The default, failover, needs nothing but priorities.
+        let Some(policy) = &s.policy else {
+            return Ok(());
+        };
+        let refuse =
+            |message: String| self.error(policy.span(), format!("{prefix}.policy"), message);
+        let members = || service.regions.iter().map(|&id| &regions[id as usize]);
+        match service.policy {
+            PolicyKind::Failover => Ok(()),
+            PolicyKind::Weighted => {
+                service
+                    .check_weights(&service.weights)
+                    .map_err(|message| match &s.weights {
+                        Some(w) => self.error(w.span(), format!("{prefix}.weights"), message),
+                        None => refuse(message),
+                    })
+            }
+            load => {
+                let name = load.name();
+                if !members().any(|r| r.watermarks(load).is_some()) {
+                    return Err(refuse(format!(
+                        "policy {name} needs {name} = {{ low, high }} on at least one of its regions"
+                    )));
+                }
+                // Only the agent knows its region's CPU; it tells over the
+                // heartbeat.
+                if load == PolicyKind::Cpu {
+                    if let Some(r) = members().find(|r| r.cpu.is_some() && !r.has_heartbeat()) {
+                        return Err(refuse(format!(
+                            "region {:?} has cpu watermarks but no heartbeat check, over which its agent reports CPU",
+                            r.name
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The region called `name`, written at `span`; refused naming the
+    /// known ones.
+    fn region_named<'r>(
+        &self,
+        name: &str,
+        span: Range<usize>,
+        regions: &'r [RegionConfig],
+        key: &str,
+    ) -> Result<&'r RegionConfig, ConfigError> {
+        regions.iter().find(|r| r.name == name).ok_or_else(|| {
+            let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+            self.error(
+                span,
+                key,
+                format!("unknown region {name:?} (known: {})", known.join(", ")),
+            )
+        })
     }
 
     fn service_addr(&self, s: &RawService, prefix: &str) -> Result<ServiceAddr, ConfigError> {
@@ -891,18 +1191,7 @@ impl Source<'_> {
         let mut seen = HashMap::new();
         let mut ids = Vec::new();
         for name in raw.get_ref() {
-            let Some(region) = regions.iter().find(|r| r.name == *name.get_ref()) else {
-                let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
-                return Err(self.error(
-                    name.span(),
-                    key,
-                    format!(
-                        "unknown region {:?} (known: {})",
-                        name.get_ref(),
-                        known.join(", ")
-                    ),
-                ));
-            };
+            let region = self.region_named(name.get_ref(), name.span(), regions, &key)?;
             self.unique(&mut seen, name, &key)?;
             ids.push(region.id);
         }
@@ -1063,6 +1352,10 @@ regions = ["region1", "region2"]
             (0, &[0u8, 1][..], None)
         );
         assert_eq!(
+            (web.policy, web.weights.as_slice()),
+            (PolicyKind::Failover, &[1, 1][..])
+        );
+        assert_eq!(
             web.addr,
             ServiceAddr {
                 vip: Ipv4Addr::new(10, 2, 0, 2),
@@ -1086,6 +1379,10 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         assert_eq!(c.regions[0].priority, 0);
         assert_eq!(c.metrics_listen, None);
         assert!(c.services.is_empty());
+        assert_eq!(c.balance, DEFAULT_BALANCE);
+        assert_eq!(c.balance.dwell, Duration::from_secs(3));
+        let a = &c.regions[0];
+        assert_eq!((a.weight, a.pps, a.flows, a.cpu), (1, None, None, None));
     }
 
     #[test]
@@ -1465,6 +1762,222 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         let status = refused(&lab_with("expect_status = 200", "expect_status = 42"));
         assert!(status
             .starts_with("lab.toml:20: region \"region1\".checks[0].expect_status: 42 is not"));
+    }
+
+    /// `text` must be refused with a message that starts with `start`
+    /// (the tail is serde's, such as the fields it expected).
+    fn refused_with(text: &str, start: &str) {
+        let message = refused(text);
+        assert!(message.starts_with(start), "{message}");
+    }
+
+    /// LAB with region1 carrying `region1` and region2 `region2` (lines
+    /// after their priorities), and the service `service` in place of its
+    /// policy line.
+    fn balanced(region1: &str, region2: &str, service: &str) -> String {
+        lab_with("priority = 100\n", &format!("priority = 100\n{region1}"))
+            .replace("priority = 200\n", &format!("priority = 200\n{region2}"))
+            .replace("policy = \"failover\"\n", service)
+    }
+
+    #[test]
+    fn balance_settings_are_read_and_checked() {
+        let text = format!("{LAB}\n[balance]\ndwell_ms = 0\n");
+        let c = Config::parse(&text, "lab.toml").unwrap();
+        assert_eq!(c.balance.dwell, Duration::ZERO);
+        let typo = text.replace("dwell_ms", "dwel_ms");
+        let line = line_of(&typo, "dwel_ms");
+        let message = refused(&typo);
+        assert!(
+            message.starts_with(&format!(
+                "lab.toml:{line}: balance.dwel_ms: unknown field `dwel_ms`"
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn policy_names_are_the_ones_the_file_takes() {
+        for kind in [
+            PolicyKind::Failover,
+            PolicyKind::Weighted,
+            PolicyKind::Pps,
+            PolicyKind::Flows,
+            PolicyKind::Cpu,
+        ] {
+            let text = balanced(
+                "pps = { low = 1, high = 2 }\nflows = { low = 1, high = 2 }\n",
+                "cpu = { low = 1, high = 2 }\n",
+                &format!("policy = {:?}\n", kind.name()),
+            );
+            let c = Config::parse(&text, "lab.toml").unwrap();
+            assert_eq!(c.services[0].policy, kind);
+        }
+    }
+
+    #[test]
+    fn regions_carry_weights_and_watermarks() {
+        let text = balanced(
+            "weight = 3\npps = { low = 800, high = 1000 }\nflows = { low = 5, high = 5 }\n",
+            "weight = 0\ncpu = { low = 60, high = 100 }\n",
+            "policy = \"cpu\"\n",
+        );
+        let c = Config::parse(&text, "lab.toml").unwrap();
+        let (r1, r2) = (&c.regions[0], &c.regions[1]);
+        assert_eq!(r1.weight, 3);
+        assert_eq!(
+            r1.pps,
+            Some(Watermarks {
+                low: 800,
+                high: 1000
+            })
+        );
+        assert_eq!(r1.flows, Some(Watermarks { low: 5, high: 5 }));
+        assert_eq!((r1.cpu, r2.pps, r2.flows), (None, None, None));
+        assert_eq!(
+            (r2.weight, r2.cpu),
+            (0, Some(Watermarks { low: 60, high: 100 }))
+        );
+        assert_eq!(r1.watermarks(PolicyKind::Pps), r1.pps);
+        assert_eq!(r1.watermarks(PolicyKind::Weighted), None);
+        assert_eq!(c.services[0].weights, [3, 0]);
+    }
+
+    #[test]
+    fn watermarks_are_checked() {
+        assert_eq!(
+            refused(&balanced("pps = { low = 900, high = 800 }\n", "", "")),
+            "lab.toml:20: region \"region1\".pps: low (900) is above high (800)"
+        );
+        assert_eq!(
+            refused(&balanced("", "cpu = { low = 60, high = 101 }\n", "")),
+            "lab.toml:26: region \"region2\".cpu: high (101) is above 100 percent"
+        );
+        refused_with(
+            &balanced("flows = { low = 900 }\n", "", ""),
+            "lab.toml:20: region[0].flows: missing field `high`",
+        );
+        refused_with(
+            &balanced("", "pps = { low = 1, hihg = 2 }\n", ""),
+            "lab.toml:26: region[1].pps.hihg: unknown field `hihg`",
+        );
+        refused_with(
+            &balanced("pps = { low = -1, high = 2 }\n", "", ""),
+            "lab.toml:20: region[0].pps.low: invalid value",
+        );
+    }
+
+    #[test]
+    fn a_service_overrides_region_weights_by_name() {
+        let text = balanced(
+            "weight = 5\n",
+            "",
+            "policy = \"weighted\"\nweights = { region2 = 3, region1 = 0 }\n",
+        );
+        let c = Config::parse(&text, "lab.toml").unwrap();
+        assert_eq!(c.services[0].weights, [0, 3]);
+        let partial = balanced("weight = 5\n", "", "weights = { region2 = 2 }\n");
+        let c = Config::parse(&partial, "lab.toml").unwrap();
+        assert_eq!(c.services[0].weights, [5, 2]);
+    }
+
+    #[test]
+    fn service_weights_name_the_services_own_regions() {
+        assert_eq!(
+            refused(&balanced("", "", "weights = { region1 = 1, region9 = 2 }\n")),
+            "lab.toml:33: service \"web\".weights.region9: unknown region \"region9\" (known: region1, region2)"
+        );
+        let region3 = format!(
+            "{LAB}\n[[region]]\nname = \"region3\"\naddress = \"10.3.0.2\"\n\
+             checks = [{{ kind = \"tcp\", address = \"10.3.0.2:80\" }}]\n"
+        )
+        .replace("policy = \"failover\"\n", "weights = { region3 = 1 }\n");
+        assert_eq!(
+            refused(&region3),
+            "lab.toml:33: service \"web\".weights.region3: \"region3\" is not among service \"web\"'s regions (region1, region2)"
+        );
+        refused_with(
+            &balanced("", "", "weights = { region1 = -1 }\n"),
+            "lab.toml:33: service[0].weights.region1: invalid value",
+        );
+    }
+
+    #[test]
+    fn a_weighted_service_needs_a_positive_weight() {
+        let zero = "weight = 0\n";
+        assert_eq!(
+            refused(&balanced(zero, zero, "policy = \"weighted\"\n")),
+            "lab.toml:35: service \"web\".policy: every weight of service \"web\" would be 0: \
+             no region would take new flows"
+        );
+        let overridden = balanced(
+            "",
+            "",
+            "policy = \"weighted\"\nweights = { region1 = 0, region2 = 0 }\n",
+        );
+        assert_eq!(
+            refused(&overridden),
+            "lab.toml:34: service \"web\".weights: every weight of service \"web\" would be 0: \
+             no region would take new flows"
+        );
+        let backup = balanced(zero, "", "policy = \"weighted\"\n");
+        assert!(Config::parse(&backup, "lab.toml").is_ok());
+        let failover = balanced(zero, zero, "");
+        assert_eq!(
+            Config::parse(&failover, "lab.toml").unwrap().services[0].weights,
+            [0, 0]
+        );
+    }
+
+    #[test]
+    fn check_weights_refuses_what_would_strand_new_flows() {
+        let text = balanced("", "", "policy = \"weighted\"\n");
+        let c = Config::parse(&text, "lab.toml").unwrap();
+        let web = &c.services[0];
+        assert_eq!(web.check_weights(&[0, 2]), Ok(()));
+        assert_eq!(
+            web.check_weights(&[0, 0]),
+            Err(
+                "every weight of service \"web\" would be 0: no region would take new flows".into()
+            )
+        );
+        assert_eq!(
+            web.check_weights(&[1]),
+            Err("service \"web\" has 2 regions: it takes 2 weights, not 1".into())
+        );
+        let failover = &Config::parse(LAB, "lab.toml").unwrap().services[0];
+        assert_eq!(failover.check_weights(&[0, 0]), Ok(()));
+    }
+
+    #[test]
+    fn a_load_policy_needs_watermarks_on_one_of_its_regions() {
+        for kind in ["pps", "flows", "cpu"] {
+            let text = balanced("", "", &format!("policy = \"{kind}\"\n"));
+            assert_eq!(
+                refused(&text),
+                format!(
+                    "lab.toml:33: service \"web\".policy: policy {kind} needs {kind} = {{ low, high }} \
+                     on at least one of its regions"
+                )
+            );
+        }
+        let elsewhere = balanced("flows = { low = 1, high = 2 }\n", "", "policy = \"pps\"\n");
+        assert!(refused(&elsewhere)
+            .ends_with("policy pps needs pps = { low, high } on at least one of its regions"));
+    }
+
+    #[test]
+    fn cpu_watermarks_need_the_agents_heartbeat() {
+        let cpu = "cpu = { low = 60, high = 80 }\n";
+        let text = balanced(cpu, cpu, "policy = \"cpu\"\n");
+        assert_eq!(
+            refused(&text),
+            "lab.toml:35: service \"web\".policy: region \"region1\" has cpu watermarks but no \
+             heartbeat check, over which its agent reports CPU"
+        );
+        // Under another policy the watermarks are not read.
+        let pps = balanced(cpu, "pps = { low = 1, high = 2 }\n", "policy = \"pps\"\n");
+        assert!(Config::parse(&pps, "lab.toml").is_ok());
     }
 
     #[test]
