@@ -26,6 +26,13 @@ pub enum Request {
         region: Option<String>,
         service: Option<String>,
     },
+    /// A region's weight in every weighted or load-balanced service it
+    /// serves, or in `service` only.
+    Weight {
+        region: String,
+        weight: u32,
+        service: Option<String>,
+    },
     Drain {
         region: String,
     },
@@ -72,6 +79,14 @@ pub struct RegionStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// CPU percent the region's agent reported last (host, cgroup or pids,
+    /// as the agent was told).
+    pub cpu_percent: Option<f64>,
+    /// Established connections the agent counts on its service port.
+    pub agent_connections: Option<u32>,
+    /// The load measures ("pps", "flows", "cpu") on which the region is
+    /// above its watermarks.
+    pub saturated: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -96,6 +111,11 @@ pub struct ServiceStatus {
     pub policy: String,
     /// Regions taking new flows.
     pub active: Vec<String>,
+    /// Live weight of each region of the service.
+    pub weights: Vec<(String, u32)>,
+    /// Percent of the selection table each region holds: its share of new
+    /// flows. Empty until the daemon wrote the table.
+    pub new_flow_shares: Vec<(String, f64)>,
     /// The operator's `set-active` region, if any.
     pub pinned: Option<String>,
     /// What happens to the override now, when it does not apply.

@@ -39,8 +39,8 @@ use crate::{
     dataplane::{self, Dataplane, LoadOptions, Selection},
     health::{Health, Outcome, Probe, RegionHealth, RegionView},
     heartbeat::{self, Key, Verifier},
-    metrics, policy,
-    policy::{Policy, Subject},
+    maglev, metrics, policy,
+    policy::{Decision, Load, Policy, Subject},
     probe,
 };
 
@@ -130,6 +130,9 @@ struct Controller {
     checkers: Vec<JoinHandle<()>>,
     snapshot: metrics::Shared,
     switches: Vec<u64>,
+    /// Per service: each region's share of the selection table last
+    /// written, in percent.
+    table_shares: Vec<Vec<(u8, f64)>>,
     /// Decision → map write of the last change.
     last_map_write: Option<Duration>,
     traffic: Traffic,
@@ -166,6 +169,7 @@ pub async fn run(options: Options) -> Result<()> {
 
     let origin = Instant::now();
     let mut policy = Policy::new(&config);
+    let mut table_shares = Vec::new();
     for service in &config.services {
         // A restarted daemon takes over what the data plane selects now.
         let slots = dataplane.selection(&service.addr)?;
@@ -173,6 +177,7 @@ pub async fn run(options: Options) -> Result<()> {
         if slots.slots().iter().all(|&r| r == first) {
             policy.adopt(service.id, (first != NO_REGION).then_some(first));
         }
+        table_shares.push(maglev::shares(slots.slots()));
     }
     let written = config
         .regions
@@ -198,6 +203,7 @@ pub async fn run(options: Options) -> Result<()> {
         config_path: options.config.clone(),
         health: config.regions.iter().map(|r| RegionHealth::new(r, Duration::ZERO)).collect(),
         switches: vec![0; config.services.len()],
+        table_shares,
         heartbeat_counters: config.regions.iter().map(|r| vec![Default::default(); r.checks.len()]).collect(),
         agent_reports: vec![None; config.regions.len()],
         config,
@@ -317,21 +323,22 @@ impl Controller {
         let mut written = Vec::new();
         for decision in evaluation.decisions.iter().filter(|d| d.changed) {
             let service = &self.config.services[decision.service as usize];
-            let selection = match decision.active {
-                Some(region) => Selection::all(region),
-                None => Selection::nowhere(),
-            };
+            let selection = self.selection(decision);
             match self.dataplane.set_selection(&service.addr, &selection) {
                 Ok(()) => {
                     let took = trigger.elapsed();
-                    let to = decision
-                        .active
-                        .map_or("nowhere", |r| self.config.regions[r as usize].name.as_str());
+                    let shares = maglev::shares(selection.slots());
+                    let to: Vec<String> = shares
+                        .iter()
+                        .map(|&(r, pct)| format!("{} {pct:.1} %", self.config.regions[r as usize].name))
+                        .collect();
                     info!(
-                        "service {}: new flows → {to}; decision → map write {:.0} µs",
+                        "service {}: new flows → {}; decision → map write {:.0} µs",
                         service.name,
+                        if to.is_empty() { "nowhere".to_string() } else { to.join(", ") },
                         took.as_secs_f64() * 1e6
                     );
+                    self.table_shares[decision.service as usize] = shares;
                     self.switches[decision.service as usize] += 1;
                     self.last_map_write = Some(took);
                     written.push((service.name.clone(), took));
@@ -342,6 +349,25 @@ impl Controller {
         self.write_region_states();
         self.record_events(evaluation.events, &written);
         self.publish();
+    }
+
+    /// The selection table of a decision; one region fills every slot.
+    fn selection(&self, decision: &Decision) -> Selection {
+        if let Some(region) = decision.single() {
+            return Selection::all(region);
+        }
+        let entries = |share: &[(u8, u32)]| -> Vec<maglev::Entry> {
+            share
+                .iter()
+                .map(|&(region, weight)| maglev::Entry {
+                    region,
+                    name: &self.config.regions[region as usize].name,
+                    weight,
+                })
+                .collect()
+        };
+        let slots = maglev::selection(&entries(&decision.weights), &entries(&decision.share));
+        Selection::from_slots(&slots).expect("maglev fills every slot")
     }
 
     fn write_region_states(&mut self) {
@@ -411,6 +437,18 @@ impl Controller {
                 .map(|events| {
                     self.record_events(events, &[]);
                     "new flows follow the policy again".to_string()
+                })
+                .map_err(|e| e.to_string()),
+            Request::Weight { region, weight, service } => self
+                .policy
+                .set_weight(now, &region, weight, service.as_deref())
+                .map(|events| {
+                    let message = format!(
+                        "weight of {region} = {weight} in {}",
+                        events.iter().map(|e| e.subject.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                    self.record_events(events, &[]);
+                    message
                 })
                 .map_err(|e| e.to_string()),
             Request::Drain { region } | Request::Undrain { region } if self.region_index(&region).is_err() => {
@@ -488,7 +526,10 @@ impl Controller {
         let mut policy = Policy::new(&config);
         for (old, status) in self.config.services.iter().zip(self.policy.status()) {
             if let Some(new) = config.services.iter().find(|s| s.name == old.name) {
-                let active = status.active.and_then(|name| config.regions.iter().position(|r| r.name == name));
+                let active = match status.share.as_slice() {
+                    [(name, _)] => config.regions.iter().position(|r| r.name == *name),
+                    _ => None,
+                };
                 policy.adopt(new.id, active.map(|r| r as u8));
             }
         }
@@ -496,6 +537,7 @@ impl Controller {
         self.policy = policy;
         self.written.resize(config.regions.len(), None);
         self.switches.resize(config.services.len(), 0);
+        self.table_shares.resize(config.services.len(), Vec::new());
         self.agent_reports.resize(config.regions.len(), None);
         self.heartbeat_counters = config.regions.iter().map(|r| vec![Default::default(); r.checks.len()]).collect();
         self.config = config;
@@ -562,7 +604,20 @@ impl Controller {
         self.traffic.packets = packets;
         self.traffic.stats = stats;
         self.traffic.active_flows = self.scan_flows();
-        self.publish();
+        let loads: Vec<Load> = (0..self.config.regions.len())
+            .map(|r| Load {
+                pps: self.traffic.pps.get(r).copied().unwrap_or(0.0),
+                flows: self.traffic.active_flows.get(r).copied().unwrap_or(0),
+                cpu_percent: self.agent_reports[r].map(|a| a.cpu_permille as f64 / 10.0),
+            })
+            .collect();
+        let events = self.policy.observe_load(self.now(), &loads);
+        for event in &events {
+            info!("{}: {} → {} ({})", event.subject, event.from, event.to, event.reason);
+        }
+        self.record_events(events, &[]);
+        // Also publishes.
+        self.decide(now);
     }
 
     fn scan_flows(&mut self) -> Vec<u64> {
@@ -621,6 +676,9 @@ impl Controller {
                         .collect(),
                     pps: self.traffic.pps.get(region.id as usize).copied().unwrap_or(0.0),
                     active_flows: self.traffic.active_flows.get(region.id as usize).copied().unwrap_or(0),
+                    cpu_percent: self.agent_reports[region.id as usize].map(|a| a.cpu_permille as f64 / 10.0),
+                    agent_connections: self.agent_reports[region.id as usize].map(|a| a.active_connections),
+                    saturated: self.policy.saturated(region.id).into_iter().map(String::from).collect(),
                     packets: counters.packets,
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,
@@ -632,13 +690,19 @@ impl Controller {
             .services
             .iter()
             .zip(self.policy.status())
-            .map(|(service, status)| control::ServiceStatus {
+            .zip(&self.table_shares)
+            .map(|((service, status), shares)| control::ServiceStatus {
                 name: service.name.clone(),
                 vip: service.addr.vip.to_string(),
                 port: service.addr.port,
                 protocol: format!("{:?}", service.addr.protocol).to_lowercase(),
-                policy: "failover".into(),
-                active: status.active.into_iter().collect(),
+                policy: status.policy.name().into(),
+                active: status.share.iter().map(|(name, _)| name.clone()).collect(),
+                weights: status.weights,
+                new_flow_shares: shares
+                    .iter()
+                    .map(|&(r, pct)| (self.config.regions[r as usize].name.clone(), pct))
+                    .collect(),
                 pinned: status.pinned,
                 note: status.note,
             })

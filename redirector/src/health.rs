@@ -305,6 +305,10 @@ mod tests {
                 rise: 3,
                 timeout: T,
             },
+            weight: 1,
+            pps: None,
+            flows: None,
+            cpu: None,
             checks: [
                 Check::Heartbeat {
                     address: "10.1.0.2:7946".parse().unwrap(),

@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod config;
 pub mod health;
 pub mod probe;
+pub mod maglev;
 pub mod policy;
 pub mod heartbeat;
 pub mod daemon;

@@ -115,6 +115,60 @@ impl Collector for SnapshotCollector {
             ConstGauge::new(r.active_flows as i64).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
         }
 
+        let load: [(&str, &str, fn(&crate::control::RegionStatus) -> Option<f64>); 2] = [
+            ("redirector_region_pps", "Client → region packets per second, last sample", |r| Some(r.pps)),
+            ("redirector_region_cpu_ratio", "CPU the region's agent reports, 0 to 1", |r| {
+                r.cpu_percent.map(|c| c / 100.0)
+            }),
+        ];
+        for (name, help, value) in load {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for r in regions {
+                if let Some(v) = value(r) {
+                    ConstGauge::new(v).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_region_saturated",
+            "Whether the region is above its watermarks on a load measure",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in regions {
+            for measure in &r.saturated {
+                let labels = [("region", r.name.as_str()), ("measure", measure.as_str())];
+                ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let services = &snap.status.services;
+        let mut family = encoder.encode_descriptor(
+            "redirector_service_weight",
+            "Live weight of each region of a service",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in services {
+            for (region, weight) in &s.weights {
+                let labels = [("service", s.name.as_str()), ("region", region.as_str())];
+                ConstGauge::new(*weight as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "redirector_service_new_flow_share",
+            "Share of a service's selection table each region holds, 0 to 1",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in services {
+            for (region, pct) in &s.new_flow_shares {
+                let labels = [("service", s.name.as_str()), ("region", region.as_str())];
+                ConstGauge::new(pct / 100.0).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
         let mut family = encoder.encode_descriptor(
             "redirector_switches",
             "Times a service's new flows changed region",

@@ -1,11 +1,14 @@
-//! Failover policy: which region takes a service's new flows, given the
-//! regions' health, their priorities and the operator's overrides.
+//! Policies: which regions take a service's new flows, and in what shares,
+//! given the regions' health and load, their priorities and weights, and the
+//! operator's overrides. Established flows never move on a decision: the
+//! data plane keeps each on its region until the region goes down.
 //!
-//! Pure: the daemon calls [`Policy::evaluate`] after every health change,
-//! operator command, and at [`Policy::next_deadline`], and writes the data
-//! plane when a decision says `changed`.
+//! Pure: the daemon feeds load samples to [`Policy::observe_load`], calls
+//! [`Policy::evaluate`] after every health change, load sample, operator
+//! command, and at [`Policy::next_deadline`], and writes the data plane when
+//! a decision says `changed`.
 //!
-//! The rules, per service:
+//! `policy = "failover"`, per service:
 //! - A region is eligible when Up and not drained. The eligible region of
 //!   highest priority takes new flows; among equals, the one listed first in
 //!   the service's `regions`.
@@ -32,26 +35,95 @@
 //!   `preempt` says). `set-active --auto` hands the service back to the
 //!   rules, which apply at once: with `preempt` the best region takes over
 //!   if it has been eligible long enough.
+//!
+//! The load policies share the waiting, the overrides and `all_down`:
+//! - `weighted`: new flows spread over the eligible regions by weight (a
+//!   Maglev table, see [`crate::maglev`]). Weight 0 is a backup: backups
+//!   share new flows equally when no region of positive weight is eligible.
+//! - `pps`, `flows`, `cpu`: the eligible region of highest priority that is
+//!   not saturated on that measure takes new flows; while it is saturated
+//!   they spill to the next. When every eligible region is saturated they
+//!   spread by weight. A region becomes saturated above its `high`
+//!   watermark and stops below its `low`; either verdict holds at least the
+//!   `[balance]` dwell time, so load that hovers at a watermark cannot make
+//!   new flows oscillate.
+//! - These rebalance on every change, bounded by the dwell time rather than
+//!   the flap limit, which only holds back failover's elective switches.
 
 use std::{collections::VecDeque, fmt, time::Duration};
 
 use crate::{
-    config::{AllDown, Config, FailoverSettings, SWITCH_WINDOW},
+    config::{
+        AllDown, BalanceSettings, Config, FailoverSettings, PolicyKind, RegionConfig,
+        ServiceConfig, Watermarks, SWITCH_WINDOW,
+    },
     health::{Health, RegionView, Transition},
 };
 
 const WAITING: &str = "waiting for a health verdict on every region";
 const DROPPING: &str = "no eligible region: new flows are dropped";
 
+/// Regions with weights, by region id; as a decision's share, the regions
+/// taking new flows (empty: nowhere).
+pub type Share = Vec<(u8, u32)>;
+
 /// What the data plane should select for one service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub service: u32,
-    /// The region taking new flows; None: nowhere.
-    pub active: Option<u8>,
-    /// `active` differs from the previous decision.
+    /// The regions taking new flows and their weights.
+    pub share: Share,
+    /// The service's live weights over all its regions: the base of its
+    /// table, so that a region leaving or joining `share` moves only its
+    /// own slots (see [`crate::maglev::selection`]).
+    pub weights: Share,
+    /// `share` differs from the previous decision, or `weights` do and
+    /// several regions share new flows.
     pub changed: bool,
 }
+
+impl Decision {
+    /// The one region taking every new flow, if it is one.
+    pub fn single(&self) -> Option<u8> {
+        single(&self.share)
+    }
+}
+
+fn single(share: &Share) -> Option<u8> {
+    match share.as_slice() {
+        [(region, _)] => Some(*region),
+        _ => None,
+    }
+}
+
+fn one(region: u8) -> Share {
+    vec![(region, 1)]
+}
+
+/// A region's load, as the daemon samples it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    /// Client-to-region packets per second.
+    pub pps: f64,
+    /// Open flows pinned to the region in the data plane.
+    pub flows: u64,
+    /// From the agent's heartbeat; None until one reported.
+    pub cpu_percent: Option<f64>,
+}
+
+impl Load {
+    fn measure(&self, kind: PolicyKind) -> Option<f64> {
+        match kind {
+            PolicyKind::Pps => Some(self.pps),
+            PolicyKind::Flows => Some(self.flows as f64),
+            PolicyKind::Cpu => self.cpu_percent,
+            PolicyKind::Failover | PolicyKind::Weighted => None,
+        }
+    }
+}
+
+/// The load policies, which saturate on a measure.
+const MEASURES: [PolicyKind; 3] = [PolicyKind::Pps, PolicyKind::Flows, PolicyKind::Cpu];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Evaluation {
@@ -132,7 +204,11 @@ impl EventLog {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceStatus {
     pub name: String,
-    pub active: Option<String>,
+    pub policy: PolicyKind,
+    /// The regions taking new flows, with their weights.
+    pub share: Vec<(String, u32)>,
+    /// Live weights of every region of the service.
+    pub weights: Vec<(String, u32)>,
     /// The operator's `set-active` region.
     pub pinned: Option<String>,
     /// Why the policy is not where its rules alone would put it, or what it
@@ -146,6 +222,10 @@ pub enum PolicyError {
     UnknownService { name: String, known: Vec<String> },
     NotServed { region: String, service: String },
     NoServiceIn { region: String },
+    /// Weights mean nothing to a failover service.
+    NotBalanced { service: String },
+    NoBalancedServiceIn { region: String },
+    Weights(String),
 }
 
 impl fmt::Display for PolicyError {
@@ -163,6 +243,17 @@ impl fmt::Display for PolicyError {
             PolicyError::NoServiceIn { region } => {
                 write!(f, "no service is served by region {region:?}")
             }
+            PolicyError::NotBalanced { service } => write!(
+                f,
+                "service {service:?} uses the failover policy: weights apply to weighted, pps, \
+                 flows and cpu services"
+            ),
+            PolicyError::NoBalancedServiceIn { region } => write!(
+                f,
+                "region {region:?} serves no weighted, pps, flows or cpu service: weights would \
+                 change nothing"
+            ),
+            PolicyError::Weights(message) => f.write_str(message),
         }
     }
 }
@@ -171,20 +262,33 @@ impl std::error::Error for PolicyError {}
 
 pub struct Policy {
     settings: FailoverSettings,
+    balance: BalanceSettings,
     regions: Vec<RegionInfo>,
     services: Vec<ServiceState>,
 }
 
 struct RegionInfo {
-    name: String,
-    priority: u32,
+    config: RegionConfig,
+    /// By measure, in the order of [`MEASURES`].
+    saturation: [Saturation; 3],
+}
+
+#[derive(Clone, Copy, Default)]
+struct Saturation {
+    saturated: bool,
+    /// None: never changed, so the first verdict need not wait.
+    since: Option<Duration>,
 }
 
 struct ServiceState {
-    name: String,
-    /// Region ids in the service's order of preference among equals.
-    candidates: Vec<u8>,
-    active: Option<u8>,
+    /// `regions`: ids in the order of preference among equals.
+    config: ServiceConfig,
+    /// Parallel to `config.regions`; the operator's `weight` changes them.
+    weights: Vec<u32>,
+    /// The weights the last decision was made with: a table over several
+    /// regions is rewritten when they change.
+    decided_weights: Share,
+    active: Share,
     pin: Option<Pin>,
     /// Times of the switches that count for the flap limit, oldest first,
     /// none older than `SWITCH_WINDOW`.
@@ -209,6 +313,8 @@ enum Urgency {
     Operator,
     /// Off a region still eligible: waits for the flap limit.
     Elective,
+    /// A load policy rebalancing: bounded by the dwell time, not counted.
+    Balance,
 }
 
 enum Step {
@@ -217,7 +323,7 @@ enum Step {
         wake: Option<Duration>,
     },
     Switch {
-        to: Option<u8>,
+        to: Share,
         reason: String,
         urgency: Urgency,
         /// What still holds once switched.
@@ -232,7 +338,7 @@ impl Step {
 
     fn forced(to: u8, reason: String) -> Step {
         Step::Switch {
-            to: Some(to),
+            to: one(to),
             reason,
             urgency: Urgency::Forced,
             note: None,
@@ -275,15 +381,32 @@ impl Ctx<'_> {
     }
 
     fn name(&self, region: u8) -> &str {
-        &self.regions[region as usize].name
+        &self.regions[region as usize].config.name
     }
 
-    fn label(&self, region: Option<u8>) -> String {
-        region.map_or_else(|| "none".to_string(), |r| self.name(r).to_string())
+    /// "none", "region1", or "region1=3,region2=1".
+    fn label(&self, share: &Share) -> String {
+        match share.as_slice() {
+            [] => "none".to_string(),
+            [(region, _)] => self.name(*region).to_string(),
+            many => many
+                .iter()
+                .map(|(r, w)| format!("{}={w}", self.name(*r)))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
     }
 
     fn priority(&self, region: u8) -> u32 {
-        self.regions[region as usize].priority
+        self.regions[region as usize].config.priority
+    }
+
+    fn saturated(&self, region: u8, kind: PolicyKind) -> bool {
+        let info = &self.regions[region as usize];
+        MEASURES
+            .iter()
+            .position(|&m| m == kind)
+            .is_some_and(|i| info.saturation[i].saturated)
     }
 
     /// Why a region takes no new flows.
@@ -303,21 +426,23 @@ impl Policy {
     pub fn new(config: &Config) -> Self {
         Policy {
             settings: config.failover,
+            balance: config.balance,
             regions: config
                 .regions
                 .iter()
                 .map(|r| RegionInfo {
-                    name: r.name.clone(),
-                    priority: r.priority,
+                    config: r.clone(),
+                    saturation: Default::default(),
                 })
                 .collect(),
             services: config
                 .services
                 .iter()
                 .map(|s| ServiceState {
-                    name: s.name.clone(),
-                    candidates: s.regions.clone(),
-                    active: None,
+                    config: s.clone(),
+                    weights: s.weights.clone(),
+                    decided_weights: Vec::new(),
+                    active: Share::new(),
                     pin: None,
                     switches: VecDeque::new(),
                     note: None,
@@ -332,8 +457,101 @@ impl Policy {
     /// service no longer lists is not adopted: the policy will write.
     pub fn adopt(&mut self, service: u32, region: Option<u8>) {
         if let Some(s) = self.services.get_mut(service as usize) {
-            s.active = region.filter(|r| s.candidates.contains(r));
+            s.active = region
+                .filter(|r| s.config.regions.contains(r))
+                .map_or_else(Share::new, one);
         }
+    }
+
+    /// Takes a load sample (indexed by region id) and updates which
+    /// regions are saturated; returns the changes as region events.
+    pub fn observe_load(&mut self, now: Duration, loads: &[Load]) -> Vec<Event> {
+        let dwell = self.balance.dwell;
+        let mut events = Vec::new();
+        for (region, load) in self.regions.iter_mut().zip(loads) {
+            for (i, kind) in MEASURES.into_iter().enumerate() {
+                let (Some(marks), Some(value)) = (region.config.watermarks(kind), load.measure(kind))
+                else {
+                    continue;
+                };
+                let state = &mut region.saturation[i];
+                let flips = if state.saturated {
+                    value < marks.low as f64
+                } else {
+                    value > marks.high as f64
+                };
+                if !flips || state.since.is_some_and(|t| now < t + dwell) {
+                    continue;
+                }
+                state.saturated = !state.saturated;
+                state.since = Some(now);
+                events.push(saturation_event(now, &region.config.name, kind, state.saturated, value, marks));
+            }
+        }
+        events
+    }
+
+    /// The measures on which `region` is saturated now.
+    pub fn saturated(&self, region: u8) -> Vec<&'static str> {
+        let Some(info) = self.regions.get(region as usize) else {
+            return Vec::new();
+        };
+        MEASURES
+            .iter()
+            .zip(&info.saturation)
+            .filter(|(_, s)| s.saturated)
+            .map(|(kind, _)| kind.name())
+            .collect()
+    }
+
+    /// `weight REGION N [--service NAME]`: every weighted or load-balanced
+    /// service REGION serves when no service is named. All or nothing:
+    /// weights that would leave a weighted service no region for new flows
+    /// are refused, and nothing changes. Takes effect at the next
+    /// evaluation.
+    pub fn set_weight(
+        &mut self,
+        now: Duration,
+        region: &str,
+        weight: u32,
+        service: Option<&str>,
+    ) -> Result<Vec<Event>, PolicyError> {
+        let id = self.region_id(region)?;
+        let targets: Vec<usize> = match service {
+            Some(name) => {
+                let s = self.served_by(id, region, name)?;
+                if self.services[s].config.policy == PolicyKind::Failover {
+                    return Err(PolicyError::NotBalanced { service: name.to_string() });
+                }
+                vec![s]
+            }
+            None => (0..self.services.len())
+                .filter(|&s| {
+                    let config = &self.services[s].config;
+                    config.policy != PolicyKind::Failover && config.regions.contains(&id)
+                })
+                .collect(),
+        };
+        if targets.is_empty() {
+            return Err(PolicyError::NoBalancedServiceIn { region: region.to_string() });
+        }
+        let mut updated = Vec::new();
+        for &s in &targets {
+            let service = &self.services[s];
+            let mut weights = service.weights.clone();
+            let position = service.config.regions.iter().position(|&r| r == id).expect("served");
+            weights[position] = weight;
+            service.config.check_weights(&weights).map_err(PolicyError::Weights)?;
+            updated.push((s, weights));
+        }
+        let reason = format!("weight {region} = {weight} (operator)");
+        Ok(updated
+            .into_iter()
+            .map(|(s, weights)| {
+                self.services[s].weights = weights;
+                self.service_event(now, s, reason.clone())
+            })
+            .collect())
     }
 
     /// `regions` is indexed by region id and covers every region.
@@ -372,19 +590,10 @@ impl Policy {
     ) -> Result<Vec<Event>, PolicyError> {
         let id = self.region_id(region)?;
         let targets = match service {
-            Some(name) => {
-                let s = self.service_index(name)?;
-                if !self.services[s].candidates.contains(&id) {
-                    return Err(PolicyError::NotServed {
-                        region: region.to_string(),
-                        service: name.to_string(),
-                    });
-                }
-                vec![s]
-            }
+            Some(name) => vec![self.served_by(id, region, name)?],
             None => {
                 let served: Vec<usize> = (0..self.services.len())
-                    .filter(|&s| self.services[s].candidates.contains(&id))
+                    .filter(|&s| self.services[s].config.regions.contains(&id))
                     .collect();
                 if served.is_empty() {
                     return Err(PolicyError::NoServiceIn {
@@ -430,12 +639,15 @@ impl Policy {
     }
 
     pub fn status(&self) -> Vec<ServiceStatus> {
-        let name = |r: u8| self.regions[r as usize].name.clone();
+        let name = |r: u8| self.regions[r as usize].config.name.clone();
+        let named = |share: &Share| share.iter().map(|&(r, w)| (name(r), w)).collect();
         self.services
             .iter()
             .map(|s| ServiceStatus {
-                name: s.name.clone(),
-                active: s.active.map(name),
+                name: s.config.name.clone(),
+                policy: s.config.policy,
+                share: named(&s.active),
+                weights: named(&s.live_weights()),
                 pinned: s.pin.map(|p| name(p.region)),
                 note: s.note.clone(),
             })
@@ -445,38 +657,76 @@ impl Policy {
     fn region_id(&self, name: &str) -> Result<u8, PolicyError> {
         self.regions
             .iter()
-            .position(|r| r.name == name)
+            .position(|r| r.config.name == name)
             .map(|i| i as u8)
             .ok_or_else(|| PolicyError::UnknownRegion {
                 name: name.to_string(),
-                known: self.regions.iter().map(|r| r.name.clone()).collect(),
+                known: self.regions.iter().map(|r| r.config.name.clone()).collect(),
             })
     }
 
     fn service_index(&self, name: &str) -> Result<usize, PolicyError> {
         self.services
             .iter()
-            .position(|s| s.name == name)
+            .position(|s| s.config.name == name)
             .ok_or_else(|| PolicyError::UnknownService {
                 name: name.to_string(),
-                known: self.services.iter().map(|s| s.name.clone()).collect(),
+                known: self.services.iter().map(|s| s.config.name.clone()).collect(),
             })
+    }
+
+    /// The service `name`, which must list region `id`.
+    fn served_by(&self, id: u8, region: &str, name: &str) -> Result<usize, PolicyError> {
+        let s = self.service_index(name)?;
+        if !self.services[s].config.regions.contains(&id) {
+            return Err(PolicyError::NotServed {
+                region: region.to_string(),
+                service: name.to_string(),
+            });
+        }
+        Ok(s)
     }
 
     /// An event about a service that does not move its new flows.
     fn service_event(&self, now: Duration, service: usize, reason: String) -> Event {
         let s = &self.services[service];
-        let active = s.active.map_or_else(
-            || "none".to_string(),
-            |r| self.regions[r as usize].name.clone(),
-        );
+        let ctx = Ctx {
+            now,
+            settings: &self.settings,
+            regions: &self.regions,
+            views: &[],
+        };
+        let active = ctx.label(&s.active);
         Event {
             at: now,
-            subject: Subject::Service(s.name.clone()),
+            subject: Subject::Service(s.config.name.clone()),
             from: active.clone(),
             to: active,
             reason,
         }
+    }
+}
+
+fn saturation_event(
+    now: Duration,
+    region: &str,
+    kind: PolicyKind,
+    saturated: bool,
+    value: f64,
+    marks: Watermarks,
+) -> Event {
+    let measure = kind.name();
+    let (from, to, reason) = if saturated {
+        ("normal", "saturated", format!("{measure} {value:.0} above its high watermark {}", marks.high))
+    } else {
+        ("saturated", "normal", format!("{measure} {value:.0} below its low watermark {}", marks.low))
+    };
+    Event {
+        at: now,
+        subject: Subject::Region(region.to_string()),
+        from: format!("{measure} {from}"),
+        to: format!("{measure} {to}"),
+        reason,
     }
 }
 
@@ -490,13 +740,23 @@ impl ServiceState {
         }
     }
 
+    /// The service's live weights, by region id.
+    fn live_weights(&self) -> Share {
+        let mut weights: Share = self.config.regions.iter().copied().zip(self.weights.iter().copied()).collect();
+        weights.sort_unstable();
+        weights
+    }
+
     fn choose(&self, ctx: &Ctx) -> Step {
-        let active = self.active.map(|a| (a, ctx.view(a)));
-        let active_ok = active.is_some_and(|(_, v)| v.eligible());
-        let must_leave = active.is_some_and(|(_, v)| !v.eligible() && v.health != Health::Pending);
+        let active_ok = !self.active.is_empty() && self.active.iter().all(|&(r, _)| ctx.view(r).eligible());
+        let must_leave = self.active.iter().any(|&(r, _)| {
+            let v = ctx.view(r);
+            !v.eligible() && v.health != Health::Pending
+        });
         if !must_leave
             && self
-                .candidates
+                .config
+                .regions
                 .iter()
                 .any(|&r| ctx.view(r).health == Health::Pending)
         {
@@ -504,24 +764,32 @@ impl ServiceState {
         }
         match self.pin {
             Some(pin) if ctx.view(pin.region).eligible() => self.follow_pin(ctx, pin, active_ok),
-            Some(pin) => self.automatic(ctx, active_ok).noting(format!(
+            Some(pin) => self.rules(ctx, active_ok).noting(format!(
                 "override suspended: {} {}",
                 ctx.name(pin.region),
                 ctx.unavailability(pin.region)
             )),
-            None => self.automatic(ctx, active_ok),
+            None => self.rules(ctx, active_ok),
+        }
+    }
+
+    fn rules(&self, ctx: &Ctx, active_ok: bool) -> Step {
+        match self.config.policy {
+            PolicyKind::Failover => self.automatic(ctx, active_ok),
+            PolicyKind::Weighted => self.rebalance(ctx, self.by_weight(ctx)),
+            measure => self.rebalance(ctx, self.spill(ctx, measure)),
         }
     }
 
     /// The pinned region is eligible.
     fn follow_pin(&self, ctx: &Ctx, pin: Pin, active_ok: bool) -> Step {
         let region = pin.region;
-        if self.active == Some(region) {
+        if single(&self.active) == Some(region) {
             return Step::keep(None);
         }
         if !pin.suspended {
             return Step::Switch {
-                to: Some(region),
+                to: one(region),
                 reason: format!("set-active {} (operator)", ctx.name(region)),
                 urgency: Urgency::Operator,
                 note: None,
@@ -539,7 +807,7 @@ impl ServiceState {
         let Some(best) = self.best(ctx) else {
             return self.all_down(ctx);
         };
-        match self.active {
+        match single(&self.active) {
             Some(active) if active_ok => {
                 if ctx.settings.preempt && ctx.priority(best) > ctx.priority(active) {
                     let reason = format!(
@@ -574,29 +842,93 @@ impl ServiceState {
 
     /// Highest priority among the eligible; the first listed among equals.
     fn best(&self, ctx: &Ctx) -> Option<u8> {
-        self.candidates
-            .iter()
-            .copied()
-            .filter(|&r| ctx.view(r).eligible())
-            .fold(None, |best, r| match best {
-                Some(b) if ctx.priority(b) >= ctx.priority(r) => Some(b),
-                _ => Some(r),
-            })
+        self.by_preference(ctx).into_iter().next()
+    }
+
+    /// The eligible regions, highest priority first, in listed order among
+    /// equals.
+    fn by_preference(&self, ctx: &Ctx) -> Vec<u8> {
+        let mut eligible: Vec<u8> =
+            self.config.regions.iter().copied().filter(|&r| ctx.view(r).eligible()).collect();
+        eligible.sort_by_key(|&r| std::cmp::Reverse(ctx.priority(r)));
+        eligible
+    }
+
+    /// `weighted`: the eligible regions of positive weight; or, when there
+    /// is none, the eligible backups (weight 0) alike.
+    fn by_weight(&self, ctx: &Ctx) -> Option<(Share, String)> {
+        let eligible: Share =
+            self.live_weights().into_iter().filter(|&(r, _)| ctx.view(r).eligible()).collect();
+        let weighted: Share = eligible.iter().copied().filter(|&(_, w)| w > 0).collect();
+        if !weighted.is_empty() {
+            let reason = format!("weighted: new flows spread over {}", ctx.label(&weighted));
+            return Some((weighted, reason));
+        }
+        let backups: Share = eligible.iter().map(|&(r, _)| (r, 1)).collect();
+        let reason = format!(
+            "weighted: no region of positive weight is eligible; the backups {} take new flows",
+            ctx.label(&backups)
+        );
+        (!backups.is_empty()).then_some((backups, reason))
+    }
+
+    /// `pps`, `flows`, `cpu`: the preferred region not saturated on
+    /// `measure`, or, when all are, every eligible region by weight.
+    fn spill(&self, ctx: &Ctx, measure: PolicyKind) -> Option<(Share, String)> {
+        let preference = self.by_preference(ctx);
+        let (saturated, free): (Vec<u8>, Vec<u8>) =
+            preference.iter().partition(|&&r| ctx.saturated(r, measure));
+        let names = |regions: &[u8]| regions.iter().map(|&r| ctx.name(r)).collect::<Vec<_>>().join(", ");
+        let measure = measure.name();
+        if let Some(&first) = free.first() {
+            let skipped: Vec<u8> = preference.iter().copied().take_while(|&r| r != first).collect();
+            let reason = if skipped.is_empty() {
+                format!("{measure}: {} takes new flows (not saturated)", ctx.name(first))
+            } else {
+                format!("{measure}: {} saturated: new flows spill to {}", names(&skipped), ctx.name(first))
+            };
+            return Some((one(first), reason));
+        }
+        if saturated.is_empty() {
+            return None;
+        }
+        let spread: Share = self
+            .live_weights()
+            .into_iter()
+            .filter(|(r, _)| saturated.contains(r))
+            .map(|(r, w)| (r, w.max(1)))
+            .collect();
+        let reason = format!("{measure}: every eligible region saturated: new flows spread by weight");
+        Some((spread, reason))
+    }
+
+    /// A load policy's choice, or `all_down` when it has none.
+    fn rebalance(&self, ctx: &Ctx, choice: Option<(Share, String)>) -> Step {
+        match choice {
+            None => self.all_down(ctx),
+            Some((share, _)) if share == self.active => Step::keep(None),
+            Some((share, reason)) => Step::Switch {
+                to: share,
+                reason,
+                urgency: Urgency::Balance,
+                note: None,
+            },
+        }
     }
 
     fn all_down(&self, ctx: &Ctx) -> Step {
-        match (ctx.settings.all_down, self.active) {
-            (AllDown::KeepLast, Some(last)) => Step::keep(Some(format!(
+        match (ctx.settings.all_down, self.active.is_empty()) {
+            (AllDown::KeepLast, false) => Step::keep(Some(format!(
                 "no eligible region: new flows stay on {} (all_down = keep-last)",
-                ctx.name(last)
+                ctx.label(&self.active)
             ))),
-            (AllDown::Drop, Some(_)) => Step::Switch {
-                to: None,
+            (AllDown::Drop, false) => Step::Switch {
+                to: Share::new(),
                 reason: DROPPING.into(),
                 urgency: Urgency::Forced,
                 note: Some(DROPPING.into()),
             },
-            (_, None) => Step::keep(Some(DROPPING.into())),
+            (_, true) => Step::keep(Some(DROPPING.into())),
         }
     }
 
@@ -631,7 +963,7 @@ impl ServiceState {
             };
         }
         Step::Switch {
-            to: Some(to),
+            to: one(to),
             reason,
             urgency: Urgency::Elective,
             note: None,
@@ -639,7 +971,7 @@ impl ServiceState {
     }
 
     fn apply(&mut self, id: u32, step: Step, ctx: &Ctx) -> (Decision, Vec<Event>) {
-        let old = self.active;
+        let old = self.active.clone();
         let mut events: Vec<Event> = Vec::new();
         let (note, wake) = match step {
             Step::Keep { note, wake } => (note, wake),
@@ -651,16 +983,17 @@ impl ServiceState {
             } => {
                 // Taking a region when none was selected moves no flow
                 // away from anywhere: it is no flap.
-                if urgency != Urgency::Operator && old.is_some() {
+                let counted = matches!(urgency, Urgency::Forced | Urgency::Elective);
+                if counted && !old.is_empty() {
                     self.switches.push_back(ctx.now);
                 }
                 self.active = to;
-                events.push(self.event(ctx, old, reason));
+                events.push(self.event(ctx, &old, reason));
                 (note, None)
             }
         };
         if let Some(pin) = &mut self.pin {
-            if self.active == Some(pin.region) {
+            if single(&self.active) == Some(pin.region) {
                 pin.suspended = false;
             } else if !ctx.view(pin.region).eligible() {
                 pin.suspended = true;
@@ -671,24 +1004,28 @@ impl ServiceState {
             .as_ref()
             .filter(|&n| self.note.as_ref() != Some(n) && !said(n))
         {
-            events.push(self.event(ctx, self.active, new.clone()));
+            events.push(self.event(ctx, &self.active, new.clone()));
         }
         self.note = note;
         self.wake = wake;
+        let weights = self.live_weights();
+        let reweighted = self.active.len() > 1 && weights != self.decided_weights;
         let decision = Decision {
             service: id,
-            active: self.active,
-            changed: self.active != old,
+            share: self.active.clone(),
+            changed: self.active != old || reweighted,
+            weights: weights.clone(),
         };
+        self.decided_weights = weights;
         (decision, events)
     }
 
-    fn event(&self, ctx: &Ctx, from: Option<u8>, reason: String) -> Event {
+    fn event(&self, ctx: &Ctx, from: &Share, reason: String) -> Event {
         Event {
             at: ctx.now,
-            subject: Subject::Service(self.name.clone()),
+            subject: Subject::Service(self.config.name.clone()),
             from: ctx.label(from),
-            to: ctx.label(self.active),
+            to: ctx.label(&self.active),
             reason,
         }
     }
@@ -784,9 +1121,9 @@ mod tests {
 
         /// Evaluates; web's active region and whether it changed.
         fn web(&mut self) -> (Option<&'static str>, bool) {
-            let d = self.evaluate()[0];
+            let d = &self.evaluate()[0];
             (
-                d.active
+                d.single()
                     .map(|r| ["region1", "region2", "region3"][r as usize]),
                 d.changed,
             )
@@ -832,7 +1169,7 @@ mod tests {
     #[test]
     fn the_first_listed_wins_among_equal_priorities() {
         let mut lab = Lab::new("");
-        lab.policy.regions[R3 as usize].priority = 100;
+        lab.policy.regions[R3 as usize].config.priority = 100;
         for r in [R1, R2, R3] {
             lab.set(r, if r == R2 { Health::Down } else { Health::Up });
         }
@@ -1135,14 +1472,14 @@ mod tests {
         let events = lab.policy.pin(lab.now, "region1", None).unwrap();
         assert_eq!(events.len(), 2);
         let d = lab.evaluate();
-        assert_eq!((d[0].active, d[1].active), (Some(R1), Some(R1)));
+        assert_eq!((d[0].single(), d[1].single()), (Some(R1), Some(R1)));
         assert_eq!(lab.policy.unpin(lab.now, None).unwrap().len(), 2);
         assert!(
             lab.policy.unpin(lab.now, None).unwrap().is_empty(),
             "nothing left to unpin"
         );
         let d = lab.evaluate();
-        assert_eq!((d[0].active, d[1].active), (Some(R2), Some(R1)));
+        assert_eq!((d[0].single(), d[1].single()), (Some(R2), Some(R1)));
     }
 
     #[test]
@@ -1180,9 +1517,9 @@ mod tests {
         assert_eq!(lab.web(), (Some("region1"), false), "region3 is pending");
         lab.set(R3, Health::Up);
         let d = lab.evaluate();
-        assert_eq!((d[0].active, d[0].changed), (Some(R1), false));
+        assert_eq!((d[0].single(), d[0].changed), (Some(R1), false));
         assert_eq!(
-            (d[1].active, d[1].changed),
+            (d[1].single(), d[1].changed),
             (Some(R1), true),
             "region2 does not serve dns"
         );
@@ -1227,8 +1564,8 @@ mod tests {
                 );
             }
             let views: Vec<RegionView> = regions.iter().map(RegionHealth::view).collect();
-            let d = policy.evaluate(at, &views).decisions[0];
-            web.push((tick, d.active, d.changed));
+            let d = policy.evaluate(at, &views).decisions.remove(0);
+            web.push((tick, d.single(), d.changed));
         }
         assert_eq!(
             web,
@@ -1266,6 +1603,157 @@ mod tests {
             ("up, draining", "down, draining")
         );
         assert_eq!(e.at, Duration::from_secs(5));
+    }
+
+    /// "web" by `policy` over region1 (100), region2 (200), region3 (50),
+    /// each region with `extra` keys; dwell 1 s.
+    fn balanced(policy: &str, extra: [&str; 3]) -> Lab {
+        let mut text = "interfaces = [\"eth0\"]\n[balance]\ndwell_ms = 1000\n".to_string();
+        for (i, priority) in [100, 200, 50].into_iter().enumerate() {
+            let n = i + 1;
+            text += &format!(
+                "[[region]]\nname = \"region{n}\"\naddress = \"10.{n}.0.2\"\npriority = {priority}\n{}\n\
+                 checks = [{{ kind = \"heartbeat\", address = \"10.{n}.0.2:7946\" }}]\n",
+                extra[i]
+            );
+        }
+        text += &format!(
+            "[[service]]\nname = \"web\"\nvip = \"10.2.0.2\"\nport = 80\nprotocol = \"tcp\"\n\
+             policy = \"{policy}\"\nregions = [\"region1\", \"region2\", \"region3\"]\n"
+        );
+        let mut lab = Lab::new("");
+        lab.policy = Policy::new(&Config::parse(&text, "balance.toml").unwrap());
+        lab.at_ms(1000);
+        for r in [R1, R2, R3] {
+            lab.set(r, Health::Up);
+        }
+        lab
+    }
+
+    impl Lab {
+        fn share(&mut self) -> Share {
+            self.evaluate().remove(0).share
+        }
+
+        /// Samples `pps` per region at `ms`, then evaluates.
+        fn pps_at(&mut self, ms: u64, pps: [f64; 3]) -> Share {
+            self.at_ms(ms);
+            let loads = pps.map(|pps| Load { pps, ..Load::default() });
+            let events = self.policy.observe_load(self.now, &loads);
+            self.events.extend(events);
+            self.share()
+        }
+    }
+
+    #[test]
+    fn weighted_spreads_new_flows_over_the_eligible_by_weight() {
+        let mut lab = balanced("weighted", ["weight = 1", "weight = 3", "weight = 0"]);
+        assert_eq!(lab.share(), [(R1, 1), (R2, 3)]);
+        assert_eq!(lab.last_reason(), "weighted: new flows spread over region1=1,region2=3");
+        lab.set(R2, Health::Down);
+        assert_eq!(lab.share(), [(R1, 1)], "a down region takes no new flows");
+        lab.drain(R1, true);
+        assert_eq!(lab.share(), [(R3, 1)], "only the backup (weight 0) is left");
+        lab.drain(R1, false);
+        lab.set(R2, Health::Up);
+        assert_eq!(lab.share(), [(R1, 1), (R2, 3)]);
+        let d = lab.evaluate().remove(0);
+        assert!(!d.changed, "nothing changed, nothing to write");
+        assert_eq!(d.weights, [(R1, 1), (R2, 3), (R3, 0)]);
+    }
+
+    #[test]
+    fn an_operator_weight_rebalances_and_bad_weights_change_nothing() {
+        let mut lab = balanced("weighted", ["weight = 1", "weight = 1", "weight = 0"]);
+        assert_eq!(lab.share(), [(R1, 1), (R2, 1)]);
+        lab.policy.set_weight(lab.now, "region1", 4, None).unwrap();
+        let d = lab.evaluate().remove(0);
+        assert_eq!((d.share, d.changed), (vec![(R1, 4), (R2, 1)], true));
+        assert_eq!(lab.last_reason(), "weighted: new flows spread over region1=4,region2=1");
+
+        lab.policy.set_weight(lab.now, "region1", 0, Some("web")).unwrap();
+        let err = lab.policy.set_weight(lab.now, "region2", 0, None).unwrap_err();
+        assert!(err.to_string().contains("every weight of service \"web\""), "{err}");
+        let err = lab.policy.set_weight(lab.now, "region9", 1, None).unwrap_err();
+        assert_eq!(err.to_string(), "unknown region \"region9\" (known: region1, region2, region3)");
+        assert_eq!(lab.share(), [(R2, 1)], "the refused weights changed nothing");
+        assert_eq!(lab.policy.status()[0].weights[..2], [("region1".to_string(), 0), ("region2".to_string(), 1)]);
+    }
+
+    #[test]
+    fn weights_of_a_failover_service_are_refused() {
+        let mut lab = Lab::settled("");
+        let err = lab.policy.set_weight(lab.now, "region1", 2, Some("web")).unwrap_err();
+        assert!(matches!(err, PolicyError::NotBalanced { .. }), "{err}");
+        let err = lab.policy.set_weight(lab.now, "region1", 2, None).unwrap_err();
+        assert!(matches!(err, PolicyError::NoBalancedServiceIn { .. }), "{err}");
+        assert_eq!(lab.web(), (Some("region2"), false));
+    }
+
+    #[test]
+    fn pps_spills_past_the_high_watermark_and_returns_below_the_low_after_the_dwell() {
+        let marks = "pps = { low = 500, high = 1000 }";
+        let mut lab = balanced("pps", [marks, marks, marks]);
+        assert_eq!(lab.pps_at(1000, [0.0, 900.0, 0.0]), [(R2, 1)], "region2 has the highest priority");
+        assert_eq!(lab.pps_at(2000, [0.0, 1200.0, 0.0]), [(R1, 1)]);
+        assert_eq!(lab.last_reason(), "pps: region2 saturated: new flows spill to region1");
+        assert_eq!(lab.policy.saturated(R2), ["pps"]);
+        // Between the watermarks: still saturated.
+        assert_eq!(lab.pps_at(2500, [0.0, 700.0, 0.0]), [(R1, 1)]);
+        // Below the low watermark, but within the dwell of the last change.
+        assert_eq!(lab.pps_at(2800, [0.0, 100.0, 0.0]), [(R1, 1)]);
+        assert_eq!(lab.pps_at(3000, [0.0, 100.0, 0.0]), [(R2, 1)]);
+        assert_eq!(lab.last_reason(), "pps: region2 takes new flows (not saturated)");
+        // Load hovering across the high watermark flips at most once a dwell.
+        let mut moves = 0;
+        for tick in 0..20 {
+            let pps = if tick % 2 == 0 { 1100.0 } else { 400.0 };
+            let before = lab.share();
+            if lab.pps_at(3100 + tick * 100, [0.0, pps, 0.0]) != before {
+                moves += 1;
+            }
+        }
+        assert!(moves <= 2, "{moves} moves in 2 s with a 1 s dwell");
+        let region_events: Vec<&Event> =
+            lab.events.iter().filter(|e| e.subject == Subject::Region("region2".into())).collect();
+        assert_eq!(region_events[0].to, "pps saturated");
+        assert_eq!(region_events[0].reason, "pps 1200 above its high watermark 1000");
+    }
+
+    #[test]
+    fn when_every_region_is_saturated_new_flows_spread_by_weight() {
+        let marks = "pps = { low = 10, high = 20 }";
+        let mut lab = balanced("pps", [&format!("{marks}\nweight = 2"), marks, ""]);
+        assert_eq!(lab.pps_at(1000, [30.0, 30.0, 30.0]), [(R3, 1)], "region3 has no watermark");
+        lab.set(R3, Health::Down);
+        assert_eq!(lab.share(), [(R1, 2), (R2, 1)]);
+        assert_eq!(lab.last_reason(), "pps: every eligible region saturated: new flows spread by weight");
+    }
+
+    #[test]
+    fn cpu_without_a_report_is_not_saturated_and_flows_count_open_flows() {
+        let mut lab = balanced("cpu", ["", "cpu = { low = 50, high = 80 }", ""]);
+        let quiet = Load { cpu_percent: None, ..Load::default() };
+        lab.policy.observe_load(lab.now, &[quiet; 3]);
+        assert_eq!(lab.share(), [(R2, 1)]);
+        let busy = Load { cpu_percent: Some(95.0), ..Load::default() };
+        lab.policy.observe_load(lab.now, &[quiet, busy, quiet]);
+        assert_eq!(lab.share(), [(R1, 1)]);
+
+        let mut lab = balanced("flows", ["", "flows = { low = 800, high = 1000 }", ""]);
+        let open = |flows| Load { flows, ..Load::default() };
+        lab.policy.observe_load(lab.now, &[open(0), open(1001), open(0)]);
+        assert_eq!(lab.share(), [(R1, 1)]);
+    }
+
+    #[test]
+    fn set_active_overrides_a_load_policy_and_auto_hands_back() {
+        let mut lab = balanced("weighted", ["", "", ""]);
+        assert_eq!(lab.share(), [(R1, 1), (R2, 1), (R3, 1)]);
+        lab.policy.pin(lab.now, "region3", None).unwrap();
+        assert_eq!(lab.share(), [(R3, 1)]);
+        lab.policy.unpin(lab.now, None).unwrap();
+        assert_eq!(lab.share(), [(R1, 1), (R2, 1), (R3, 1)]);
     }
 
     #[test]

@@ -112,6 +112,16 @@ pub struct LabOptions {
     /// Run redirectord with this file (its pin path and control socket)
     /// instead of a config generated from these options.
     pub config_file: Option<PathBuf>,
+    /// The service's policy: failover, weighted, pps, flows or cpu.
+    pub policy: &'static str,
+    /// Extra keys of region n's `[[region]]`, at index n - 1: weight,
+    /// watermarks.
+    pub region_keys: Vec<String>,
+    /// `[balance] dwell_ms`.
+    pub dwell_ms: u64,
+    /// Each region's server runs in a cgroup of its own, which its agent
+    /// measures: the CPU policy on one machine (needs `heartbeat`).
+    pub cgroups: bool,
 }
 
 impl Default for LabOptions {
@@ -129,6 +139,10 @@ impl Default for LabOptions {
             max_switches_per_minute: 6,
             all_down: "keep-last",
             config_file: None,
+            policy: "failover",
+            region_keys: Vec::new(),
+            dwell_ms: 1000,
+            cgroups: false,
         }
     }
 }
@@ -152,6 +166,8 @@ pub struct Lab {
     servers: Vec<Option<Process>>,
     agents: Vec<Option<Process>>,
     daemon: Option<Process>,
+    /// By region, when `cgroups`; removed once the processes are gone.
+    cgroups: Vec<Cgroup>,
     pub options: LabOptions,
     pub dir: PathBuf,
     config_path: PathBuf,
@@ -174,10 +190,18 @@ impl Lab {
             }
             None => (dir.join("redirector.toml"), dir.join("control.sock"), PinDir::unique()),
         };
+        let cgroups = if options.cgroups {
+            (1..=options.regions)
+                .map(|n| Cgroup::new(&format!("{}-r{n}", unique_name("redirector-lab"))))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         let mut lab = Self {
             servers: Vec::new(),
             agents: Vec::new(),
             daemon: None,
+            cgroups,
             options,
             dir,
             config_path,
@@ -247,6 +271,7 @@ impl Lab {
             o.preempt, o.preempt_delay_ms, o.max_switches_per_minute, o.all_down
         )
         .unwrap();
+        writeln!(text, "\n[balance]\ndwell_ms = {}", o.dwell_ms).unwrap();
         for region in &self.topo.regions {
             let n: u8 = region.name.trim_start_matches("region").parse().unwrap();
             let mut checks = vec![format!(
@@ -266,19 +291,21 @@ impl Lab {
             }
             writeln!(
                 text,
-                "\n[[region]]\nname = {:?}\naddress = \"{}\"\npriority = {}\nchecks = [{}]",
+                "\n[[region]]\nname = {:?}\naddress = \"{}\"\npriority = {}\nchecks = [{}]\n{}",
                 region.name,
                 region.addr,
                 priority(n),
-                checks.join(", ")
+                checks.join(", "),
+                o.region_keys.get(n as usize - 1).map_or("", String::as_str)
             )
             .unwrap();
         }
         let names: Vec<String> = self.topo.regions.iter().map(|r| format!("{:?}", r.name)).collect();
         writeln!(
             text,
-            "\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {HTTP_PORT}\nprotocol = \"tcp\"\npolicy = \"failover\"\nregions = [{}]",
+            "\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {HTTP_PORT}\nprotocol = \"tcp\"\npolicy = {:?}\nregions = [{}]",
             self.vip().ip(),
+            o.policy,
             names.join(", ")
         )
         .unwrap();
@@ -293,6 +320,9 @@ impl Lab {
         let mut cmd = self.region_ns(region).command(binary("region-http")?.to_str().unwrap());
         cmd.args(["--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", &format!("R{region}")]);
         self.log_to(&mut cmd, &format!("region-http-r{region}.log"))?;
+        if let Some(cgroup) = self.cgroups.get(region as usize - 1) {
+            cgroup.run_in(&mut cmd)?;
+        }
         let process = Process::spawn(cmd, &format!("region-http R{region}"))?;
         let pid = process.pid();
         wait_for(Duration::from_secs(5), || listening(pid, "tcp", HTTP_PORT))?;
@@ -303,6 +333,9 @@ impl Lab {
         let mut cmd = self.region_ns(region).command(binary("redirector-agent")?.to_str().unwrap());
         cmd.args(["--listen", &format!("0.0.0.0:{AGENT_PORT}")]);
         cmd.args(["--check-url", &format!("http://127.0.0.1:{HTTP_PORT}/")]);
+        if let Some(cgroup) = self.cgroups.get(region as usize - 1) {
+            cmd.arg("--cpu-cgroup").arg(&cgroup.dir);
+        }
         if let Some(key) = key {
             cmd.args(["--key-file", key.to_str().unwrap()]);
         }
@@ -325,6 +358,19 @@ impl Lab {
         let server = self.start_server(region)?;
         self.servers[region as usize - 1] = Some(server);
         Ok(())
+    }
+
+    /// A busy loop in region `n`'s cgroup (at most `limit`): its CPU rises
+    /// by one core's worth.
+    pub fn burn_cpu(&self, region: u8, limit: Duration) -> Result<Process> {
+        let cgroup = self
+            .cgroups
+            .get(region as usize - 1)
+            .context("burn_cpu needs LabOptions::cgroups")?;
+        let mut cmd = Command::new("timeout");
+        cmd.args([&limit.as_secs().max(1).to_string(), "sh", "-c", "while :; do :; done"]);
+        cgroup.run_in(&mut cmd)?;
+        Process::spawn(cmd, &format!("busy loop in R{region}"))
     }
 
     pub fn kill_agent(&mut self, region: u8) -> Result<()> {
@@ -469,9 +515,56 @@ impl Drop for Lab {
         self.daemon.take();
         self.servers.clear();
         self.agents.clear();
+        self.cgroups.clear();
         // A daemon killed outright leaves its socket.
         let _ = fs::remove_file(&self.socket);
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A cgroup v2 directory of the lab's, removed on drop with whatever still
+/// runs in it.
+struct Cgroup {
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    fn new(name: &str) -> Result<Self> {
+        let mounts = fs::read_to_string("/proc/self/mounts")?;
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .map(|f| PathBuf::from(f[1]))
+            .context("no cgroup v2 hierarchy is mounted (the CPU policy's lab measures cgroups)")?;
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    /// Makes `cmd` join the cgroup before it executes, so every process it
+    /// forks is counted too.
+    fn run_in(&self, cmd: &mut Command) -> Result<()> {
+        use std::os::unix::{io::AsRawFd, process::CommandExt};
+        let procs = fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.procs"))?;
+        // SAFETY: only write(2) runs between fork and exec; the file stays
+        // open in the parent's closure until the command is dropped.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+        let _ = wait_for(Duration::from_secs(2), || Ok(fs::remove_dir(&self.dir)?));
     }
 }
 

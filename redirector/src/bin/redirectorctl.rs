@@ -32,6 +32,15 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
     },
+    /// REGION's share of new flows under the weighted policy (and the load
+    /// policies' spread when every region is saturated); established flows
+    /// stay where they are. All services REGION serves, or --service.
+    Weight {
+        region: String,
+        weight: u32,
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// No new flows to REGION; its established flows continue.
     Drain { region: String },
     /// REGION takes new flows again (when healthy).
@@ -62,6 +71,7 @@ fn run(cli: Cli) -> Result<()> {
     let (request, json) = match cli.command {
         Command::Status { json } => (Request::Status, json),
         Command::SetActive { region, service, .. } => (Request::SetActive { region, service }, false),
+        Command::Weight { region, weight, service } => (Request::Weight { region, weight, service }, false),
         Command::Drain { region } => (Request::Drain { region }, false),
         Command::Undrain { region } => (Request::Undrain { region }, false),
         Command::Events { json } => (Request::Events, json),
@@ -92,7 +102,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn print_status(status: &Status) {
-    let mut regions = table(&["region", "state", "since", "checks", "pps", "active flows", "new flows"]);
+    let mut regions = table(&[
+        "region", "state", "since", "checks", "pps", "active flows", "cpu", "saturated", "new flows",
+    ]);
     for r in &status.regions {
         let checks = r
             .checks
@@ -114,23 +126,35 @@ fn print_status(status: &Status) {
             clock(r.since_unix_ms),
             checks,
             format!("{:.0}", r.pps),
-            r.active_flows.to_string(),
+            match r.agent_connections {
+                Some(agent) => format!("{} (agent: {agent})", r.active_flows),
+                None => r.active_flows.to_string(),
+            },
+            r.cpu_percent.map_or("-".into(), |c| format!("{c:.1} %")),
+            if r.saturated.is_empty() { "-".into() } else { r.saturated.join(", ") },
             r.new_flows.to_string(),
         ]);
     }
     println!("{regions}");
-    let mut services = table(&["service", "vip", "policy", "new flows to", "override"]);
+    let mut services = table(&["service", "vip", "policy", "weights", "new flows to", "override"]);
     for s in &status.services {
         let pinned = match (&s.pinned, &s.note) {
             (Some(p), Some(note)) => format!("{p} ({note})"),
             (Some(p), None) => p.clone(),
-            (None, _) => "auto".into(),
+            (None, Some(note)) => format!("auto ({note})"),
+            (None, None) => "auto".into(),
         };
+        let shares = s
+            .new_flow_shares
+            .iter()
+            .map(|(region, pct)| format!("{region} {pct:.1} %"))
+            .collect::<Vec<_>>();
         services.add_row(vec![
             s.name.clone(),
             format!("{}:{}/{}", s.vip, s.port, s.protocol),
             s.policy.clone(),
-            if s.active.is_empty() { "none".into() } else { s.active.join(", ") },
+            s.weights.iter().map(|(r, w)| format!("{r}={w}")).collect::<Vec<_>>().join("\n"),
+            if shares.is_empty() { "none".into() } else { shares.join("\n") },
             pinned,
         ]);
     }
