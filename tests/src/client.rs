@@ -94,9 +94,14 @@ impl Report {
 
 /// One GET on a new connection; the body on a 200.
 pub fn get(target: SocketAddrV4, timeout: Duration) -> Result<String> {
+    get_from(0, target, timeout)
+}
+
+/// [`get`] from a chosen source port (0: the kernel's choice), so that a
+/// run's flows, and how they hash, are the same every time.
+pub fn get_from(source_port: u16, target: SocketAddrV4, timeout: Duration) -> Result<String> {
     let started = Instant::now();
-    let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)
-        .with_context(|| format!("connect {target}"))?;
+    let mut conn = connect(source_port, target, timeout)?;
     let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
     conn.set_read_timeout(Some(left))?;
     conn.set_write_timeout(Some(left))?;
@@ -107,10 +112,86 @@ pub fn get(target: SocketAddrV4, timeout: Duration) -> Result<String> {
     let Some((head, body)) = response.split_once("\r\n\r\n") else {
         bail!("truncated answer");
     };
+    ok_status(head)?;
+    Ok(body.trim_end().to_string())
+}
+
+fn ok_status(head: &str) -> Result<()> {
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         bail!("answer {:?}", head.lines().next().unwrap_or(""));
     }
-    Ok(body.trim_end().to_string())
+    Ok(())
+}
+
+fn connect(source_port: u16, target: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if source_port != 0 {
+        socket.set_reuse_address(true)?;
+        let source = SocketAddr::from(([0, 0, 0, 0], source_port));
+        socket.bind(&source.into()).with_context(|| format!("binding port {source_port}"))?;
+    }
+    socket
+        .connect_timeout(&SocketAddr::V4(target).into(), timeout)
+        .with_context(|| format!("connect {target}"))?;
+    Ok(socket.into())
+}
+
+/// HTTP/1.1 requests over one kept connection, as a long-lived client's.
+pub struct Session {
+    stream: TcpStream,
+    target: SocketAddrV4,
+    buffer: Vec<u8>,
+}
+
+impl Session {
+    /// Connects from inside `ns`; the socket stays in that namespace and
+    /// can then be used from any thread.
+    pub fn open(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> Result<Self> {
+        let ns_name = ns.name().to_string();
+        thread::spawn(move || -> Result<Self> {
+            let _inside = Netns::attach(&ns_name)?.enter()?;
+            let stream = connect(0, target, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            Ok(Self { stream, target, buffer: Vec::new() })
+        })
+        .join()
+        .expect("client thread panicked")
+    }
+
+    /// One GET; the body of its 200 answer.
+    pub fn get(&mut self) -> Result<String> {
+        let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.target);
+        self.stream.write_all(request.as_bytes())?;
+        let head_end = loop {
+            if let Some(i) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill()?;
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
+        ok_status(&head)?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse()))
+            .context("no Content-Length in a kept-alive answer")??;
+        while self.buffer.len() < head_end + length {
+            self.fill()?;
+        }
+        let body = String::from_utf8_lossy(&self.buffer[head_end..head_end + length]).trim_end().to_string();
+        self.buffer.drain(..head_end + length);
+        Ok(body)
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).context("reading the answer")?;
+        if n == 0 {
+            bail!("the connection was closed");
+        }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
 }
 
 /// A measuring client running in a namespace until stopped or bounded.

@@ -192,7 +192,7 @@ impl Lab {
         };
         let cgroups = if options.cgroups {
             (1..=options.regions)
-                .map(|n| Cgroup::new(&format!("{}-r{n}", unique_name("redirector-lab"))))
+                .map(|n| Cgroup::new(&cgroup_name(prefix, n)))
                 .collect::<Result<_>>()?
         } else {
             Vec::new()
@@ -360,15 +360,16 @@ impl Lab {
         Ok(())
     }
 
-    /// A busy loop in region `n`'s cgroup (at most `limit`): its CPU rises
-    /// by one core's worth.
+    /// A busy loop in region `n`'s cgroup, one process that ends by itself
+    /// after `limit` (perl is part of every Debian system): the cgroup's
+    /// CPU rises by one core's worth.
     pub fn burn_cpu(&self, region: u8, limit: Duration) -> Result<Process> {
         let cgroup = self
             .cgroups
             .get(region as usize - 1)
             .context("burn_cpu needs LabOptions::cgroups")?;
-        let mut cmd = Command::new("timeout");
-        cmd.args([&limit.as_secs().max(1).to_string(), "sh", "-c", "while :; do :; done"]);
+        let mut cmd = Command::new("perl");
+        cmd.args(["-e", &format!("my $end = time + {}; 1 while time < $end", limit.as_secs().max(1))]);
         cgroup.run_in(&mut cmd)?;
         Process::spawn(cmd, &format!("busy loop in R{region}"))
     }
@@ -522,6 +523,32 @@ impl Drop for Lab {
     }
 }
 
+fn cgroup_name(lab_prefix: &str, region: u8) -> String {
+    format!("redirector-{lab_prefix}-r{region}")
+}
+
+/// Removes the cgroups a lab named `lab_prefix` left (`lab --keep`), with
+/// whatever runs in them.
+pub fn remove_cgroups(lab_prefix: &str) -> Result<()> {
+    for region in 1..=redirector_common::MAX_REGIONS as u8 {
+        let dir = cgroup_root()?.join(cgroup_name(lab_prefix, region));
+        if dir.exists() {
+            drop(Cgroup { dir });
+        }
+    }
+    Ok(())
+}
+
+fn cgroup_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .context("no cgroup v2 hierarchy is mounted (the CPU policy's lab measures cgroups)")
+}
+
 /// A cgroup v2 directory of the lab's, removed on drop with whatever still
 /// runs in it.
 struct Cgroup {
@@ -530,14 +557,7 @@ struct Cgroup {
 
 impl Cgroup {
     fn new(name: &str) -> Result<Self> {
-        let mounts = fs::read_to_string("/proc/self/mounts")?;
-        let root = mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 2 && f[2] == "cgroup2")
-            .map(|f| PathBuf::from(f[1]))
-            .context("no cgroup v2 hierarchy is mounted (the CPU policy's lab measures cgroups)")?;
-        let dir = root.join(name);
+        let dir = cgroup_root()?.join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self { dir })
     }

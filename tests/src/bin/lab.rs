@@ -7,18 +7,20 @@
 //! with its measured unavailability, and the failback.
 
 use std::{
+    collections::BTreeMap,
+    net::SocketAddrV4,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use redirector::dataplane::Dataplane;
 use redirector_tests::{
     client::{get, Measurement, Options},
-    lab::{Lab, LabOptions, METRICS},
+    lab::{wait_for, Lab, LabOptions, METRICS},
     netns::run,
 };
 
@@ -69,6 +71,7 @@ fn down() -> Result<()> {
             run("ip", &["netns", "del", ns])?;
         }
     }
+    redirector_tests::lab::remove_cgroups(PREFIX)?;
     let config = redirector::config::Config::load(&config_file())?;
     Dataplane::remove_pins(&config.pin_path)?;
     let _ = std::fs::remove_file(&config.control_socket);
@@ -81,23 +84,46 @@ fn step(title: &str) -> Result<()> {
     Ok(())
 }
 
-/// `count` requests to the VIP from the client; the bodies.
-fn requests(lab: &Lab, count: usize) -> Result<Vec<String>> {
+/// `count` requests to the VIP's `port` from the client; the bodies.
+fn requests(lab: &Lab, port: u16, count: usize) -> Result<Vec<String>> {
     let _inside = lab.topo.client.enter()?;
+    let target = SocketAddrV4::new(*lab.vip().ip(), port);
     (0..count)
-        .map(|_| get(lab.vip(), Duration::from_millis(500)))
+        .map(|_| get(target, Duration::from_millis(500)))
         .collect()
 }
 
-fn show_requests(lab: &Lab, expect: &str) -> Result<()> {
-    let bodies = requests(lab, 3)?;
+fn show_requests(lab: &Lab, port: u16, expect: &str) -> Result<()> {
+    let bodies = requests(lab, port, 3)?;
     for body in &bodies {
-        println!("   curl http://{}/  →  {body}", lab.vip());
+        println!("   curl http://{}:{port}/  →  {body}", lab.vip().ip());
     }
     if bodies.iter().any(|b| !b.ends_with(expect)) {
         bail!("expected answers from {expect}");
     }
     Ok(())
+}
+
+/// `count` requests to `port`, counted by the region that answered.
+fn show_split(lab: &Lab, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
+    let mut split = BTreeMap::new();
+    for body in requests(lab, port, count)? {
+        *split.entry(body.rsplit(' ').next().unwrap_or("").to_string()).or_default() += 1;
+    }
+    println!("   {count} requests to :{port} answered by {split:?}");
+    Ok(split)
+}
+
+/// Waits until the new flows of `service` go to `region` alone.
+fn wait_service(lab: &Lab, service: &str, region: &str) -> Result<Duration> {
+    let started = Instant::now();
+    wait_for(Duration::from_secs(10), || {
+        let status = lab.status()?;
+        let s = status.services.iter().find(|s| s.name == service).context("no such service")?;
+        anyhow::ensure!(s.active == [region], "{service}: new flows to {:?}", s.active);
+        Ok(())
+    })?;
+    Ok(started.elapsed())
 }
 
 fn demo(keep: bool) -> Result<()> {
@@ -108,6 +134,7 @@ fn demo(keep: bool) -> Result<()> {
     down().context("removing an earlier lab")?;
     let options = LabOptions {
         heartbeat: true,
+        cgroups: true,
         config_file: Some(config_file()),
         ..Default::default()
     };
@@ -119,15 +146,32 @@ fn demo(keep: bool) -> Result<()> {
     println!("{}", lab.ctl_ok(&["status"])?);
 
     step("requests to the VIP are answered by region2")?;
-    show_requests(&lab, "R2")?;
+    show_requests(&lab, 80, "R2")?;
 
     step("redirectorctl set-active region1")?;
     println!("   {}", lab.ctl_ok(&["set-active", "region1"])?.trim());
-    show_requests(&lab, "R1")?;
+    show_requests(&lab, 80, "R1")?;
 
     step("redirectorctl set-active --auto")?;
     println!("   {}", lab.ctl_ok(&["set-active", "--auto"])?.trim());
-    show_requests(&lab, "R2")?;
+    show_requests(&lab, 80, "R2")?;
+
+    step("service api (:8081), weighted region1 = 1, region2 = 1; then redirectorctl weight region1 3 --service api")?;
+    let even = show_split(&lab, 8081, 200)?;
+    println!("   {}", lab.ctl_ok(&["weight", "region1", "3", "--service", "api"])?.trim());
+    thread::sleep(Duration::from_millis(100));
+    let skewed = show_split(&lab, 8081, 200)?;
+
+    step("service app (:8080), policy cpu: a busy loop in region2's cgroup takes it above 25 % CPU")?;
+    show_requests(&lab, 8080, "R2")?;
+    let busy = lab.burn_cpu(2, Duration::from_secs(30))?;
+    let spilled = wait_service(&lab, "app", "region1")?;
+    let cpu = lab.status()?.regions[1].cpu_percent.unwrap_or(0.0);
+    println!("   region2 at {cpu:.0} % CPU: app's new flows moved to region1 after {spilled:.0?}");
+    show_requests(&lab, 8080, "R1")?;
+    drop(busy);
+    let returned = wait_service(&lab, "app", "region2")?;
+    println!("   busy loop stopped: app's new flows back on region2 after {returned:.0?}");
 
     step("region2's HTTP server killed, the measuring client running")?;
     let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
@@ -148,12 +192,14 @@ fn demo(keep: bool) -> Result<()> {
     step("region2's HTTP server restored: failback (preempt = true)")?;
     lab.restore_server(2)?;
     let failback = lab.wait_active("region2", Duration::from_secs(5))?;
-    show_requests(&lab, "R2")?;
+    show_requests(&lab, 80, "R2")?;
 
     step("summary")?;
     println!("| step | result |\n|---|---|");
     println!("| requests to the VIP | answered by region2 |");
     println!("| set-active region1 / --auto | region1, then region2 again |");
+    println!("| api weighted 1:1, then 3:1 | {even:?}, then {skewed:?} |");
+    println!("| app, region2's CPU at {cpu:.0} % | new flows to region1 after {spilled:.0?}, back {returned:.0?} after the load |");
     println!("| region2 server killed: detection | {detected:.0?} |");
     println!("| unavailability T_un | {:.0?} |", report.max_t_un());
     println!("| success rate during the failure | {:.2} % of {} requests |", report.success_rate() * 100.0, report.requests());

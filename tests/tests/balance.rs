@@ -1,0 +1,352 @@
+//! Load balancing with real processes: weighted Maglev, the pps, flows and
+//! CPU policies, and flow affinity through every change.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use redirector::control::Status;
+use redirector_tests::{
+    client::{get_from, Measurement, Options, Session},
+    lab::{body, wait_for, Lab, LabOptions},
+    netns::{require_root, unique_name, Netns},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn lab(options: LabOptions) -> Lab {
+    require_root();
+    let mut lab = Lab::new(&unique_name("rdb"), options).unwrap();
+    lab.start_daemon().unwrap();
+    lab
+}
+
+/// Two regions under `policy`, with `keys` for region1 and region2.
+fn two_regions(policy: &'static str, keys: [&str; 2]) -> LabOptions {
+    LabOptions {
+        regions: 2,
+        policy,
+        region_keys: keys.iter().map(|k| k.to_string()).collect(),
+        ..LabOptions::default()
+    }
+}
+
+/// Waits until the service's table is written with these regions.
+fn wait_shares(lab: &Lab, regions: &[&str]) {
+    wait_for(Duration::from_secs(5), || {
+        let shares = &lab.status()?.services[0].new_flow_shares;
+        let names: Vec<&str> = shares.iter().map(|(r, _)| r.as_str()).collect();
+        anyhow::ensure!(names == regions, "new flows go to {shares:?}");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.daemon_log()));
+}
+
+/// `count` GETs on new connections from source ports `first_port..`, from
+/// the client namespace; answers by body.
+fn requests_from_ports(ns: &Netns, lab: &Lab, first_port: u16, count: u16) -> (BTreeMap<String, u32>, Vec<String>) {
+    let ns = Netns::attach(ns.name()).unwrap();
+    let target = lab.vip();
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let _inside = ns.enter().unwrap();
+                let mut by_body = BTreeMap::new();
+                let mut errors = Vec::new();
+                for port in first_port..first_port + count {
+                    match get_from(port, target, TIMEOUT) {
+                        Ok(body) => *by_body.entry(body).or_default() += 1,
+                        Err(e) => errors.push(format!("port {port}: {e:#}")),
+                    }
+                }
+                (by_body, errors)
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+#[test]
+fn weighted_50_50_splits_2000_requests_within_3_percent() {
+    let lab = lab(two_regions("weighted", ["weight = 1", "weight = 1"]));
+    wait_shares(&lab, &["region1", "region2"]);
+    let (by_body, errors) = requests_from_ports(&lab.topo.client, &lab, 20_000, 2000);
+    eprintln!("{by_body:?}");
+    assert!(errors.is_empty(), "{} failed: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    for region in [1, 2] {
+        let n = by_body.get(&body(region)).copied().unwrap_or(0);
+        assert!((940..=1060).contains(&n), "region{region} answered {n} of 2000: {by_body:?}");
+    }
+    // The data plane pinned them (its counters refresh every second).
+    wait_for(Duration::from_secs(3), || {
+        let new_flows: u64 = lab.status()?.regions.iter().map(|r| r.new_flows).sum();
+        anyhow::ensure!(new_flows >= 2000, "the data plane pinned {new_flows} flows for 2000 requests");
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Long-lived connections, each asking every 20 ms and remembering which
+/// region answered first, while `change` runs.
+fn kept_connections_during(lab: &Lab, connections: usize, change: impl FnOnce()) -> (Vec<String>, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sessions: Vec<Session> = (0..connections)
+        .map(|_| Session::open(&lab.topo.client, lab.vip(), TIMEOUT).unwrap())
+        .collect();
+    let workers: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut session)| {
+            let stop = stop.clone();
+            thread::spawn(move || -> (Vec<String>, u64) {
+                let mut problems = Vec::new();
+                let mut first: Option<String> = None;
+                let mut requests = 0;
+                // Bounded: the test stops it, or 60 s pass.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match session.get() {
+                        Ok(answer) => match &first {
+                            Some(f) if *f != answer => {
+                                problems.push(format!("connection {i} moved from {f:?} to {answer:?}"))
+                            }
+                            Some(_) => {}
+                            None => first = Some(answer),
+                        },
+                        Err(e) => {
+                            problems.push(format!("connection {i}: {e:#}"));
+                            break;
+                        }
+                    }
+                    requests += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                (problems, requests)
+            })
+        })
+        .collect();
+    change();
+    stop.store(true, Ordering::Relaxed);
+    let mut problems = Vec::new();
+    let mut requests = 0;
+    for worker in workers {
+        let (p, n) = worker.join().unwrap();
+        problems.extend(p);
+        requests += n;
+    }
+    (problems, requests)
+}
+
+#[test]
+fn weights_changing_every_100_ms_for_10_s_move_no_connection_and_fail_no_request() {
+    let lab = lab(two_regions("weighted", ["weight = 1", "weight = 1"]));
+    wait_shares(&lab, &["region1", "region2"]);
+    let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
+    let mut changes = 0;
+    let (problems, kept_requests) = kept_connections_during(&lab, 20, || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            let (one, two) = if changes % 2 == 0 { ("1", "4") } else { ("4", "1") };
+            lab.ctl_ok(&["weight", "region1", one]).unwrap();
+            lab.ctl_ok(&["weight", "region2", two]).unwrap();
+            changes += 1;
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let report = client.stop().unwrap();
+    eprintln!(
+        "{changes} weight changes; kept connections: {kept_requests} requests; new connections: {} requests, {} failed, {:?}",
+        report.requests(),
+        report.failures,
+        report.by_body
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(kept_requests > 20 * 100, "the kept connections asked only {kept_requests} times");
+    assert_eq!(report.failures, 0, "{:?}", report.outages);
+    assert!(report.by_body.len() == 2, "new connections reached {:?}", report.by_body);
+    let writes = lab.metrics().unwrap();
+    assert!(changes > 40, "{changes} changes in 10 s");
+    assert!(writes.contains("redirector_service_weight{"), "{writes}");
+}
+
+fn saturated(status: &Status, region: &str) -> Vec<String> {
+    status.regions.iter().find(|r| r.name == region).unwrap().saturated.clone()
+}
+
+/// Switches of the service's new flows in the event log.
+fn service_switches(lab: &Lab) -> Vec<String> {
+    let events: Vec<redirector::control::Event> =
+        serde_json::from_str(&lab.ctl_ok(&["events", "--json"]).unwrap()).unwrap();
+    events
+        .into_iter()
+        .filter(|e| e.subject == "service web" && e.what.split(" → ").collect::<Vec<_>>().windows(2).all(|w| w[0] != w[1]))
+        .map(|e| format!("{}: {}", e.what, e.why))
+        .collect()
+}
+
+#[test]
+fn pps_over_the_high_watermark_spills_new_flows_and_they_return_when_load_falls() {
+    // region2 is preferred (priority 200); 2 kept connections asking as
+    // fast as they can put it far above 400 packets/s.
+    let marks = "pps = { low = 100, high = 400 }";
+    let lab = lab(two_regions("pps", [marks, marks]));
+    wait_shares(&lab, &["region2"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let mut session = Session::open(&lab.topo.client, lab.vip(), TIMEOUT).unwrap();
+            let stop = stop.clone();
+            thread::spawn(move || -> Result<u64, String> {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let answer = session.get().map_err(|e| format!("{e:#}"))?;
+                    if answer != body(2) {
+                        return Err(format!("a kept connection moved to {answer:?}"));
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    wait_shares(&lab, &["region1"]);
+    let status = lab.status().unwrap();
+    eprintln!("region2 at {:.0} pps: saturated {:?}", status.regions[1].pps, saturated(&status, "region2"));
+    assert_eq!(saturated(&status, "region2"), ["pps"]);
+    let (by_body, errors) = requests_from_ports(&lab.topo.client, &lab, 30_000, 50);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(by_body.get(&body(1)), Some(&50), "new flows spill to region1: {by_body:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    for worker in load {
+        let requests = worker.join().unwrap().unwrap();
+        assert!(requests > 100, "a load connection asked only {requests} times");
+    }
+    let fell = Instant::now();
+    wait_shares(&lab, &["region2"]);
+    eprintln!("new flows back on region2 {:?} after the load stopped", fell.elapsed());
+    // Quiet for a few dwell times: nothing moves again.
+    thread::sleep(Duration::from_secs(3));
+    let switches = service_switches(&lab);
+    assert_eq!(switches.len(), 3, "start, spill and return, nothing more: {switches:#?}");
+}
+
+#[test]
+fn flows_policy_spills_at_its_active_flows_and_counts_them_as_the_agents_do() {
+    let lab = lab(LabOptions {
+        heartbeat: true,
+        ..two_regions("flows", ["", "flows = { low = 4, high = 8 }"])
+    });
+    wait_shares(&lab, &["region2"]);
+    // Opened one by one until the data plane counts more than 8 on
+    // region2; the next ones go to region1.
+    let mut kept = Vec::new();
+    wait_for(Duration::from_secs(10), || {
+        kept.push(Session::open(&lab.topo.client, lab.vip(), TIMEOUT)?);
+        thread::sleep(Duration::from_millis(100));
+        anyhow::ensure!(saturated(&lab.status()?, "region2") == ["flows"], "not saturated yet");
+        Ok(())
+    })
+    .unwrap();
+    wait_shares(&lab, &["region1"]);
+    for _ in 0..3 {
+        kept.push(Session::open(&lab.topo.client, lab.vip(), TIMEOUT).unwrap());
+    }
+    let mut on = BTreeMap::<String, u32>::new();
+    for session in &mut kept {
+        *on.entry(session.get().unwrap()).or_default() += 1;
+    }
+    eprintln!("{} kept connections: {on:?}", kept.len());
+    assert_eq!(on.get(&body(1)), Some(&3), "the last three spilled to region1: {on:?}");
+
+    // The data plane's count and the agents' agree (both refresh within
+    // about a second).
+    wait_for(Duration::from_secs(5), || {
+        let status = lab.status()?;
+        for r in &status.regions {
+            anyhow::ensure!(
+                r.agent_connections == Some(r.active_flows as u32),
+                "{}: data plane {} active flows, agent {:?} connections",
+                r.name,
+                r.active_flows,
+                r.agent_connections
+            );
+        }
+        let counted: u64 = status.regions.iter().map(|r| r.active_flows).sum();
+        anyhow::ensure!(counted == kept.len() as u64, "{counted} active flows for {} connections", kept.len());
+        Ok(())
+    })
+    .unwrap();
+
+    // Closing them brings region2 below its low watermark: new flows return.
+    kept.clear();
+    wait_shares(&lab, &["region2"]);
+    let status = lab.status().unwrap();
+    assert!(status.regions.iter().all(|r| r.active_flows == 0), "{:?}", status.regions);
+}
+
+#[test]
+fn cpu_policy_moves_new_flows_off_a_region_whose_cgroup_is_busy() {
+    let lab = lab(LabOptions {
+        heartbeat: true,
+        cgroups: true,
+        ..two_regions("cpu", ["", "cpu = { low = 10, high = 25 }"])
+    });
+    wait_shares(&lab, &["region2"]);
+    let busy = lab.burn_cpu(2, Duration::from_secs(30)).unwrap();
+    let started = Instant::now();
+    wait_shares(&lab, &["region1"]);
+    let status = lab.status().unwrap();
+    eprintln!(
+        "region2's cgroup at {:?} % CPU; new flows moved after {:?}",
+        status.regions[1].cpu_percent,
+        started.elapsed()
+    );
+    assert!(status.regions[1].cpu_percent.unwrap() > 25.0);
+    let (by_body, errors) = requests_from_ports(&lab.topo.client, &lab, 40_000, 20);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(by_body.get(&body(1)), Some(&20), "{by_body:?}");
+    drop(busy);
+    wait_shares(&lab, &["region2"]);
+}
+
+#[test]
+fn bad_weights_are_refused_with_the_reason_and_change_nothing() {
+    let lab = lab(two_regions("weighted", ["weight = 1", "weight = 3"]));
+    wait_shares(&lab, &["region1", "region2"]);
+    let before = lab.status().unwrap().services[0].clone();
+
+    lab.ctl_ok(&["weight", "region1", "0"]).unwrap();
+    let refused = lab.ctl(&["weight", "region2", "0"]).unwrap();
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(message.contains("every weight of service \"web\" would be 0"), "{message}");
+    let refused = lab.ctl(&["weight", "region9", "2"]).unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown region \"region9\" (known: region1, region2)"));
+    let refused = lab.ctl(&["weight", "region1", "2", "--service", "api"]).unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown service \"api\""));
+    let after = lab.status().unwrap().services[0].clone();
+    assert_eq!(after.weights, [("region1".to_string(), 0), ("region2".to_string(), 3)]);
+    wait_shares(&lab, &["region2"]);
+
+    // A config with every weight 0 is refused on reload; nothing changes.
+    let config = lab.config(&lab.pins.0);
+    std::fs::write(
+        lab.config_path(),
+        config.replace("weight = 1", "weight = 0").replace("weight = 3", "weight = 0"),
+    )
+    .unwrap();
+    let refused = lab.ctl(&["reload"]).unwrap();
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(message.contains("every weight of service \"web\" would be 0"), "{message}");
+    assert_eq!(lab.status().unwrap().services[0].weights, after.weights);
+    assert_ne!(before.weights, after.weights);
+}
