@@ -22,6 +22,8 @@
 //! [balance]
 //! dwell_ms = 3000                # default; a region's saturated-or-not verdict holds at
 //!                                # least this long, so load at a watermark cannot flap; 0: none
+//! sample_ms = 1000               # default; pps and active flows are sampled this often,
+//!                                # at least 100 (each sample walks the flow table)
 //!
 //! [[region]]                     # ids are given in file order: 0, 1, ...
 //! name = "region1"
@@ -115,7 +117,10 @@ const DEFAULT_FAILOVER: FailoverSettings = FailoverSettings {
 };
 const DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     dwell: Duration::from_millis(3000),
+    sample: Duration::from_millis(1000),
 };
+/// A sample walks the whole flow table with one syscall per entry.
+const MIN_SAMPLE_MS: u64 = 100;
 /// One share each: with no weights written, `weighted` spreads evenly.
 const DEFAULT_WEIGHT: u32 = 1;
 /// cpu watermarks are a percentage of the region's CPU.
@@ -158,6 +163,8 @@ pub struct BalanceSettings {
     /// load hovering at a watermark cannot make new flows oscillate; zero:
     /// no dwell.
     pub dwell: Duration,
+    /// How often pps and active flows (and so saturation) are sampled.
+    pub sample: Duration,
 }
 
 /// Load watermarks: a region becomes saturated above `high` and stops
@@ -451,6 +458,7 @@ struct RawFailover {
 #[serde(deny_unknown_fields)]
 struct RawBalance {
     dwell_ms: Option<u64>,
+    sample_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -658,12 +666,7 @@ impl Source<'_> {
         let interfaces = self.interfaces(&raw.interfaces)?;
         let health = self.health_defaults(&raw.health)?;
         let failover = self.failover(&raw.failover)?;
-        let balance = BalanceSettings {
-            dwell: raw
-                .balance
-                .dwell_ms
-                .map_or(DEFAULT_BALANCE.dwell, Duration::from_millis),
-        };
+        let balance = self.balance(&raw.balance)?;
         let regions = self.regions(&raw.region, &health)?;
         let services = self.services(&raw.service, &regions)?;
         Ok(Config {
@@ -807,6 +810,27 @@ impl Source<'_> {
                 .map_or(DEFAULT_FAILOVER.preempt_delay, Duration::from_millis),
             max_switches_per_minute,
             all_down: raw.all_down.unwrap_or(DEFAULT_FAILOVER.all_down),
+        })
+    }
+
+    fn balance(&self, raw: &RawBalance) -> Result<BalanceSettings, ConfigError> {
+        let sample = match &raw.sample_ms {
+            Some(ms) if *ms.get_ref() < MIN_SAMPLE_MS => {
+                return Err(self.error(
+                    ms.span(),
+                    "balance.sample_ms",
+                    format!(
+                        "{} ms is below the minimum of {MIN_SAMPLE_MS} ms: each sample walks the flow table",
+                        ms.get_ref()
+                    ),
+                ))
+            }
+            Some(ms) => Duration::from_millis(*ms.get_ref()),
+            None => DEFAULT_BALANCE.sample,
+        };
+        Ok(BalanceSettings {
+            dwell: raw.dwell_ms.map_or(DEFAULT_BALANCE.dwell, Duration::from_millis),
+            sample,
         })
     }
 
@@ -1785,6 +1809,15 @@ checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
         let text = format!("{LAB}\n[balance]\ndwell_ms = 0\n");
         let c = Config::parse(&text, "lab.toml").unwrap();
         assert_eq!(c.balance.dwell, Duration::ZERO);
+        assert_eq!(c.balance.sample, Duration::from_secs(1));
+        let fast = format!("{text}sample_ms = 99\n");
+        let line = line_of(&fast, "sample_ms");
+        assert_eq!(
+            refused(&fast),
+            format!(
+                "lab.toml:{line}: balance.sample_ms: 99 ms is below the minimum of 100 ms: each sample walks the flow table"
+            )
+        );
         let typo = text.replace("dwell_ms", "dwel_ms");
         let line = line_of(&typo, "dwel_ms");
         let message = refused(&typo);

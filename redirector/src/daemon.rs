@@ -46,8 +46,6 @@ use crate::{
 
 /// Events kept for `redirectorctl events`.
 const EVENT_LOG: usize = 1000;
-/// Traffic counters, pps and active flows are refreshed this often.
-const TRAFFIC_INTERVAL: Duration = Duration::from_secs(1);
 /// A closed TCP flow's entries go this long after their last packet.
 const CLOSED_FLOW_LINGER_NS: u64 = 30_000_000_000;
 
@@ -231,8 +229,7 @@ pub async fn run(options: Options) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut traffic_tick = interval(TRAFFIC_INTERVAL);
-    traffic_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut traffic_tick = sampler(controller.config.balance.sample);
     let mut detached = false;
     loop {
         let deadline = controller
@@ -262,6 +259,10 @@ pub async fn run(options: Options) -> Result<()> {
                     Err(e) => error!("SIGHUP: config refused, nothing changed: {e:#}"),
                 }
             }
+            // After a reload (SIGHUP or `redirectorctl reload`).
+            _ = std::future::ready(()), if traffic_tick.period() != controller.config.balance.sample => {
+                traffic_tick = sampler(controller.config.balance.sample);
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -278,6 +279,14 @@ pub async fn run(options: Options) -> Result<()> {
         info!("exiting; the data plane keeps forwarding on its last state");
     }
     Ok(())
+}
+
+/// Counters, pps and active flows are refreshed, and load policies fed,
+/// every `period` (`[balance] sample_ms`).
+fn sampler(period: Duration) -> tokio::time::Interval {
+    let mut tick = interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
 
 fn far_future() -> tokio::time::Instant {

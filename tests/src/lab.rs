@@ -117,8 +117,9 @@ pub struct LabOptions {
     /// Extra keys of region n's `[[region]]`, at index n - 1: weight,
     /// watermarks.
     pub region_keys: Vec<String>,
-    /// `[balance] dwell_ms`.
+    /// `[balance] dwell_ms` and `sample_ms`.
     pub dwell_ms: u64,
+    pub sample_ms: u64,
     /// Each region's server runs in a cgroup of its own, which its agent
     /// measures: the CPU policy on one machine (needs `heartbeat`).
     pub cgroups: bool,
@@ -142,6 +143,7 @@ impl Default for LabOptions {
             policy: "failover",
             region_keys: Vec::new(),
             dwell_ms: 1000,
+            sample_ms: 1000,
             cgroups: false,
         }
     }
@@ -271,7 +273,7 @@ impl Lab {
             o.preempt, o.preempt_delay_ms, o.max_switches_per_minute, o.all_down
         )
         .unwrap();
-        writeln!(text, "\n[balance]\ndwell_ms = {}", o.dwell_ms).unwrap();
+        writeln!(text, "\n[balance]\ndwell_ms = {}\nsample_ms = {}", o.dwell_ms, o.sample_ms).unwrap();
         for region in &self.topo.regions {
             let n: u8 = region.name.trim_start_matches("region").parse().unwrap();
             let mut checks = vec![format!(
@@ -508,6 +510,36 @@ impl Lab {
         })
         .with_context(|| self.daemon_log())?;
         Ok(started.elapsed())
+    }
+
+    /// Waits (at most `limit`) until the table written for `service`
+    /// sends new flows to `regions` (in region order) and nowhere else.
+    pub fn wait_new_flows(&self, service: &str, regions: &[&str], limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        wait_for(limit, || {
+            let status = self.status()?;
+            let s = status
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .with_context(|| format!("no service {service}"))?;
+            let names: Vec<&str> = s.new_flow_shares.iter().map(|(r, _)| r.as_str()).collect();
+            anyhow::ensure!(names == regions, "{service}: new flows go to {:?}", s.new_flow_shares);
+            Ok(())
+        })
+        .with_context(|| self.daemon_log())?;
+        Ok(started.elapsed())
+    }
+
+    /// The events in which `service`'s new flows changed regions.
+    pub fn switches(&self, service: &str) -> Result<Vec<redirector::control::Event>> {
+        let events: Vec<redirector::control::Event> =
+            serde_json::from_str(&self.ctl_ok(&["events", "--json"])?)?;
+        let subject = format!("service {service}");
+        Ok(events
+            .into_iter()
+            .filter(|e| e.subject == subject && e.what.split(" → ").collect::<Vec<_>>().windows(2).all(|w| w[0] != w[1]))
+            .collect())
     }
 }
 

@@ -39,13 +39,7 @@ fn two_regions(policy: &'static str, keys: [&str; 2]) -> LabOptions {
 
 /// Waits until the service's table is written with these regions.
 fn wait_shares(lab: &Lab, regions: &[&str]) {
-    wait_for(Duration::from_secs(5), || {
-        let shares = &lab.status()?.services[0].new_flow_shares;
-        let names: Vec<&str> = shares.iter().map(|(r, _)| r.as_str()).collect();
-        anyhow::ensure!(names == regions, "new flows go to {shares:?}");
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.daemon_log()));
+    lab.wait_new_flows("web", regions, Duration::from_secs(5)).unwrap();
 }
 
 /// `count` GETs on new connections from source ports `first_port..`, from
@@ -179,16 +173,6 @@ fn saturated(status: &Status, region: &str) -> Vec<String> {
     status.regions.iter().find(|r| r.name == region).unwrap().saturated.clone()
 }
 
-/// Switches of the service's new flows in the event log.
-fn service_switches(lab: &Lab) -> Vec<String> {
-    let events: Vec<redirector::control::Event> =
-        serde_json::from_str(&lab.ctl_ok(&["events", "--json"]).unwrap()).unwrap();
-    events
-        .into_iter()
-        .filter(|e| e.subject == "service web" && e.what.split(" → ").collect::<Vec<_>>().windows(2).all(|w| w[0] != w[1]))
-        .map(|e| format!("{}: {}", e.what, e.why))
-        .collect()
-}
 
 #[test]
 fn pps_over_the_high_watermark_spills_new_flows_and_they_return_when_load_falls() {
@@ -234,7 +218,8 @@ fn pps_over_the_high_watermark_spills_new_flows_and_they_return_when_load_falls(
     eprintln!("new flows back on region2 {:?} after the load stopped", fell.elapsed());
     // Quiet for a few dwell times: nothing moves again.
     thread::sleep(Duration::from_secs(3));
-    let switches = service_switches(&lab);
+    let switches: Vec<String> =
+        lab.switches("web").unwrap().into_iter().map(|e| format!("{}: {}", e.what, e.why)).collect();
     assert_eq!(switches.len(), 3, "start, spill and return, nothing more: {switches:#?}");
 }
 

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod failover;
+pub mod lb;
 pub mod xdp;
 
 use std::{fs, path::PathBuf};

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|daemon|failover] [--quick]`
+//! `cargo xtask bench [xdp|daemon|failover|lb] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -8,7 +8,8 @@ fn main() -> ExitCode {
         "xdp" => redirector_tests::bench::xdp::run(rest),
         "daemon" => redirector_tests::bench::daemon::run(rest),
         "failover" => redirector_tests::bench::failover::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover")),
+        "lb" => redirector_tests::bench::lb::run(rest),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, lb")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,14 +13,14 @@ use std::{
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use redirector::dataplane::Dataplane;
 use redirector_tests::{
     client::{get, Measurement, Options},
-    lab::{wait_for, Lab, LabOptions, METRICS},
+    lab::{Lab, LabOptions, METRICS},
     netns::run,
 };
 
@@ -114,17 +114,6 @@ fn show_split(lab: &Lab, port: u16, count: usize) -> Result<BTreeMap<String, usi
     Ok(split)
 }
 
-/// Waits until the new flows of `service` go to `region` alone.
-fn wait_service(lab: &Lab, service: &str, region: &str) -> Result<Duration> {
-    let started = Instant::now();
-    wait_for(Duration::from_secs(10), || {
-        let status = lab.status()?;
-        let s = status.services.iter().find(|s| s.name == service).context("no such service")?;
-        anyhow::ensure!(s.active == [region], "{service}: new flows to {:?}", s.active);
-        Ok(())
-    })?;
-    Ok(started.elapsed())
-}
 
 fn demo(keep: bool) -> Result<()> {
     unsafe {
@@ -165,12 +154,12 @@ fn demo(keep: bool) -> Result<()> {
     step("service app (:8080), policy cpu: a busy loop in region2's cgroup takes it above 25 % CPU")?;
     show_requests(&lab, 8080, "R2")?;
     let busy = lab.burn_cpu(2, Duration::from_secs(30))?;
-    let spilled = wait_service(&lab, "app", "region1")?;
+    let spilled = lab.wait_new_flows("app", &["region1"], Duration::from_secs(10))?;
     let cpu = lab.status()?.regions[1].cpu_percent.unwrap_or(0.0);
     println!("   region2 at {cpu:.0} % CPU: app's new flows moved to region1 after {spilled:.0?}");
     show_requests(&lab, 8080, "R1")?;
     drop(busy);
-    let returned = wait_service(&lab, "app", "region2")?;
+    let returned = lab.wait_new_flows("app", &["region2"], Duration::from_secs(10))?;
     println!("   busy loop stopped: app's new flows back on region2 after {returned:.0?}");
 
     step("region2's HTTP server killed, the measuring client running")?;
