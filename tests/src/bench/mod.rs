@@ -2,6 +2,7 @@
 //! it ran on, under bench/results/.
 
 pub mod daemon;
+pub mod dataplane;
 pub mod failover;
 pub mod lb;
 pub mod xdp;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|daemon|failover|lb] [--quick]`
+//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -8,8 +8,9 @@ fn main() -> ExitCode {
         "xdp" => redirector_tests::bench::xdp::run(rest),
         "daemon" => redirector_tests::bench::daemon::run(rest),
         "failover" => redirector_tests::bench::failover::run(rest),
+        "dataplane" => redirector_tests::bench::dataplane::run(rest),
         "lb" => redirector_tests::bench::lb::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, lb")),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
