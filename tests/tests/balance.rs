@@ -275,6 +275,9 @@ fn flows_policy_spills_at_its_active_flows_and_counts_them_as_the_agents_do() {
     wait_shares(&lab, &["region2"]);
     let status = lab.status().unwrap();
     assert!(status.regions.iter().all(|r| r.active_flows == 0), "{:?}", status.regions);
+    thread::sleep(Duration::from_secs(2));
+    let switches = lab.switches("web").unwrap();
+    assert_eq!(switches.len(), 3, "start, spill and return, nothing more: {switches:#?}");
 }
 
 #[test]
