@@ -58,6 +58,9 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "nftables",
     "util-linux",
+    // `bench dataplane` runs the reference's switch (userspace datapath,
+    // no kernel module) as one of the gateways it measures.
+    "openvswitch-switch",
     // The benchmarks' plots (plotters renders text through fontconfig).
     "pkg-config",
     "libfontconfig-dev",

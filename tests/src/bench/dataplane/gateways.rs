@@ -62,7 +62,7 @@ pub struct Gateway {
 }
 
 enum State {
-    Redirector { _dataplane: Dataplane, _pins: PinDir },
+    Redirector { _dataplane: Box<Dataplane>, _pins: PinDir },
     Ovs(ovs::Switch),
     Nothing,
     Xdp { _program: Ebpf },
@@ -143,7 +143,7 @@ fn redirector(topo: &Topology) -> Result<State> {
         dataplane.set_selection(&service.addr, &Selection::all(1))?;
     }
     Ok(State::Redirector {
-        _dataplane: dataplane,
+        _dataplane: Box::new(dataplane),
         _pins: pins,
     })
 }

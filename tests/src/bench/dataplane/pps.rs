@@ -57,7 +57,7 @@ const BATCH: u32 = 64;
 const CALL: Duration = Duration::from_millis(100);
 
 const GATEWAY_CPU: usize = 1;
-const TRAFFIC_CPU: usize = 0;
+pub const TRAFFIC_CPU: usize = 0;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PacketRate {
@@ -323,10 +323,10 @@ fn pin(pid: u32, cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// Task `tid` (0: the calling thread) to `cpu` only; with fewer cores
-/// than this needs, nothing moves.
-fn pin_task(tid: libc::pid_t, cpu: usize) -> Result<()> {
-    if cpus() <= GATEWAY_CPU.max(TRAFFIC_CPU) {
+/// Task `tid` (0: the calling thread) to `cpu` only; on a single core
+/// nothing moves.
+pub fn pin_task(tid: libc::pid_t, cpu: usize) -> Result<()> {
+    if cpus() < 2 {
         return Ok(());
     }
     set_affinity(tid, &[cpu])

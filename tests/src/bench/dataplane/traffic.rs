@@ -3,35 +3,43 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::{ECHO_PORT, HTTP_PORT, IPERF_PORT};
+use super::{
+    pps::{pin_task, TRAFFIC_CPU},
+    ECHO_PORT, HTTP_PORT, IPERF_PORT,
+};
 use crate::{
-    inns,
     lab::{binary, wait_for, Process},
     netns::Netns,
     topology::Topology,
 };
 
+/// Bytes of each request and of its answer.
+const MESSAGE: usize = 64;
+
 /// Round-trip times of `count` 64-byte request/response exchanges over one
-/// TCP connection to an echo server in the region, sorted; the first
-/// tenth warms the path and is not counted.
+/// TCP connection to an echo server in the region, sorted; the first tenth
+/// warms the path and is not counted. Client and server both run on one
+/// core, and so does what the gateway does in their softirqs: a wake-up
+/// across cores costs this VM tens of µs at random, which would drown what
+/// the gateway adds.
 pub fn latency(topo: &Topology, target: Ipv4Addr, count: usize) -> Result<Vec<Duration>> {
-    let _server = inns::Server::echo(&topo.regions[0].ns, ECHO_PORT, "")?;
+    let server = echo_server(&topo.regions[0].ns)?;
     let ns = topo.client.name().to_string();
-    thread::spawn(move || -> Result<Vec<Duration>> {
+    let rtts = thread::spawn(move || -> Result<Vec<Duration>> {
         let _inside = Netns::attach(&ns)?.enter()?;
-        let timeout = Duration::from_secs(2);
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((target, ECHO_PORT)), timeout)
+        pin_task(0, TRAFFIC_CPU)?;
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((target, ECHO_PORT)), TIMEOUT)
             .with_context(|| format!("connecting to the echo server at {target}"))?;
         conn.set_nodelay(true)?;
-        conn.set_read_timeout(Some(timeout))?;
-        let (request, mut response) = ([0x5a_u8; 64], [0u8; 64]);
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        let (request, mut response) = ([0x5a_u8; MESSAGE], [0u8; MESSAGE]);
         let warm_up = count / 10;
         let mut rtts = Vec::with_capacity(count);
         for i in 0..warm_up + count {
@@ -46,7 +54,63 @@ pub fn latency(topo: &Topology, target: Ipv4Addr, count: usize) -> Result<Vec<Du
         Ok(rtts)
     })
     .join()
-    .expect("latency thread panicked")
+    .expect("latency client panicked");
+    server.join().expect("echo server panicked")?;
+    rtts
+}
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Echoes one connection in `ns`, then ends; listening when this returns.
+fn echo_server(ns: &Netns) -> Result<thread::JoinHandle<Result<()>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let ns = ns.name().to_string();
+    let server = thread::spawn(move || -> Result<()> {
+        let listener = (|| -> Result<TcpListener> {
+            let _inside = Netns::attach(&ns)?.enter()?;
+            pin_task(0, TRAFFIC_CPU)?;
+            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })();
+        let listener = match listener {
+            Ok(l) => {
+                let _ = ready_tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return Ok(());
+            }
+        };
+        let mut conn = accept_within(&listener, Duration::from_secs(5))?;
+        conn.set_nodelay(true)?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        let mut message = [0u8; MESSAGE];
+        // Until the client closes (or stalls past the timeout).
+        while conn.read_exact(&mut message).is_ok() {
+            conn.write_all(&message)?;
+        }
+        Ok(())
+    });
+    ready_rx.recv().context("echo server thread died")??;
+    Ok(server)
+}
+
+fn accept_within(listener: &TcpListener, limit: Duration) -> Result<TcpStream> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                conn.set_nonblocking(false)?;
+                return Ok(conn);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => bail!("echo server: no connection ({e})"),
+        }
+    }
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
