@@ -153,7 +153,12 @@ fn print_status(status: &Status) {
             s.name.clone(),
             format!("{}:{}/{}", s.vip, s.port, s.protocol),
             s.policy.clone(),
-            s.weights.iter().map(|(r, w)| format!("{r}={w}")).collect::<Vec<_>>().join("\n"),
+            // Failover ranks by priority: weights play no part.
+            if s.policy == "failover" {
+                "-".into()
+            } else {
+                s.weights.iter().map(|(r, w)| format!("{r}={w}")).collect::<Vec<_>>().join("\n")
+            },
             if shares.is_empty() { "none".into() } else { shares.join("\n") },
             pinned,
         ]);
