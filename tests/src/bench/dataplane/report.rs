@@ -298,7 +298,8 @@ fn http_series(s: &[Summary]) -> Series {
 fn bar_chart(path: &Path, title: &str, s: &[Summary], series: &Series) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let top = series.iter().flat_map(|(_, _, v)| v.iter().copied()).fold(0.0f64, f64::max) * 1.15;
+    // Headroom above the tallest bar for the legend.
+    let top = series.iter().flat_map(|(_, _, v)| v.iter().copied()).fold(0.0f64, f64::max) * 1.35;
     let top = if top > 0.0 { top } else { 1.0 };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -327,7 +328,12 @@ fn bar_chart(path: &Path, title: &str, s: &[Summary], series: &Series) -> Result
             Text::new(figure(*v), (left(i), *v), label_style.clone())
         }))?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
