@@ -178,7 +178,7 @@ fn targets(s: &[Summary]) -> String {
     let pps = [("A ≥ 10 × B, small-packet pps", b, 10.0), ("A ≥ 3 × C, small-packet pps", c, 3.0), ("A ≥ 80 % of E, small-packet pps", e, 0.8)];
     for (target, peer, at_least) in pps {
         let (delivered, per_core) = (a.delivered / peer.delivered, a.per_core / peer.per_core);
-        let figure = |r: f64| if at_least < 1.0 { format!("{:.0} %", 100.0 * r) } else { format!("{r:.1} ×") };
+        let figure = |r: f64| if at_least < 1.0 { format!("{:.0} %", 100.0 * r) } else { format!("{r:.2} ×") };
         writeln!(
             text,
             "| {target} | {} | {} | {} | {} |",
