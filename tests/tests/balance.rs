@@ -241,15 +241,18 @@ fn flows_policy_spills_at_its_active_flows_and_counts_them_as_the_agents_do() {
     })
     .unwrap();
     wait_shares(&lab, &["region1"]);
-    for _ in 0..3 {
-        kept.push(Session::open(&lab.topo.client, lab.vip(), TIMEOUT).unwrap());
-    }
     let mut on = BTreeMap::<String, u32>::new();
     for session in &mut kept {
         *on.entry(session.get().unwrap()).or_default() += 1;
     }
-    eprintln!("{} kept connections: {on:?}", kept.len());
-    assert_eq!(on.get(&body(1)), Some(&3), "the last three spilled to region1: {on:?}");
+    // The last one may have opened between a status check and the spill.
+    eprintln!("{} connections opened before the spill: {on:?}", kept.len());
+    assert!(on.get(&body(2)).is_some_and(|&n| n > 8), "region2 took more than its high watermark: {on:?}");
+    for _ in 0..3 {
+        let mut spilled = Session::open(&lab.topo.client, lab.vip(), TIMEOUT).unwrap();
+        assert_eq!(spilled.get().unwrap(), body(1), "opened after the spill");
+        kept.push(spilled);
+    }
 
     // The data plane's count and the agents' agree (both refresh within
     // about a second).
