@@ -360,11 +360,8 @@ impl Controller {
         self.publish();
     }
 
-    /// The selection table of a decision; one region fills every slot.
+    /// The selection table of a decision.
     fn selection(&self, decision: &Decision) -> Selection {
-        if let Some(region) = decision.single() {
-            return Selection::all(region);
-        }
         let entries = |share: &[(u8, u32)]| -> Vec<maglev::Entry> {
             share
                 .iter()
@@ -613,13 +610,7 @@ impl Controller {
         self.traffic.packets = packets;
         self.traffic.stats = stats;
         self.traffic.active_flows = self.scan_flows();
-        let loads: Vec<Load> = (0..self.config.regions.len())
-            .map(|r| Load {
-                pps: self.traffic.pps.get(r).copied().unwrap_or(0.0),
-                flows: self.traffic.active_flows.get(r).copied().unwrap_or(0),
-                cpu_percent: self.agent_reports[r].map(|a| a.cpu_permille as f64 / 10.0),
-            })
-            .collect();
+        let loads: Vec<Load> = (0..self.config.regions.len()).map(|r| self.load(r)).collect();
         let events = self.policy.observe_load(self.now(), &loads);
         for event in &events {
             info!("{}: {} → {} ({})", event.subject, event.from, event.to, event.reason);
@@ -627,6 +618,15 @@ impl Controller {
         self.record_events(events, &[]);
         // Also publishes.
         self.decide(now);
+    }
+
+    /// Region `r`'s load, as last sampled.
+    fn load(&self, r: usize) -> Load {
+        Load {
+            pps: self.traffic.pps.get(r).copied().unwrap_or(0.0),
+            flows: self.traffic.active_flows.get(r).copied().unwrap_or(0),
+            cpu_percent: self.agent_reports[r].map(|a| a.cpu_permille as f64 / 10.0),
+        }
     }
 
     fn scan_flows(&mut self) -> Vec<u64> {
@@ -661,6 +661,7 @@ impl Controller {
             .map(|(region, health)| {
                 let view = health.view();
                 let counters = self.traffic.stats.regions.get(region.id as usize).copied().unwrap_or_default();
+                let load = self.load(region.id as usize);
                 control::RegionStatus {
                     name: region.name.clone(),
                     state: state_name(&view).into(),
@@ -683,9 +684,9 @@ impl Controller {
                             }
                         })
                         .collect(),
-                    pps: self.traffic.pps.get(region.id as usize).copied().unwrap_or(0.0),
-                    active_flows: self.traffic.active_flows.get(region.id as usize).copied().unwrap_or(0),
-                    cpu_percent: self.agent_reports[region.id as usize].map(|a| a.cpu_permille as f64 / 10.0),
+                    pps: load.pps,
+                    active_flows: load.flows,
+                    cpu_percent: load.cpu_percent,
                     agent_connections: self.agent_reports[region.id as usize].map(|a| a.active_connections),
                     saturated: self.policy.saturated(region.id).into_iter().map(String::from).collect(),
                     packets: counters.packets,

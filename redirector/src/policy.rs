@@ -82,9 +82,10 @@ pub struct Decision {
     pub changed: bool,
 }
 
+#[cfg(test)]
 impl Decision {
     /// The one region taking every new flow, if it is one.
-    pub fn single(&self) -> Option<u8> {
+    fn single(&self) -> Option<u8> {
         single(&self.share)
     }
 }

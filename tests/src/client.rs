@@ -147,16 +147,10 @@ impl Session {
     /// Connects from inside `ns`; the socket stays in that namespace and
     /// can then be used from any thread.
     pub fn open(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> Result<Self> {
-        let ns_name = ns.name().to_string();
-        thread::spawn(move || -> Result<Self> {
-            let _inside = Netns::attach(&ns_name)?.enter()?;
-            let stream = connect(0, target, timeout)?;
-            stream.set_read_timeout(Some(timeout))?;
-            stream.set_write_timeout(Some(timeout))?;
-            Ok(Self { stream, target, buffer: Vec::new() })
-        })
-        .join()
-        .expect("client thread panicked")
+        let stream = ns.on_thread(|| connect(0, target, timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Self { stream, target, buffer: Vec::new() })
     }
 
     /// One GET; the body of its 200 answer.
@@ -191,6 +185,86 @@ impl Session {
         }
         self.buffer.extend_from_slice(&chunk[..n]);
         Ok(())
+    }
+}
+
+/// Connections held open, each asking every `pause` (zero: as fast as it
+/// can) and remembering which region answered it first: whether an
+/// established flow ever moved or broke.
+pub struct Kept {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<KeptConnection>>,
+}
+
+/// What the kept connections saw, over all of them.
+#[derive(Debug, Default)]
+pub struct KeptReport {
+    pub requests: u64,
+    /// The fewest requests one connection made.
+    pub min_requests: u64,
+    /// Connections by the region (body) that answered them first.
+    pub first_answers: BTreeMap<String, usize>,
+    /// Connections answered by another region than their first, and
+    /// connections that failed: what happened, one line each.
+    pub moved: Vec<String>,
+    pub broken: Vec<String>,
+}
+
+struct KeptConnection {
+    requests: u64,
+    first: Option<String>,
+    moved: Option<String>,
+    broken: Option<String>,
+}
+
+impl Kept {
+    pub fn open(ns: &Netns, target: SocketAddrV4, count: usize, pause: Duration) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for i in 0..count {
+            let mut session = Session::open(ns, target, Duration::from_secs(2))?;
+            let stop = stop.clone();
+            workers.push(thread::spawn(move || {
+                let mut seen = KeptConnection { requests: 0, first: None, moved: None, broken: None };
+                // Bounded: stopped by the caller, or after 10 minutes.
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match session.get() {
+                        Ok(answer) => match &seen.first {
+                            None => seen.first = Some(answer),
+                            Some(first) if *first != answer && seen.moved.is_none() => {
+                                seen.moved = Some(format!("connection {i} moved from {first:?} to {answer:?}"))
+                            }
+                            Some(_) => {}
+                        },
+                        Err(e) => {
+                            seen.broken = Some(format!("connection {i}: {e:#}"));
+                            break;
+                        }
+                    }
+                    seen.requests += 1;
+                    thread::sleep(pause);
+                }
+                seen
+            }));
+        }
+        Ok(Self { stop, workers })
+    }
+
+    pub fn close(self) -> KeptReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut report = KeptReport { min_requests: u64::MAX, ..Default::default() };
+        for worker in self.workers {
+            let seen = worker.join().expect("kept connection panicked");
+            report.requests += seen.requests;
+            report.min_requests = report.min_requests.min(seen.requests);
+            if let Some(first) = seen.first {
+                *report.first_answers.entry(first).or_default() += 1;
+            }
+            report.moved.extend(seen.moved);
+            report.broken.extend(seen.broken);
+        }
+        report
     }
 }
 

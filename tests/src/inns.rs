@@ -92,19 +92,12 @@ impl Drop for Server {
 
 /// Connects from inside `ns` and reads until the server closes.
 pub fn fetch(ns: &Netns, addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<String> {
-    let ns_name = ns.name().to_string();
-    thread::spawn(move || -> Result<String> {
-        let _inside = Netns::attach(&ns_name)?.enter()?;
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)
-            .with_context(|| format!("connecting to {addr}:{port}"))?;
-        conn.set_read_timeout(Some(timeout))?;
-        let mut body = String::new();
-        conn.read_to_string(&mut body)
-            .with_context(|| format!("reading from {addr}:{port}"))?;
-        Ok(body)
-    })
-    .join()
-    .expect("client thread panicked")
+    let mut conn = Conn::open(ns, addr, port, timeout)?;
+    let mut body = String::new();
+    conn.stream
+        .read_to_string(&mut body)
+        .with_context(|| format!("reading from {addr}:{port}"))?;
+    Ok(body)
 }
 
 /// A connection opened from inside a namespace and kept: the socket stays
@@ -115,16 +108,12 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(ns: &Netns, addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<Self> {
-        let ns_name = ns.name().to_string();
-        let stream = thread::spawn(move || -> Result<TcpStream> {
-            let _inside = Netns::attach(&ns_name)?.enter()?;
+        let stream = ns.on_thread(|| {
             let stream = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)
                 .with_context(|| format!("connecting to {addr}:{port}"))?;
             stream.set_read_timeout(Some(timeout))?;
             Ok(stream)
-        })
-        .join()
-        .expect("client thread panicked")?;
+        })?;
         Ok(Self { stream })
     }
 

@@ -117,6 +117,21 @@ impl Netns {
         Ok(())
     }
 
+    /// Runs `f` on a thread of its own inside the namespace and returns
+    /// what it returns. Sockets `f` makes stay in the namespace, so they can
+    /// be used from any thread afterwards.
+    pub fn on_thread<R: Send>(&self, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _inside = self.enter()?;
+                    f()
+                })
+                .join()
+                .expect("thread in the namespace panicked")
+        })
+    }
+
     /// Moves the calling thread into the namespace until the guard drops.
     pub fn enter(&self) -> Result<NetnsGuard> {
         let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;

@@ -3,17 +3,13 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use redirector::control::Status;
 use redirector_tests::{
-    client::{get_from, Measurement, Options, Session},
+    client::{get_from, Kept, Measurement, Options, Session},
     lab::{body, wait_for, Lab, LabOptions},
     netns::{require_root, unique_name, Netns},
 };
@@ -45,25 +41,19 @@ fn wait_shares(lab: &Lab, regions: &[&str]) {
 /// `count` GETs on new connections from source ports `first_port..`, from
 /// the client namespace; answers by body.
 fn requests_from_ports(ns: &Netns, lab: &Lab, first_port: u16, count: u16) -> (BTreeMap<String, u32>, Vec<String>) {
-    let ns = Netns::attach(ns.name()).unwrap();
     let target = lab.vip();
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let _inside = ns.enter().unwrap();
-                let mut by_body = BTreeMap::new();
-                let mut errors = Vec::new();
-                for port in first_port..first_port + count {
-                    match get_from(port, target, TIMEOUT) {
-                        Ok(body) => *by_body.entry(body).or_default() += 1,
-                        Err(e) => errors.push(format!("port {port}: {e:#}")),
-                    }
-                }
-                (by_body, errors)
-            })
-            .join()
-            .unwrap()
+    ns.on_thread(|| {
+        let mut by_body = BTreeMap::new();
+        let mut errors = Vec::new();
+        for port in first_port..first_port + count {
+            match get_from(port, target, TIMEOUT) {
+                Ok(body) => *by_body.entry(body).or_default() += 1,
+                Err(e) => errors.push(format!("port {port}: {e:#}")),
+            }
+        }
+        Ok((by_body, errors))
     })
+    .unwrap()
 }
 
 #[test]
@@ -86,82 +76,32 @@ fn weighted_50_50_splits_2000_requests_within_3_percent() {
     .unwrap();
 }
 
-/// Long-lived connections, each asking every 20 ms and remembering which
-/// region answered first, while `change` runs.
-fn kept_connections_during(lab: &Lab, connections: usize, change: impl FnOnce()) -> (Vec<String>, u64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sessions: Vec<Session> = (0..connections)
-        .map(|_| Session::open(&lab.topo.client, lab.vip(), TIMEOUT).unwrap())
-        .collect();
-    let workers: Vec<_> = sessions
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut session)| {
-            let stop = stop.clone();
-            thread::spawn(move || -> (Vec<String>, u64) {
-                let mut problems = Vec::new();
-                let mut first: Option<String> = None;
-                let mut requests = 0;
-                // Bounded: the test stops it, or 60 s pass.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match session.get() {
-                        Ok(answer) => match &first {
-                            Some(f) if *f != answer => {
-                                problems.push(format!("connection {i} moved from {f:?} to {answer:?}"))
-                            }
-                            Some(_) => {}
-                            None => first = Some(answer),
-                        },
-                        Err(e) => {
-                            problems.push(format!("connection {i}: {e:#}"));
-                            break;
-                        }
-                    }
-                    requests += 1;
-                    thread::sleep(Duration::from_millis(20));
-                }
-                (problems, requests)
-            })
-        })
-        .collect();
-    change();
-    stop.store(true, Ordering::Relaxed);
-    let mut problems = Vec::new();
-    let mut requests = 0;
-    for worker in workers {
-        let (p, n) = worker.join().unwrap();
-        problems.extend(p);
-        requests += n;
-    }
-    (problems, requests)
-}
-
 #[test]
 fn weights_changing_every_100_ms_for_10_s_move_no_connection_and_fail_no_request() {
     let lab = lab(two_regions("weighted", ["weight = 1", "weight = 1"]));
     wait_shares(&lab, &["region1", "region2"]);
     let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
+    let kept = Kept::open(&lab.topo.client, lab.vip(), 20, Duration::from_millis(20)).unwrap();
     let mut changes = 0;
-    let (problems, kept_requests) = kept_connections_during(&lab, 20, || {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            let (one, two) = if changes % 2 == 0 { ("1", "4") } else { ("4", "1") };
-            lab.ctl_ok(&["weight", "region1", one]).unwrap();
-            lab.ctl_ok(&["weight", "region2", two]).unwrap();
-            changes += 1;
-            thread::sleep(Duration::from_millis(100));
-        }
-    });
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let (one, two) = if changes % 2 == 0 { ("1", "4") } else { ("4", "1") };
+        lab.ctl_ok(&["weight", "region1", one]).unwrap();
+        lab.ctl_ok(&["weight", "region2", two]).unwrap();
+        changes += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    let kept = kept.close();
     let report = client.stop().unwrap();
     eprintln!(
-        "{changes} weight changes; kept connections: {kept_requests} requests; new connections: {} requests, {} failed, {:?}",
+        "{changes} weight changes; kept connections: {} requests; new connections: {} requests, {} failed, {:?}",
+        kept.requests,
         report.requests(),
         report.failures,
         report.by_body
     );
-    assert!(problems.is_empty(), "{problems:#?}");
-    assert!(kept_requests > 20 * 100, "the kept connections asked only {kept_requests} times");
+    assert!(kept.moved.is_empty() && kept.broken.is_empty(), "{kept:#?}");
+    assert!(kept.requests > 20 * 100, "the kept connections asked only {} times", kept.requests);
     assert_eq!(report.failures, 0, "{:?}", report.outages);
     assert!(report.by_body.len() == 2, "new connections reached {:?}", report.by_body);
     let writes = lab.metrics().unwrap();
@@ -181,25 +121,7 @@ fn pps_over_the_high_watermark_spills_new_flows_and_they_return_when_load_falls(
     let marks = "pps = { low = 100, high = 400 }";
     let lab = lab(two_regions("pps", [marks, marks]));
     wait_shares(&lab, &["region2"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let mut session = Session::open(&lab.topo.client, lab.vip(), TIMEOUT).unwrap();
-            let stop = stop.clone();
-            thread::spawn(move || -> Result<u64, String> {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let answer = session.get().map_err(|e| format!("{e:#}"))?;
-                    if answer != body(2) {
-                        return Err(format!("a kept connection moved to {answer:?}"));
-                    }
-                    n += 1;
-                }
-                Ok(n)
-            })
-        })
-        .collect();
+    let load = Kept::open(&lab.topo.client, lab.vip(), 2, Duration::ZERO).unwrap();
     wait_shares(&lab, &["region1"]);
     let status = lab.status().unwrap();
     eprintln!("region2 at {:.0} pps: saturated {:?}", status.regions[1].pps, saturated(&status, "region2"));
@@ -208,11 +130,10 @@ fn pps_over_the_high_watermark_spills_new_flows_and_they_return_when_load_falls(
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(by_body.get(&body(1)), Some(&50), "new flows spill to region1: {by_body:?}");
 
-    stop.store(true, Ordering::Relaxed);
-    for worker in load {
-        let requests = worker.join().unwrap().unwrap();
-        assert!(requests > 100, "a load connection asked only {requests} times");
-    }
+    let load = load.close();
+    assert!(load.moved.is_empty() && load.broken.is_empty(), "{load:#?}");
+    assert_eq!(load.first_answers, BTreeMap::from([(body(2), 2)]), "the load went to region2");
+    assert!(load.min_requests > 100, "a load connection asked only {} times", load.min_requests);
     let fell = Instant::now();
     wait_shares(&lab, &["region2"]);
     eprintln!("new flows back on region2 {:?} after the load stopped", fell.elapsed());

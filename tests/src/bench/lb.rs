@@ -11,11 +11,7 @@
 use std::{
     collections::BTreeMap,
     path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -24,7 +20,7 @@ use plotters::prelude::*;
 
 use super::{machine, results_dir, write_result};
 use crate::{
-    client::{Measurement, Options, Report, Session},
+    client::{Kept, Measurement, Options, Report, Session},
     lab::{body, Lab, LabOptions},
     netns::unique_name,
 };
@@ -98,52 +94,6 @@ struct Measured {
     load_phase: (Duration, Duration),
 }
 
-/// Connections held open through a run, each asking now and then, which
-/// report whether they ever changed region or broke.
-struct Kept {
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<(usize, usize, u64)>>,
-}
-
-impl Kept {
-    /// `pause`: between one connection's requests; zero for as fast as it
-    /// can.
-    fn open(lab: &Lab, count: usize, pause: Duration) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = Vec::new();
-        for _ in 0..count {
-            let mut session = Session::open(&lab.topo.client, lab.vip(), TIMEOUT)?;
-            let stop = stop.clone();
-            workers.push(thread::spawn(move || {
-                let (mut moved, mut requests) = (0, 0);
-                let mut first: Option<String> = None;
-                // Bounded: stopped by the run, or after 10 minutes.
-                let deadline = Instant::now() + Duration::from_secs(600);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match session.get() {
-                        Ok(answer) if first.as_ref().is_some_and(|f| *f != answer) => moved += 1,
-                        Ok(answer) => first = Some(answer),
-                        Err(_) => return (moved, 1, requests),
-                    }
-                    requests += 1;
-                    thread::sleep(pause);
-                }
-                (moved, 0, requests)
-            }));
-        }
-        Ok(Self { stop, workers })
-    }
-
-    /// (moved, broken, requests) over every connection.
-    fn close(self) -> (usize, usize, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.workers.into_iter().fold((0, 0, 0), |acc, w| {
-            let (m, b, r) = w.join().expect("kept connection panicked");
-            (acc.0 + m, acc.1 + b, acc.2 + r)
-        })
-    }
-}
-
 fn measure(scenario: &Scenario, duration: Duration) -> Result<Measured> {
     let options = LabOptions {
         regions: 2,
@@ -162,7 +112,7 @@ fn measure(scenario: &Scenario, duration: Duration) -> Result<Measured> {
     let first = if scenario.policy == "weighted" { vec!["region1", "region2"] } else { vec!["region2"] };
     lab.wait_new_flows("web", &first, Duration::from_secs(10))?;
 
-    let kept = Kept::open(&lab, 20, Duration::from_millis(100))?;
+    let kept = Kept::open(&lab.topo.client, lab.vip(), 20, Duration::from_millis(100))?;
     let client = Measurement::start(
         &lab.topo.client,
         lab.vip(),
@@ -180,12 +130,12 @@ fn measure(scenario: &Scenario, duration: Duration) -> Result<Measured> {
     let load_to = client.elapsed();
     thread::sleep(duration.saturating_sub(load_to));
     let report = client.stop()?;
-    let (moved, broken, _) = kept.close();
+    let kept = kept.close();
     Ok(Measured {
         report,
         switches: lab.switches("web")?.len(),
-        moved,
-        broken,
+        moved: kept.moved.len(),
+        broken: kept.broken.len(),
         kept: 20,
         load,
         load_phase: (load_from, load_to),
@@ -201,12 +151,12 @@ fn drive(lab: &Lab, trigger: Trigger, length: Duration) -> Result<String> {
             "none".into()
         }
         Trigger::Packets => {
-            let load = Kept::open(lab, 2, Duration::ZERO)?;
+            let load = Kept::open(&lab.topo.client, lab.vip(), 2, Duration::ZERO)?;
             thread::sleep(length);
             let peak = lab.status()?.regions[1].pps;
-            let (moved, broken, requests) = load.close();
-            ensure!(moved + broken == 0, "a load connection moved or broke");
-            format!("2 kept connections, {requests} requests; region2 at {peak:.0} pps")
+            let load = load.close();
+            ensure!(load.moved.is_empty() && load.broken.is_empty(), "a load connection moved or broke: {load:?}");
+            format!("2 kept connections, {} requests; region2 at {peak:.0} pps", load.requests)
         }
         Trigger::OpenFlows { count } => {
             raise_fd_limit(count as u64 + 1024)?;
