@@ -157,11 +157,11 @@ fn measure(variant: Variant, opts: &Options) -> Result<Measured> {
     Ok(m)
 }
 
-/// What CI asserts of every variant: it carried each kind of traffic.
+/// What CI asserts of every variant: it carried each kind of traffic. (The
+/// latency test has failed already if any exchange went unanswered.)
 fn forwarded(m: &Measured) -> Result<()> {
-    ensure!(m.pps.delivered > 0.0, "no generated packet reached the region");
+    ensure!(m.pps.discarded > 0, "no generated packet reached the region's sink");
     ensure!(m.tcp.bytes > 0, "iperf3 moved no byte");
-    ensure!(!m.rtt.is_empty(), "no request/response round trip");
     for load in &m.loads {
         ensure!(load.requests > 0, "wrk with {} connections: no request answered", load.connections);
     }
@@ -181,6 +181,13 @@ fn prepare(topo: &Topology) -> Result<()> {
     region.sysctl("net.core.somaxconn", "65535")?;
     region.sysctl("net.ipv4.tcp_max_syn_backlog", "65535")?;
     Ok(())
+}
+
+/// Its output goes nowhere: a tool we read the result of otherwise, or a
+/// daemon that logs to its files.
+fn quiet(mut cmd: std::process::Command) -> std::process::Command {
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd
 }
 
 /// wrk holds one descriptor per connection and inherits our limit: take

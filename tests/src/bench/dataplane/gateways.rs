@@ -58,7 +58,7 @@ pub struct Gateway {
     pub target: Ipv4Addr,
     /// The MAC the client sends its frames to.
     pub next_hop_mac: Mac,
-    _state: State,
+    state: State,
 }
 
 enum State {
@@ -80,7 +80,10 @@ impl Gateway {
         let (state, target, next_hop_mac) = match variant {
             Variant::Redirector => (redirector(topo)?, VIP, gateway_mac),
             Variant::Ovs => (State::Ovs(open_vswitch(topo)?), VIP, OVS_VIP_MAC),
-            Variant::Nat => (nat(topo)?, VIP, gateway_mac),
+            Variant::Nat => {
+                nat(topo)?;
+                (State::Nothing, VIP, gateway_mac)
+            }
             Variant::Routing => (State::Nothing, region.addr, gateway_mac),
             Variant::BareXdp => {
                 let _inside = topo.gateway.enter()?;
@@ -91,14 +94,14 @@ impl Gateway {
         Ok(Self {
             target,
             next_hop_mac,
-            _state: state,
+            state,
         })
     }
 
     /// Processes doing the gateway's work besides the kernel: Open
     /// vSwitch's daemons.
     pub fn processes(&self) -> Vec<u32> {
-        match &self._state {
+        match &self.state {
             State::Ovs(switch) => switch.pids(),
             _ => Vec::new(),
         }
@@ -107,7 +110,7 @@ impl Gateway {
     /// OpenFlow rules with packet counts, for a diagnosis when B forwarded
     /// nothing.
     pub fn diagnosis(&self) -> String {
-        match &self._state {
+        match &self.state {
             State::Ovs(switch) => switch.dump_flows().unwrap_or_else(|e| format!("{e:#}")),
             _ => String::new(),
         }
@@ -190,7 +193,7 @@ fn open_vswitch(topo: &Topology) -> Result<ovs::Switch> {
 /// region routes its replies back through the gateway, so conntrack's
 /// reverse translation gives them the VIP as source, and no SNAT is needed
 /// (as with A and B, the region sees the client's own address).
-fn nat(topo: &Topology) -> Result<State> {
+fn nat(topo: &Topology) -> Result<()> {
     let region = &topo.regions[0];
     let nft = |args: &[&str]| topo.gateway.exec("nft", args).context("setting up the NAT rules");
     nft(&["add", "table", "ip", "bench_nat"])?;
@@ -200,7 +203,7 @@ fn nat(topo: &Topology) -> Result<State> {
     ])?;
     let dnat = format!("ip daddr {VIP} dnat to {}", region.addr);
     nft(&["add", "rule", "ip", "bench_nat", "prerouting", &dnat])?;
-    Ok(State::Nothing)
+    Ok(())
 }
 
 fn static_neighbour(ns: &Netns, addr: Ipv4Addr, mac: &Mac) -> Result<()> {

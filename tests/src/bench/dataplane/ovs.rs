@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::quiet;
 use crate::{
     lab::Process,
     netns::{unique_name, Netns},
@@ -115,12 +116,6 @@ fn ovs_command(dir: &Path, program: &str) -> Command {
 fn ovs_in(ns: &Netns, dir: &Path, program: &str) -> Command {
     let mut cmd = ns.command(program);
     set_dirs(&mut cmd, dir);
-    cmd
-}
-
-/// The daemons log to their files in the directory, not our terminal.
-fn quiet(mut cmd: Command) -> Command {
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     cmd
 }
 

@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::Array,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
@@ -59,12 +59,15 @@ const CALL: Duration = Duration::from_millis(100);
 const GATEWAY_CPU: usize = 1;
 pub const TRAFFIC_CPU: usize = 0;
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct PacketRate {
     /// Frames the generator sent, per second.
     pub offered: f64,
     /// Frames that reached the region, per second.
     pub delivered: f64,
+    /// Generated frames the region's sink dropped over the window: unlike
+    /// the veth's receive count, no ARP or IPv6 neighbour traffic among them.
+    pub discarded: u64,
     /// CPU time the gateway spent per delivered frame.
     pub gateway_ns: f64,
 }
@@ -101,17 +104,21 @@ pub fn packet_rate(topo: &Topology, next_hop: Mac, target: Ipv4Addr, gateway_pid
     frame.payload = vec![0; FRAME_LEN - HEADERS];
     let generator = Generator::start(&topo.client, &frame.bytes())?;
     thread::sleep(window.warm_up);
-    let (packets, cpu, from) = (rx_packets(region, "eth0")?, cpu_time(&gateway)?, Instant::now());
+    // The sink's count is read around the timed counters, not between them.
+    let drops = sink_drops(region)?;
+    let (packets, cpu, from) = (rx_packets(region)?, cpu_time(&gateway)?, Instant::now());
     thread::sleep(window.length);
     let (delivered, busy, elapsed) = (
-        rx_packets(region, "eth0")?.saturating_sub(packets),
+        rx_packets(region)?.saturating_sub(packets),
         cpu_time(&gateway)?.saturating_sub(cpu),
         from.elapsed(),
     );
+    let discarded = sink_drops(region)?.saturating_sub(drops);
     let (sent, sending) = generator.stop()?;
     Ok(PacketRate {
         offered: sent as f64 / sending.as_secs_f64(),
         delivered: delivered as f64 / elapsed.as_secs_f64(),
+        discarded,
         gateway_ns: busy.as_nanos() as f64 / delivered.max(1) as f64,
     })
 }
@@ -181,13 +188,26 @@ fn generate(ns: &str, ebpf: &Ebpf, frame: &[u8], stop: &AtomicBool) -> Result<(u
     Ok((sent, started.elapsed()))
 }
 
-/// Frames `iface` of `ns` has received, as its driver counts them.
-fn rx_packets(ns: &Netns, iface: &str) -> Result<u64> {
-    let out = ns.ip(&["-j", "-s", "link", "show", "dev", iface])?;
+/// Frames the region's eth0 has received, as its driver counts them.
+fn rx_packets(region: &Netns) -> Result<u64> {
+    let out = region.ip(&["-j", "-s", "link", "show", "dev", "eth0"])?;
     let links: serde_json::Value = serde_json::from_str(&out)?;
     links[0]["stats64"]["rx"]["packets"]
         .as_u64()
-        .with_context(|| format!("no rx counter for {iface} in {out}"))
+        .with_context(|| format!("no rx counter for eth0 in {out}"))
+}
+
+/// Frames the XDP program on the region's eth0 (`udp_discard`) dropped,
+/// over all its receive queues: only the generator's.
+fn sink_drops(region: &Netns) -> Result<u64> {
+    let out = region.exec("ethtool", &["-S", "eth0"])?;
+    let counts: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rx_queue_")?.split_once("_xdp_drops: "))
+        .map(|(_, n)| n.parse())
+        .collect::<Result<_, _>>()?;
+    ensure!(!counts.is_empty(), "no XDP drop counter for eth0 in {out}");
+    Ok(counts.iter().sum())
 }
 
 /// GRO on a veth for as long as this lives: it gives the veth NAPI, without

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::{
     pps::{pin_task, TRAFFIC_CPU},
-    ECHO_PORT, HTTP_PORT, IPERF_PORT,
+    quiet, ECHO_PORT, HTTP_PORT, IPERF_PORT,
 };
 use crate::{
     lab::{binary, wait_for, Process},
@@ -25,15 +25,13 @@ const MESSAGE: usize = 64;
 
 /// Round-trip times of `count` 64-byte request/response exchanges over one
 /// TCP connection to an echo server in the region, sorted; the first tenth
-/// warms the path and is not counted. Client and server both run on one
-/// core, and so does what the gateway does in their softirqs: a wake-up
-/// across cores costs this VM tens of µs at random, which would drown what
-/// the gateway adds.
+/// warms the path and is not counted. Fails unless every exchange comes
+/// back as sent. Client and server both run on one core, and so does what
+/// the gateway does in their softirqs: a wake-up across cores costs this VM
+/// tens of µs at random, which would drown what the gateway adds.
 pub fn latency(topo: &Topology, target: Ipv4Addr, count: usize) -> Result<Vec<Duration>> {
     let server = echo_server(&topo.regions[0].ns)?;
-    let ns = topo.client.name().to_string();
-    let rtts = thread::spawn(move || -> Result<Vec<Duration>> {
-        let _inside = Netns::attach(&ns)?.enter()?;
+    let rtts = topo.client.on_thread(|| {
         pin_task(0, TRAFFIC_CPU)?;
         let mut conn = TcpStream::connect_timeout(&SocketAddr::from((target, ECHO_PORT)), TIMEOUT)
             .with_context(|| format!("connecting to the echo server at {target}"))?;
@@ -49,12 +47,11 @@ pub fn latency(topo: &Topology, target: Ipv4Addr, count: usize) -> Result<Vec<Du
             if i >= warm_up {
                 rtts.push(sent.elapsed());
             }
+            ensure!(response == request, "the echo is not what was sent");
         }
         rtts.sort();
         Ok(rtts)
-    })
-    .join()
-    .expect("latency client panicked");
+    });
     server.join().expect("echo server panicked")?;
     rtts
 }
@@ -63,26 +60,14 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Echoes one connection in `ns`, then ends; listening when this returns.
 fn echo_server(ns: &Netns) -> Result<thread::JoinHandle<Result<()>>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let ns = ns.name().to_string();
-    let server = thread::spawn(move || -> Result<()> {
-        let listener = (|| -> Result<TcpListener> {
-            let _inside = Netns::attach(&ns)?.enter()?;
-            pin_task(0, TRAFFIC_CPU)?;
-            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        })();
-        let listener = match listener {
-            Ok(l) => {
-                let _ = ready_tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return Ok(());
-            }
-        };
+    // The socket stays in the namespace; the thread serving it need not.
+    let listener = ns.on_thread(|| {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT))?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })?;
+    Ok(thread::spawn(move || -> Result<()> {
+        pin_task(0, TRAFFIC_CPU)?;
         let mut conn = accept_within(&listener, Duration::from_secs(5))?;
         conn.set_nodelay(true)?;
         conn.set_read_timeout(Some(TIMEOUT))?;
@@ -92,9 +77,7 @@ fn echo_server(ns: &Netns) -> Result<thread::JoinHandle<Result<()>>> {
             conn.write_all(&message)?;
         }
         Ok(())
-    });
-    ready_rx.recv().context("echo server thread died")??;
-    Ok(server)
+    }))
 }
 
 fn accept_within(listener: &TcpListener, limit: Duration) -> Result<TcpStream> {
@@ -117,7 +100,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Throughput {
     pub bits_per_second: f64,
     pub bytes: u64,
@@ -208,11 +191,6 @@ fn bounded(ns: &Netns, seconds: u32, program: &str, args: &[&str]) -> Result<Str
     let mut full = vec!["--kill-after=5", seconds.as_str(), program];
     full.extend_from_slice(args);
     ns.exec("timeout", &full)
-}
-
-fn quiet(mut cmd: std::process::Command) -> std::process::Command {
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    cmd
 }
 
 fn wait_listening(ns: &Netns, port: u16) -> Result<()> {
