@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::{
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    sys::SyscallError,
+};
 use redirector::dataplane::{
     self, Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec,
 };
@@ -235,16 +238,22 @@ impl Gateway {
 
 /// Runs `program` `repeat` times on `frame` arriving on `ifindex`; returns
 /// the action, the frame after the last run and the kernel's mean time per
-/// run.
+/// run. A run the kernel cuts short is run again.
 pub fn test_run(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, Vec<u8>, Duration)> {
     let ctx = xdp_md(frame.len(), ifindex);
     let mut out = vec![0u8; frame.len() + 256];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.data_out = Some(&mut out);
-    opts.ctx_in = Some(&ctx);
-    opts.repeat = repeat;
-    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    let mut attempts = 0;
+    let result = loop {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        match program.test_run(opts) {
+            Err(e) if interrupted(&e) && attempts < 10 => attempts += 1,
+            result => break result.context("BPF_PROG_TEST_RUN")?,
+        }
+    };
     if result.data_size_out as usize > out.len() {
         bail!("program grew the frame to {} bytes", result.data_size_out);
     }
@@ -252,9 +261,17 @@ pub fn test_run(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Resul
     Ok((result.return_value, out, result.duration))
 }
 
+/// Whether a test run failed only because it was cut short: the kernel ends
+/// a run of many repeats when a signal is pending for the thread (a stop and
+/// continue, the machine being frozen), and it may simply run again.
+pub fn interrupted(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::SyscallError(SyscallError { io_error, .. })
+        if io_error.kind() == std::io::ErrorKind::Interrupted)
+}
+
 /// struct xdp_md for ctx_in: data 0, data_end = frame length, the ingress
 /// interface, rx queue 0. The kernel refuses anything else for test runs.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
     [0u32, len as u32, 0, ingress_ifindex, 0, 0]
         .iter()
         .flat_map(|w| w.to_ne_bytes())
