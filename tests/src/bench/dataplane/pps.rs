@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
-    maps::{Array, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -62,7 +62,7 @@ pub const TRAFFIC_CPU: usize = 0;
 
 #[derive(Clone, Copy, Debug)]
 pub struct PacketRate {
-    /// Frames the generator sent, per second.
+    /// Frames the generator sent, per second, over the same window.
     pub offered: f64,
     /// Frames that reached the region, per second.
     pub delivered: f64,
@@ -107,17 +107,18 @@ pub fn packet_rate(topo: &Topology, next_hop: Mac, target: Ipv4Addr, gateway_pid
     thread::sleep(window.warm_up);
     // The sink's count is read around the timed counters, not between them.
     let drops = sink_drops(region)?;
-    let (packets, cpu, from) = (rx_packets(region)?, cpu_time(&gateway)?, Instant::now());
+    let (sent, packets, cpu, from) = (generator.frames()?, rx_packets(region)?, cpu_time(&gateway)?, Instant::now());
     thread::sleep(window.length);
-    let (delivered, busy, elapsed) = (
+    let (sent, delivered, busy, elapsed) = (
+        generator.frames()?.saturating_sub(sent),
         rx_packets(region)?.saturating_sub(packets),
         cpu_time(&gateway)?.saturating_sub(cpu),
         from.elapsed(),
     );
     let discarded = sink_drops(region)?.saturating_sub(drops);
-    let (sent, sending) = generator.stop()?;
+    generator.stop()?;
     Ok(PacketRate {
-        offered: sent as f64 / sending.as_secs_f64(),
+        offered: sent as f64 / elapsed.as_secs_f64(),
         delivered: delivered as f64 / elapsed.as_secs_f64(),
         discarded,
         gateway_ns: busy.as_nanos() as f64 / delivered.max(1) as f64,
@@ -127,7 +128,9 @@ pub fn packet_rate(topo: &Topology, next_hop: Mac, target: Ipv4Addr, gateway_pid
 /// The generator on its own thread in the client's namespace.
 struct Generator {
     stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<Result<(u64, Duration)>>>,
+    thread: Option<thread::JoinHandle<Result<()>>>,
+    /// Frames made so far, as the generator program counts them.
+    generated: PerCpuArray<MapData, u64>,
 }
 
 impl Generator {
@@ -136,17 +139,23 @@ impl Generator {
         let mut template: Array<_, [u8; HEADERS]> =
             Array::try_from(ebpf.map_mut("TEMPLATE").context("no TEMPLATE map in the baseline object")?)?;
         template.set(0, <[u8; HEADERS]>::try_from(&frame[..HEADERS])?, 0)?;
+        let generated =
+            PerCpuArray::try_from(ebpf.take_map("GENERATED").context("no GENERATED map in the baseline object")?)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, frame, flag) = (client.name().to_string(), frame.to_vec(), stop.clone());
         let thread = thread::spawn(move || generate(&ns, &ebpf, &frame, &flag));
         Ok(Self {
             stop,
             thread: Some(thread),
+            generated,
         })
     }
 
-    /// Frames sent and for how long.
-    fn stop(mut self) -> Result<(u64, Duration)> {
+    fn frames(&self) -> Result<u64> {
+        Ok(self.generated.get(&0, 0)?.iter().sum())
+    }
+
+    fn stop(mut self) -> Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().expect("generator thread panicked")
     }
@@ -162,7 +171,7 @@ impl Drop for Generator {
 }
 
 /// Runs until told to stop, a minute at most.
-fn generate(ns: &str, ebpf: &Ebpf, frame: &[u8], stop: &AtomicBool) -> Result<(u64, Duration)> {
+fn generate(ns: &str, ebpf: &Ebpf, frame: &[u8], stop: &AtomicBool) -> Result<()> {
     let _inside = Netns::attach(ns)?.enter()?;
     pin_task(0, TRAFFIC_CPU)?;
     let program: &Xdp = ebpf.program("udp_generator").context("no generator")?.try_into()?;
@@ -179,17 +188,14 @@ fn generate(ns: &str, ebpf: &Ebpf, frame: &[u8], stop: &AtomicBool) -> Result<(u
         let call = Instant::now();
         match program.test_run(opts) {
             Ok(_) => {}
-            // The frames a call cut short sent are counted all the same.
+            // The frames it sent are counted all the same.
             Err(e) if interrupted(&e) => continue,
             Err(e) => return Err(e).context("BPF_PROG_TEST_RUN in live-frames mode"),
         }
         let scaled = f64::from(repeat) * CALL.as_secs_f64() / call.elapsed().as_secs_f64().max(1e-6);
         repeat = scaled.clamp(f64::from(1u32 << 14), f64::from(1u32 << 24)) as u32;
     }
-    let sending = started.elapsed();
-    let generated: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(ebpf.map("GENERATED").context("no GENERATED map in the baseline object")?)?;
-    Ok((generated.get(&0, 0)?.iter().sum(), sending))
+    Ok(())
 }
 
 /// Frames the region's eth0 has received, as its driver counts them.
