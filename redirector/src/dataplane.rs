@@ -384,7 +384,7 @@ impl Dataplane {
                 Ok(existing) if existing.id == s.id => {}
                 _ => {
                     let table = Selection::nowhere();
-                    self.selection.set(selection_index(s.id, 0), &*table.0, 0)?;
+                    self.selection.set(selection_index(s.id, 0), table.0.as_ref(), 0)?;
                     self.services.insert(key, Service { id: s.id, bank: 0 }, 0)?;
                 }
             }
@@ -453,7 +453,7 @@ impl Dataplane {
             bank: current.bank ^ 1,
         };
         self.selection
-            .set(next.selection_index(), &*selection.0, 0)?;
+            .set(next.selection_index(), selection.0.as_ref(), 0)?;
         self.services.insert(key, next, 0)?;
         self.flipped_at.insert(current.id, Instant::now());
         Ok(())

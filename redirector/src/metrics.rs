@@ -36,6 +36,9 @@ pub struct Snapshot {
 
 pub type Shared = Arc<Mutex<Snapshot>>;
 
+/// One figure of a region's status, exported per region.
+type RegionFigure<T> = fn(&crate::control::RegionStatus) -> T;
+
 #[derive(Debug)]
 struct SnapshotCollector(Shared);
 
@@ -93,7 +96,7 @@ impl Collector for SnapshotCollector {
             }
         }
 
-        let traffic: [(&str, &str, fn(&crate::control::RegionStatus) -> u64); 3] = [
+        let traffic: [(&str, &str, RegionFigure<u64>); 3] = [
             ("redirector_region_packets", "Client → region packets", |r| r.packets),
             ("redirector_region_bytes", "Client → region bytes", |r| r.bytes),
             ("redirector_region_new_flows", "Flows pinned to the region", |r| r.new_flows),
@@ -115,7 +118,7 @@ impl Collector for SnapshotCollector {
             ConstGauge::new(r.active_flows as i64).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
         }
 
-        let load: [(&str, &str, fn(&crate::control::RegionStatus) -> Option<f64>); 2] = [
+        let load: [(&str, &str, RegionFigure<Option<f64>>); 2] = [
             ("redirector_region_pps", "Client → region packets per second, last sample", |r| Some(r.pps)),
             ("redirector_region_cpu_ratio", "CPU the region's agent reports, 0 to 1", |r| {
                 r.cpu_percent.map(|c| c / 100.0)

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("down") => down().map(|()| println!("lab removed")),
-        None | Some("--keep") => demo(args.first().is_some()),
+        None | Some("--keep") => demo(!args.is_empty()),
         Some(other) => Err(anyhow::anyhow!("unknown argument {other:?}: lab [--keep] | lab down")),
     };
     match result {
