@@ -1,8 +1,10 @@
 //! redirectord: health checks → health state → failover policy → data plane.
 //!
 //! One task, the controller, owns every piece of state and is the only
-//! writer of the data plane. Checker tasks send it probe results; the control
-//! socket sends it requests and waits for answers; the metrics endpoint reads
+//! writer of the data plane. Checker tasks send it probe results; the flow
+//! table's sweep, on its own thread, sends it active flows per region (each
+//! sweep is a sample for the load policies); the control socket sends it
+//! requests and waits for answers; the metrics endpoint reads
 //! the snapshot it publishes. Inputs flow one way.
 //!
 //! Exiting (SIGTERM, SIGINT, a crash) leaves the data plane forwarding on its
@@ -19,15 +21,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use redirector_common::{
-    Flow, RegionState, FLOW_CLOSED, FLOW_ORIGINAL, IPPROTO_TCP, NO_REGION, TCP_IDLE_TIMEOUT_NS,
-    UDP_IDLE_TIMEOUT_NS,
-};
+use redirector_common::{RegionState, NO_REGION};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UdpSocket},
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
     time::{interval, sleep_until, MissedTickBehavior},
 };
@@ -37,6 +36,7 @@ use crate::{
     config::{Check, Config, RegionConfig},
     control::{self, Request, Response},
     dataplane::{self, Dataplane, LoadOptions, Selection},
+    flow_table::{self, Sweep},
     health::{Health, Outcome, Probe, RegionHealth, RegionView},
     heartbeat::{self, Key, Verifier},
     maglev, metrics, policy,
@@ -46,8 +46,6 @@ use crate::{
 
 /// Events kept for `redirectorctl events`.
 const EVENT_LOG: usize = 1000;
-/// A closed TCP flow's entries go this long after their last packet.
-const CLOSED_FLOW_LINGER_NS: u64 = 30_000_000_000;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -218,7 +216,11 @@ pub async fn run(options: Options) -> Result<()> {
         log: VecDeque::new(),
     };
     controller.spawn_checkers(&keys);
-    controller.refresh_traffic();
+    // Samples pace the load policies; each is one walk of the flow table,
+    // the first right away.
+    let (sample_period, period_rx) = watch::channel(controller.config.balance.sample);
+    let (sweeps, mut sweep_rx) = mpsc::channel(1);
+    tokio::spawn(flow_table::sweep_every(controller.dataplane.flow_table()?, period_rx, sweeps));
     info!(
         "redirectord running: {} regions, {} services, control socket {}",
         controller.config.regions.len(),
@@ -229,7 +231,6 @@ pub async fn run(options: Options) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut traffic_tick = sampler(controller.config.balance.sample);
     let mut detached = false;
     loop {
         let deadline = controller
@@ -252,7 +253,7 @@ pub async fn run(options: Options) -> Result<()> {
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                 controller.decide(Instant::now());
             }
-            _ = traffic_tick.tick() => controller.refresh_traffic(),
+            Some(sweep) = sweep_rx.recv() => controller.refresh_traffic(sweep),
             _ = sighup.recv() => {
                 match controller.reload() {
                     Ok(message) => info!("SIGHUP: {message}"),
@@ -260,8 +261,8 @@ pub async fn run(options: Options) -> Result<()> {
                 }
             }
             // After a reload (SIGHUP or `redirectorctl reload`).
-            _ = std::future::ready(()), if traffic_tick.period() != controller.config.balance.sample => {
-                traffic_tick = sampler(controller.config.balance.sample);
+            _ = std::future::ready(()), if *sample_period.borrow() != controller.config.balance.sample => {
+                sample_period.send_replace(controller.config.balance.sample);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -279,14 +280,6 @@ pub async fn run(options: Options) -> Result<()> {
         info!("exiting; the data plane keeps forwarding on its last state");
     }
     Ok(())
-}
-
-/// Counters, pps and active flows are refreshed, and load policies fed,
-/// every `period` (`[balance] sample_ms`).
-fn sampler(period: Duration) -> tokio::time::Interval {
-    let mut tick = interval(period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick
 }
 
 fn far_future() -> tokio::time::Instant {
@@ -589,9 +582,10 @@ impl Controller {
         }
     }
 
-    /// Counters, pps and active flows from the data plane; deletes flow
-    /// entries that closed or idled out.
-    fn refresh_traffic(&mut self) {
+    /// Counters and pps from the data plane, active flows from a sweep of
+    /// its flow table (kept from the last one when the table could not be
+    /// read); then the load policies see them.
+    fn refresh_traffic(&mut self, sweep: Option<Sweep>) {
         let stats = match self.dataplane.stats() {
             Ok(stats) => stats,
             Err(e) => return error!("reading counters: {e:#}"),
@@ -609,7 +603,9 @@ impl Controller {
         self.traffic.at = Some(now);
         self.traffic.packets = packets;
         self.traffic.stats = stats;
-        self.traffic.active_flows = self.scan_flows();
+        if let Some(sweep) = sweep {
+            self.traffic.active_flows = sweep.active;
+        }
         let loads: Vec<Load> = (0..self.config.regions.len()).map(|r| self.load(r)).collect();
         let events = self.policy.observe_load(self.now(), &loads);
         for event in &events {
@@ -627,29 +623,6 @@ impl Controller {
             flows: self.traffic.active_flows.get(r).copied().unwrap_or(0),
             cpu_percent: self.agent_reports[r].map(|a| a.cpu_permille as f64 / 10.0),
         }
-    }
-
-    fn scan_flows(&mut self) -> Vec<u64> {
-        let mut active = vec![0u64; redirector_common::MAX_REGIONS as usize];
-        let flows = match self.dataplane.flows() {
-            Ok(flows) => flows,
-            Err(e) => {
-                error!("reading flows: {e:#}");
-                return active;
-            }
-        };
-        let now = monotonic_ns();
-        for (key, flow) in flows {
-            let idle = now.saturating_sub(flow.last_seen_ns);
-            if expired(key.protocol, &flow, idle) {
-                let _ = self.dataplane.remove_flow(&key);
-            } else if flow.direction == FLOW_ORIGINAL && flow.flags & FLOW_CLOSED == 0 {
-                if let Some(n) = active.get_mut(flow.region_id as usize) {
-                    *n += 1;
-                }
-            }
-        }
-        active
     }
 
     fn status(&self) -> control::Status {
@@ -773,22 +746,6 @@ fn state_name(view: &RegionView) -> &'static str {
 
 fn same_checks(old: &RegionConfig, new: &RegionConfig) -> bool {
     old.checks == new.checks && old.health == new.health
-}
-
-/// When the controller may delete a flow entry.
-fn expired(protocol: u8, flow: &Flow, idle_ns: u64) -> bool {
-    if protocol == IPPROTO_TCP {
-        idle_ns > TCP_IDLE_TIMEOUT_NS || (flow.flags & FLOW_CLOSED != 0 && idle_ns > CLOSED_FLOW_LINGER_NS)
-    } else {
-        idle_ns > UDP_IDLE_TIMEOUT_NS
-    }
-}
-
-/// The data plane's clock (CLOCK_MONOTONIC).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// One check of one region, probing every interval.
@@ -960,17 +917,5 @@ mod tests {
             let path = entry.unwrap().path();
             check_config(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
-    }
-
-    #[test]
-    fn closed_tcp_entries_linger_then_go_and_idle_ones_expire() {
-        let mut flow = Flow::default();
-        assert!(!expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS + 1));
-        assert!(expired(IPPROTO_TCP, &flow, TCP_IDLE_TIMEOUT_NS + 1));
-        flow.flags = redirector_common::FLOW_FIN_SEEN;
-        assert!(!expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS - 1));
-        assert!(expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS + 1));
-        assert!(expired(redirector_common::IPPROTO_UDP, &Flow::default(), UDP_IDLE_TIMEOUT_NS + 1));
-        assert!(!expired(redirector_common::IPPROTO_UDP, &Flow::default(), UDP_IDLE_TIMEOUT_NS - 1));
     }
 }

@@ -36,6 +36,8 @@ use redirector_common::{
 };
 use tracing::{debug, warn};
 
+use crate::flow_table::FlowTable;
+
 /// The XDP object, built by build.rs with the pinned nightly.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("REDIRECTOR_EBPF_OBJECT"));
 
@@ -164,7 +166,7 @@ pub struct Dataplane {
     backends: Array<MapData, Backend>,
     regions: Array<MapData, Region>,
     selection: Array<MapData, SelectionTable>,
-    flows: HashMap<MapData, FlowKey, Flow>,
+    flows: FlowTable,
     egress: DevMapHash<MapData>,
     region_counters: PerCpuArray<MapData, Counters>,
     service_counters: PerCpuArray<MapData, Counters>,
@@ -514,16 +516,17 @@ impl Dataplane {
 
     /// Every entry of the flow table, both directions.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        Ok(self.flows.iter().collect::<Result<_, _>>()?)
-    }
-
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
-        Ok(self.flows.remove(key)?)
+        self.flows.entries()
     }
 
     /// Overwrites a flow entry (tests age entries with it).
     pub fn set_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
-        Ok(self.flows.insert(key, flow, 0)?)
+        self.flows.set(key, flow)
+    }
+
+    /// A second handle on the flow table, for a sweep on another thread.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        FlowTable::open(&self.pin_path)
     }
 
     /// Detaches from every pinned interface and removes all pins: the

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod control;
 pub mod dataplane;
+pub mod flow_table;
 pub mod config;
 pub mod health;
 pub mod probe;

@@ -15,7 +15,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use redirector::control::Status;
+use redirector::{
+    control::Status,
+    flow_table::{monotonic_ns, FlowTable},
+};
+use redirector_common::{Flow, FlowKey, FLOW_ORIGINAL, IPPROTO_TCP};
 
 use crate::{
     netns::{unique_name, Netns},
@@ -460,6 +464,28 @@ impl Lab {
 
     pub fn daemon_log(&self) -> String {
         fs::read_to_string(self.dir.join("redirectord.log")).unwrap_or_default()
+    }
+
+    /// Writes `entries` established TCP flows of region1 into the data
+    /// plane's flow table (no packet of theirs ever comes: the table is full
+    /// for the daemon's sweep, not for the packet path). Returns a handle on
+    /// the table.
+    pub fn fill_flow_table(&self, entries: u32) -> Result<FlowTable> {
+        let mut table = FlowTable::open(&self.pins.0)?;
+        let now = monotonic_ns();
+        for i in 0..entries {
+            let key = FlowKey {
+                src_addr: i,
+                dst_addr: u32::from(*self.vip().ip()).to_be(),
+                src_port: 40_000,
+                dst_port: self.vip().port(),
+                protocol: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            let flow = Flow { last_seen_ns: now, region_id: 1, direction: FLOW_ORIGINAL, ..Default::default() };
+            table.set(&key, &flow)?;
+        }
+        Ok(table)
     }
 
     /// Runs redirectorctl against this lab's daemon.

@@ -49,7 +49,23 @@ fn server_killed_moves_new_requests_to_the_next_region_within_a_second_and_back(
 
 #[test]
 fn set_active_moves_new_requests_within_100_ms_and_auto_gives_them_back() {
-    let lab = lab(LabOptions::default());
+    set_active_moves_new_requests_within_100_ms(lab(LabOptions::default()));
+}
+
+/// The sweep walks the whole table every sample; it must never hold back
+/// the controller's answer to an operator (or to a probe).
+#[test]
+fn set_active_moves_new_requests_within_100_ms_with_a_full_flow_table_swept_every_100_ms() {
+    let lab = lab(LabOptions { sample_ms: 100, ..Default::default() });
+    let entries = redirector_common::FLOW_TABLE_SIZE * 19 / 20;
+    let mut table = lab.fill_flow_table(entries).unwrap();
+    let sweep = table.sweep(redirector::flow_table::monotonic_ns()).unwrap();
+    eprintln!("flow table: {} entries, swept in {:?}", sweep.entries, sweep.took);
+    assert!(sweep.entries >= entries as usize * 9 / 10, "the table is full: {} entries", sweep.entries);
+    set_active_moves_new_requests_within_100_ms(lab);
+}
+
+fn set_active_moves_new_requests_within_100_ms(lab: Lab) {
     lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     let client = measure(&lab);
     thread::sleep(Duration::from_millis(300));

@@ -4,10 +4,15 @@
 
 use std::net::Ipv4Addr;
 
-use redirector::dataplane::{Selection, ServiceAddr};
+use std::collections::BTreeSet;
+
+use redirector::{
+    dataplane::{Selection, ServiceAddr},
+    flow_table::monotonic_ns,
+};
 use redirector_common::{
-    Flow, FlowKey, Reason, RegionState, FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP,
-    UDP_IDLE_TIMEOUT_NS,
+    Flow, FlowKey, Reason, RegionState, FLOW_FIN_SEEN, FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP,
+    IPPROTO_UDP, UDP_IDLE_TIMEOUT_NS,
 };
 use redirector_tests::{
     frames::{Frame, L4},
@@ -283,12 +288,6 @@ fn udp_flow_idle_past_its_timeout_is_re_selected() {
     assert_frame(&out, XDP_REDIRECT, &steered(&query, R2, 5353).bytes());
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[test]
 fn udp_checksum_is_updated_and_a_zero_checksum_stays_zero() {
     let mut gw = Gateway::new().unwrap();
@@ -551,3 +550,51 @@ fn flow_events_reach_the_log_through_aya_log_when_enabled() {
     let lines = CAPTURED.0.lock().unwrap().clone();
     assert_eq!(lines, ["new flow: 192.0.2.10:40028 -> 10.2.0.2:80 proto 6"], "one event, for the first packet only");
 }
+
+#[test]
+fn sweep_reads_a_table_of_many_batches_counts_active_flows_per_region_and_deletes_expired_ones() {
+    let mut gw = Gateway::new().unwrap();
+    let now = monotonic_ns();
+    let idle = now.saturating_sub(UDP_IDLE_TIMEOUT_NS + 1_000_000_000);
+    // Each entry i: region i % 3, and by i % 4 one of the four kinds.
+    let entries = 10_000u32;
+    let mut active = [0u64; 3];
+    let mut expired = 0;
+    for i in 0..entries {
+        let region = (i % 3) as u8;
+        let (protocol, direction, flags, last_seen_ns) = match i % 4 {
+            0 => (IPPROTO_TCP, FLOW_ORIGINAL, 0, now),
+            1 => (IPPROTO_TCP, FLOW_ORIGINAL, FLOW_FIN_SEEN, now),
+            2 => (IPPROTO_TCP, FLOW_REPLY, 0, now),
+            _ => (IPPROTO_UDP, FLOW_ORIGINAL, 0, idle),
+        };
+        match i % 4 {
+            0 => active[region as usize] += 1,
+            3 => expired += 1,
+            _ => {}
+        }
+        let key = FlowKey {
+            src_addr: i,
+            dst_addr: u32::from(VIP2).to_be(),
+            src_port: 40_000,
+            dst_port: 80,
+            protocol,
+            _pad: [0; 3],
+        };
+        let flow = Flow { last_seen_ns, region_id: region, direction, flags, ..Default::default() };
+        gw.dataplane.set_flow(&key, &flow).unwrap();
+    }
+
+    let sweep = gw.dataplane.flow_table().unwrap().sweep(now).unwrap();
+    assert_eq!(sweep.entries, entries as usize, "every entry read");
+    assert_eq!(sweep.expired, expired);
+    assert_eq!(sweep.active[..3], active, "active flows per region");
+    assert!(sweep.active[3..].iter().all(|&n| n == 0));
+
+    let left = gw.dataplane.flows().unwrap();
+    let distinct: BTreeSet<u32> = left.iter().map(|(key, _)| key.src_addr).collect();
+    assert_eq!(left.len(), entries as usize - expired, "expired entries deleted");
+    assert_eq!(distinct.len(), left.len(), "no entry read twice");
+    assert!(distinct.iter().all(|i| i % 4 != 3), "only the idle ones deleted");
+}
+

@@ -1,0 +1,238 @@
+//! The flow table seen from userspace: read in batches, and swept (active
+//! flows counted per region, closed and idle entries deleted) off the
+//! controller's loop.
+//!
+//! A full table holds 262 144 entries. Walked one entry at a time (a
+//! get-next-key and a lookup per entry) it took 0.64 s here, long enough to
+//! hold back the probe results that drive failover. `BPF_MAP_LOOKUP_BATCH`
+//! reads thousands of entries per syscall, and the sweep runs on a blocking
+//! thread that hands the controller only its counts.
+
+use std::{
+    mem::size_of,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
+use aya_obj::generated::{bpf_attr, bpf_cmd};
+use redirector_common::{
+    map_names, Flow, FlowKey, FLOW_CLOSED, FLOW_ORIGINAL, IPPROTO_TCP, MAX_REGIONS,
+    TCP_IDLE_TIMEOUT_NS, UDP_IDLE_TIMEOUT_NS,
+};
+use tokio::{
+    sync::{mpsc, watch},
+    time::{interval, MissedTickBehavior},
+};
+use tracing::{debug, error, warn};
+
+/// A closed TCP flow's entries go this long after their last packet.
+const CLOSED_FLOW_LINGER_NS: u64 = 30_000_000_000;
+/// Entries per `BPF_MAP_LOOKUP_BATCH`. The kernel returns a hash bucket
+/// whole or not at all, so this must exceed any bucket's length (a few).
+const BATCH: usize = 4096;
+
+/// A handle on the pinned `FLOWS` map, independent of the loader's.
+pub struct FlowTable {
+    map: HashMap<MapData, FlowKey, Flow>,
+}
+
+impl FlowTable {
+    pub fn open(pin_path: &Path) -> Result<Self> {
+        let path = pin_path.join(map_names::FLOWS);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self::try_from(Map::from_map_data(data)?)?)
+    }
+
+    /// Every entry, both directions, read `BATCH` at a time. Entries added
+    /// or removed by the data plane meanwhile may or may not be seen.
+    pub fn entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let fd = self.map.map().fd().as_fd().as_raw_fd() as u32;
+        let mut keys: Vec<FlowKey> = Vec::with_capacity(BATCH);
+        let mut values: Vec<Flow> = Vec::with_capacity(BATCH);
+        let mut entries = Vec::new();
+        // The kernel's cursor (a bucket index, opaque here): none at first,
+        // then where the previous batch ended.
+        let mut cursor: Option<u32> = None;
+        let mut next = 0u32;
+        loop {
+            // SAFETY: bpf_attr is plain data, all zeroes is its empty value.
+            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+            attr.batch.in_batch = cursor.as_ref().map_or(0, |c| c as *const u32 as u64);
+            attr.batch.out_batch = &mut next as *mut u32 as u64;
+            attr.batch.keys = keys.as_mut_ptr() as u64;
+            attr.batch.values = values.as_mut_ptr() as u64;
+            attr.batch.count = BATCH as u32;
+            attr.batch.map_fd = fd;
+            // SAFETY: the buffers hold BATCH keys and values of the map's
+            // key and value sizes (checked when the map was opened).
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
+                    &mut attr as *mut bpf_attr,
+                    size_of::<bpf_attr>(),
+                )
+            };
+            let error = (ret < 0).then(std::io::Error::last_os_error);
+            // ENOENT: the walk is over; this last batch may still hold entries.
+            let done = error.as_ref().is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT));
+            if let Some(e) = error.filter(|_| !done) {
+                return Err(e).context("BPF_MAP_LOOKUP_BATCH on FLOWS");
+            }
+            // SAFETY: the kernel wrote `count` (≤ BATCH) keys and values.
+            let count = unsafe { attr.batch.count } as usize;
+            unsafe {
+                keys.set_len(count.min(BATCH));
+                values.set_len(count.min(BATCH));
+            }
+            entries.extend(keys.drain(..).zip(values.drain(..)));
+            if done {
+                break;
+            }
+            cursor = Some(next);
+        }
+        Ok(entries)
+    }
+
+    pub fn remove(&mut self, key: &FlowKey) -> Result<()> {
+        Ok(self.map.remove(key)?)
+    }
+
+    /// Overwrites an entry (tests age entries with it).
+    pub fn set(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        Ok(self.map.insert(key, flow, 0)?)
+    }
+
+    /// Counts each region's active flows (original direction, not closed)
+    /// and deletes the entries that closed or idled out.
+    pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
+        let started = Instant::now();
+        let entries = self.entries()?;
+        let mut active = vec![0u64; MAX_REGIONS as usize];
+        let mut expired = 0;
+        for (key, flow) in &entries {
+            if has_expired(key.protocol, flow, now_ns.saturating_sub(flow.last_seen_ns)) {
+                // Already gone if the data plane's LRU evicted it meanwhile.
+                if self.remove(key).is_ok() {
+                    expired += 1;
+                }
+            } else if flow.direction == FLOW_ORIGINAL && flow.flags & FLOW_CLOSED == 0 {
+                if let Some(n) = active.get_mut(flow.region_id as usize) {
+                    *n += 1;
+                }
+            }
+        }
+        Ok(Sweep {
+            active,
+            entries: entries.len(),
+            expired,
+            took: started.elapsed(),
+        })
+    }
+}
+
+impl TryFrom<Map> for FlowTable {
+    type Error = MapError;
+
+    fn try_from(map: Map) -> Result<Self, MapError> {
+        Ok(Self { map: HashMap::try_from(map)? })
+    }
+}
+
+/// One walk of the flow table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sweep {
+    /// Per region id.
+    pub active: Vec<u64>,
+    pub entries: usize,
+    pub expired: usize,
+    pub took: Duration,
+}
+
+/// Sweeps every `period` (taking a new period as soon as it is sent) and
+/// sends each sweep, `None` when the table could not be read. Returns when
+/// the receiver is gone.
+pub async fn sweep_every(mut table: FlowTable, mut period: watch::Receiver<Duration>, out: mpsc::Sender<Option<Sweep>>) {
+    loop {
+        let every = *period.borrow_and_update();
+        let mut tick = interval(every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = period.changed() => match changed {
+                    Ok(()) => break,
+                    Err(_) => return,
+                },
+            }
+            let Ok((back, sweep)) = tokio::task::spawn_blocking(move || {
+                let sweep = table.sweep(monotonic_ns());
+                (table, sweep)
+            })
+            .await
+            else {
+                return;
+            };
+            table = back;
+            let sweep = match sweep {
+                Ok(sweep) => {
+                    debug!("flow table: {} entries, {} expired, walked in {:?}", sweep.entries, sweep.expired, sweep.took);
+                    if sweep.took > every {
+                        warn!(
+                            "walking the flow table ({} entries) took {:?}, more than balance.sample_ms ({every:?})",
+                            sweep.entries, sweep.took
+                        );
+                    }
+                    Some(sweep)
+                }
+                Err(e) => {
+                    error!("reading flows: {e:#}");
+                    None
+                }
+            };
+            if out.send(sweep).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether an entry idle for `idle_ns` is to be deleted: TCP when closed
+/// and lingered, or idle past its timeout; UDP and ICMP when idle past theirs.
+pub fn has_expired(protocol: u8, flow: &Flow, idle_ns: u64) -> bool {
+    if protocol == IPPROTO_TCP {
+        idle_ns > TCP_IDLE_TIMEOUT_NS || (flow.flags & FLOW_CLOSED != 0 && idle_ns > CLOSED_FLOW_LINGER_NS)
+    } else {
+        idle_ns > UDP_IDLE_TIMEOUT_NS
+    }
+}
+
+/// The data plane's clock (CLOCK_MONOTONIC).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use redirector_common::{FLOW_FIN_SEEN, IPPROTO_UDP};
+
+    use super::*;
+
+    #[test]
+    fn closed_tcp_entries_linger_then_go_and_idle_ones_expire() {
+        let mut flow = Flow::default();
+        assert!(!has_expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS + 1));
+        assert!(has_expired(IPPROTO_TCP, &flow, TCP_IDLE_TIMEOUT_NS + 1));
+        flow.flags = FLOW_FIN_SEEN;
+        assert!(!has_expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS - 1));
+        assert!(has_expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS + 1));
+        assert!(has_expired(IPPROTO_UDP, &Flow::default(), UDP_IDLE_TIMEOUT_NS + 1));
+        assert!(!has_expired(IPPROTO_UDP, &Flow::default(), UDP_IDLE_TIMEOUT_NS - 1));
+    }
+}
