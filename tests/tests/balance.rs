@@ -63,9 +63,11 @@ fn weighted_50_50_splits_2000_requests_within_3_percent() {
     let (by_body, errors) = requests_from_ports(&lab.topo.client, &lab, 20_000, 2000);
     eprintln!("{by_body:?}");
     assert!(errors.is_empty(), "{} failed: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    // ± 3 % of half. The client's ports are fixed and the flow hash and
+    // table have no seed, so this split is the same on every run.
     for region in [1, 2] {
         let n = by_body.get(&body(region)).copied().unwrap_or(0);
-        assert!((940..=1060).contains(&n), "region{region} answered {n} of 2000: {by_body:?}");
+        assert!((970..=1030).contains(&n), "region{region} answered {n} of 2000: {by_body:?}");
     }
     // The data plane pinned them (its counters refresh every second).
     wait_for(Duration::from_secs(3), || {
@@ -82,19 +84,25 @@ fn weights_changing_every_100_ms_for_10_s_move_no_connection_and_fail_no_request
     wait_shares(&lab, &["region1", "region2"]);
     let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
     let kept = Kept::open(&lab.topo.client, lab.vip(), 20, Duration::from_millis(20)).unwrap();
+    let writes_before = lab.switches("web").unwrap().len();
     let mut changes = 0;
     let started = Instant::now();
+    // One change every 100 ms on a fixed schedule: 1:4, then 4:1, ...
     while started.elapsed() < Duration::from_secs(10) {
         let (one, two) = if changes % 2 == 0 { ("1", "4") } else { ("4", "1") };
         lab.ctl_ok(&["weight", "region1", one]).unwrap();
         lab.ctl_ok(&["weight", "region2", two]).unwrap();
         changes += 1;
-        thread::sleep(Duration::from_millis(100));
+        let next = started + Duration::from_millis(100) * changes;
+        thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     let kept = kept.close();
     let report = client.stop().unwrap();
+    // Each change rewrote the data plane's table (the first command of a
+    // change may already rewrite it, passing 1:1 or 4:4).
+    let writes = lab.switches("web").unwrap().len() - writes_before;
     eprintln!(
-        "{changes} weight changes; kept connections: {} requests; new connections: {} requests, {} failed, {:?}",
+        "{changes} weight changes, {writes} table writes; kept connections: {} requests; new connections: {} requests, {} failed, {:?}",
         kept.requests,
         report.requests(),
         report.failures,
@@ -104,9 +112,8 @@ fn weights_changing_every_100_ms_for_10_s_move_no_connection_and_fail_no_request
     assert!(kept.requests > 20 * 100, "the kept connections asked only {} times", kept.requests);
     assert_eq!(report.failures, 0, "{:?}", report.outages);
     assert!(report.by_body.len() == 2, "new connections reached {:?}", report.by_body);
-    let writes = lab.metrics().unwrap();
-    assert!(changes > 40, "{changes} changes in 10 s");
-    assert!(writes.contains("redirector_service_weight{"), "{writes}");
+    assert!(changes >= 95, "{changes} changes in 10 s");
+    assert!(writes >= changes as usize, "{writes} table writes for {changes} weight changes");
 }
 
 fn saturated(status: &Status, region: &str) -> Vec<String> {
@@ -154,17 +161,23 @@ fn flows_policy_spills_at_its_active_flows_and_counts_them_as_the_agents_do() {
     // Opened one by one until the data plane counts more than 8 on
     // region2; the next ones go to region1.
     let mut kept = Vec::new();
+    let mut first_answers = Vec::new();
     wait_for(Duration::from_secs(10), || {
-        kept.push(Session::open(&lab.topo.client, lab.vip(), TIMEOUT)?);
+        let mut session = Session::open(&lab.topo.client, lab.vip(), TIMEOUT)?;
+        first_answers.push(session.get()?);
+        kept.push(session);
         thread::sleep(Duration::from_millis(100));
         anyhow::ensure!(saturated(&lab.status()?, "region2") == ["flows"], "not saturated yet");
         Ok(())
     })
     .unwrap();
     wait_shares(&lab, &["region1"]);
+    // None broken, none moved: each still answers, from where it began.
     let mut on = BTreeMap::<String, u32>::new();
-    for session in &mut kept {
-        *on.entry(session.get().unwrap()).or_default() += 1;
+    for (session, first) in kept.iter_mut().zip(&first_answers) {
+        let answer = session.get().unwrap();
+        assert_eq!(&answer, first, "a connection held through the spill moved");
+        *on.entry(answer).or_default() += 1;
     }
     // The last one may have opened between a status check and the spill.
     eprintln!("{} connections opened before the spill: {on:?}", kept.len());
