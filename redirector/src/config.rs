@@ -119,7 +119,8 @@ const DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     dwell: Duration::from_millis(3000),
     sample: Duration::from_millis(1000),
 };
-/// A sample walks the whole flow table: about 0.1 s of a core when it is full.
+/// A sample walks the whole flow table: about 0.1 s when it is full, and
+/// samples then come at most every 0.2 s (the walk takes at most half a core).
 const MIN_SAMPLE_MS: u64 = 100;
 /// One share each: with no weights written, `weighted` spreads evenly.
 const DEFAULT_WEIGHT: u32 = 1;

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use redirector_common::{RegionState, NO_REGION};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -217,10 +217,12 @@ pub async fn run(options: Options) -> Result<()> {
     };
     controller.spawn_checkers(&keys);
     // Samples pace the load policies; each is one walk of the flow table,
-    // the first right away.
+    // the first before any decision.
+    let mut flows = controller.dataplane.flow_table()?;
+    controller.refresh_traffic(flows.sweep_logged());
     let (sample_period, period_rx) = watch::channel(controller.config.balance.sample);
     let (sweeps, mut sweep_rx) = mpsc::channel(1);
-    tokio::spawn(flow_table::sweep_every(controller.dataplane.flow_table()?, period_rx, sweeps));
+    tokio::spawn(flow_table::sweep_every(flows, period_rx, sweeps));
     info!(
         "redirectord running: {} regions, {} services, control socket {}",
         controller.config.regions.len(),
@@ -232,6 +234,7 @@ pub async fn run(options: Options) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut detached = false;
+    let mut failure = None;
     loop {
         let deadline = controller
             .policy
@@ -253,7 +256,13 @@ pub async fn run(options: Options) -> Result<()> {
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                 controller.decide(Instant::now());
             }
-            Some(sweep) = sweep_rx.recv() => controller.refresh_traffic(sweep),
+            sweep = sweep_rx.recv() => match sweep {
+                Some(sweep) => controller.refresh_traffic(sweep),
+                None => {
+                    failure = Some(anyhow!("the flow-table sweep stopped (logged above)"));
+                    break;
+                }
+            },
             _ = sighup.recv() => {
                 match controller.reload() {
                     Ok(message) => info!("SIGHUP: {message}"),
@@ -279,7 +288,7 @@ pub async fn run(options: Options) -> Result<()> {
     } else if !detached {
         info!("exiting; the data plane keeps forwarding on its last state");
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 fn far_future() -> tokio::time::Instant {
@@ -586,6 +595,9 @@ impl Controller {
     /// its flow table (kept from the last one when the table could not be
     /// read); then the load policies see them.
     fn refresh_traffic(&mut self, sweep: Option<Sweep>) {
+        if let Some(sweep) = sweep {
+            self.traffic.active_flows = sweep.active;
+        }
         let stats = match self.dataplane.stats() {
             Ok(stats) => stats,
             Err(e) => return error!("reading counters: {e:#}"),
@@ -603,9 +615,6 @@ impl Controller {
         self.traffic.at = Some(now);
         self.traffic.packets = packets;
         self.traffic.stats = stats;
-        if let Some(sweep) = sweep {
-            self.traffic.active_flows = sweep.active;
-        }
         let loads: Vec<Load> = (0..self.config.regions.len()).map(|r| self.load(r)).collect();
         let events = self.policy.observe_load(self.now(), &loads);
         for event in &events {

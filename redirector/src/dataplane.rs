@@ -24,6 +24,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
+        ProgramError,
         xdp::{XdpLink, XdpLinkId, XdpMode},
         Xdp,
     },
@@ -217,7 +218,7 @@ impl Dataplane {
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("the object has no program {PROGRAM_NAME}"))?
             .try_into()?;
-        program.load().context("the kernel refused the XDP program")?;
+        load_program(program)?;
 
         Ok(Self {
             services: take_map(&mut ebpf, map_names::SERVICES)?,
@@ -546,6 +547,24 @@ impl Dataplane {
             fs::remove_dir(pin_path).with_context(|| format!("removing {}", pin_path.display()))?;
         }
         Ok(())
+    }
+}
+
+/// Verifier runs cut short by a signal (EAGAIN) are run again, as libbpf
+/// does; anything else is the kernel refusing the program.
+fn load_program(program: &mut Xdp) -> Result<()> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                debug!("the verifier was interrupted (attempt {attempt}); loading again");
+                attempt += 1;
+            }
+            result => return result.context("the kernel refused the XDP program"),
+        }
     }
 }
 

@@ -24,9 +24,10 @@ use redirector_common::{
 };
 use tokio::{
     sync::{mpsc, watch},
-    time::{interval, MissedTickBehavior},
+    task::spawn_blocking,
+    time::sleep_until,
 };
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 /// A closed TCP flow's entries go this long after their last packet.
 const CLOSED_FLOW_LINGER_NS: u64 = 30_000_000_000;
@@ -106,6 +107,20 @@ impl FlowTable {
         Ok(self.map.insert(key, flow, 0)?)
     }
 
+    /// `sweep` now, logged; `None` when the table could not be read.
+    pub fn sweep_logged(&mut self) -> Option<Sweep> {
+        match self.sweep(monotonic_ns()) {
+            Ok(sweep) => {
+                debug!("flow table: {} entries, {} expired, walked in {:?}", sweep.entries, sweep.expired, sweep.took);
+                Some(sweep)
+            }
+            Err(e) => {
+                error!("reading flows: {e:#}");
+                None
+            }
+        }
+    }
+
     /// Counts each region's active flows (original direction, not closed)
     /// and deletes the entries that closed or idled out.
     pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
@@ -152,51 +167,51 @@ pub struct Sweep {
     pub took: Duration,
 }
 
-/// Sweeps every `period` (taking a new period as soon as it is sent) and
-/// sends each sweep, `None` when the table could not be read. Returns when
-/// the receiver is gone.
+/// Sweeps every `period` and sends each sweep (`None`: the table could
+/// not be read), the first one period after it starts. A new period takes
+/// effect at once. A walk of T is followed by at least T of rest, so a full
+/// table under a short period costs at most half a core: samples then come
+/// every 2T. Returns when the receiver is gone, or, logged, when a sweep
+/// panics (the controller stops on it).
 pub async fn sweep_every(mut table: FlowTable, mut period: watch::Receiver<Duration>, out: mpsc::Sender<Option<Sweep>>) {
+    let mut next = Instant::now() + *period.borrow_and_update();
+    let mut slowed = false;
     loop {
+        tokio::select! {
+            _ = sleep_until(next.into()) => {}
+            changed = period.changed() => if changed.is_err() {
+                return;
+            },
+        }
         let every = *period.borrow_and_update();
-        let mut tick = interval(every);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = period.changed() => match changed {
-                    Ok(()) => break,
-                    Err(_) => return,
-                },
-            }
-            let Ok((back, sweep)) = tokio::task::spawn_blocking(move || {
-                let sweep = table.sweep(monotonic_ns());
-                (table, sweep)
-            })
-            .await
-            else {
-                return;
-            };
-            table = back;
-            let sweep = match sweep {
-                Ok(sweep) => {
-                    debug!("flow table: {} entries, {} expired, walked in {:?}", sweep.entries, sweep.expired, sweep.took);
-                    if sweep.took > every {
-                        warn!(
-                            "walking the flow table ({} entries) took {:?}, more than balance.sample_ms ({every:?})",
-                            sweep.entries, sweep.took
-                        );
-                    }
-                    Some(sweep)
-                }
-                Err(e) => {
-                    error!("reading flows: {e:#}");
-                    None
-                }
-            };
-            if out.send(sweep).await.is_err() {
-                return;
+        let started = Instant::now();
+        let (back, sweep) = match spawn_blocking(move || {
+            let sweep = table.sweep_logged();
+            (table, sweep)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => return error!("the flow-table sweep failed: {e}"),
+        };
+        table = back;
+        let took = sweep.as_ref().map_or(Duration::ZERO, |s| s.took);
+        if (took * 2 > every) != slowed {
+            slowed = !slowed;
+            if slowed {
+                warn!(
+                    "walking the flow table takes {took:?}: sampling every {:?} instead of every \
+                     {every:?} (balance.sample_ms) keeps it under half a core",
+                    took * 2
+                );
+            } else {
+                info!("sampling every {every:?} (balance.sample_ms) again");
             }
         }
+        if out.send(sweep).await.is_err() {
+            return;
+        }
+        next = started + every.max(took * 2);
     }
 }
 

@@ -52,10 +52,11 @@ fn set_active_moves_new_requests_within_100_ms_and_auto_gives_them_back() {
     set_active_moves_new_requests_within_100_ms(lab(LabOptions::default()));
 }
 
-/// The sweep walks the whole table every sample; it must never hold back
-/// the controller's answer to an operator (or to a probe).
+/// The sweep walks the whole table every sample (here as often as it may:
+/// sample_ms = 100, about 0.1 s per walk); it must never hold back the
+/// controller's answer to an operator (or to a probe).
 #[test]
-fn set_active_moves_new_requests_within_100_ms_with_a_full_flow_table_swept_every_100_ms() {
+fn set_active_moves_new_requests_within_100_ms_while_a_full_flow_table_is_swept() {
     let lab = lab(LabOptions { sample_ms: 100, ..Default::default() });
     let entries = redirector_common::FLOW_TABLE_SIZE * 19 / 20;
     let mut table = lab.fill_flow_table(entries).unwrap();
