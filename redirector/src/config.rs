@@ -120,7 +120,8 @@ const DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     sample: Duration::from_millis(1000),
 };
 /// A sample walks the whole flow table: about 0.1 s when it is full, and
-/// samples then come at most every 0.2 s (the walk takes at most half a core).
+/// samples then come no more often than every 0.2 s (the walk takes at most
+/// half a core).
 const MIN_SAMPLE_MS: u64 = 100;
 /// One share each: with no weights written, `weighted` spreads evenly.
 const DEFAULT_WEIGHT: u32 = 1;
