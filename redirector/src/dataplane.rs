@@ -218,7 +218,7 @@ impl Dataplane {
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("the object has no program {PROGRAM_NAME}"))?
             .try_into()?;
-        load_program(program)?;
+        load_xdp(program)?;
 
         Ok(Self {
             services: take_map(&mut ebpf, map_names::SERVICES)?,
@@ -550,9 +550,10 @@ impl Dataplane {
     }
 }
 
-/// Verifier runs cut short by a signal (EAGAIN) are run again, as libbpf
-/// does; anything else is the kernel refusing the program.
-fn load_program(program: &mut Xdp) -> Result<()> {
+/// Loads an XDP program into the kernel. Verifier runs cut short by a
+/// signal (EAGAIN) are run again, as libbpf does; anything else is the
+/// kernel refusing the program.
+pub fn load_xdp(program: &mut Xdp) -> Result<()> {
     const ATTEMPTS: usize = 5;
     let mut attempt = 1;
     loop {

@@ -15,7 +15,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
 /// Loads the reference object with its program `name` loaded in the kernel.
 pub fn load(name: &str) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(OBJECT).context("loading the baseline object")?;
-    program(&mut ebpf, name)?.load()?;
+    redirector::dataplane::load_xdp(program(&mut ebpf, name)?)?;
     Ok(ebpf)
 }
 
