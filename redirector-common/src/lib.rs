@@ -5,6 +5,9 @@
 //! never swaps bytes on the fast path; userspace converts at the edge.
 #![no_std]
 
+pub mod csum;
+pub mod lifetime;
+
 /// Services the data plane can hold (selection tables are preallocated).
 pub const MAX_SERVICES: u32 = 64;
 /// Regions the data plane can hold; region ids are `0..MAX_REGIONS`.
@@ -20,11 +23,6 @@ pub const FLOW_TABLE_SIZE: u32 = 262_144;
 /// Capacity of the egress device map (interfaces the program redirects to).
 pub const MAX_INTERFACES: u32 = 64;
 
-/// A UDP or ICMP flow idle this long is a new flow on its next packet.
-pub const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
-/// A TCP flow idle this long may be re-selected by a new SYN. A mid-stream
-/// TCP packet always keeps its region: any other region would reset it.
-pub const TCP_IDLE_TIMEOUT_NS: u64 = 300_000_000_000;
 /// `Flow::last_seen_ns` (and the cached next hop) is refreshed at most this
 /// often, so a busy flow neither dirties its shared cache line nor asks the
 /// FIB on every packet.

@@ -36,8 +36,9 @@ pub struct Packet {
     pub len: u64,
 }
 
+/// A `T` at `offset` in the frame, if the frame holds it whole.
 #[inline(always)]
-fn header<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
+pub fn header<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
     let start = ctx.data() + offset;
     if start + size_of::<T>() > ctx.data_end() {
         return Err(Reason::PassMalformed);

@@ -25,9 +25,10 @@
 
 use std::{fmt, time::Duration};
 
-use redirector_common::RegionState;
+pub use redirector_proto::probe::Outcome;
+use redirector_proto::{model::RegionStatus, probe::ProbeResult};
 
-use crate::config::RegionConfig;
+use crate::config::{CheckKind, RegionConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -47,25 +48,6 @@ impl fmt::Display for Health {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// Why, for status output: "connection refused", "status 503"...
-    Failure(String),
-    /// No answer within the check's timeout.
-    Timeout,
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Success => f.write_str("ok"),
-            Outcome::Failure(why) => write!(f, "failed: {why}"),
-            Outcome::Timeout => f.write_str("timeout"),
-        }
-    }
-}
-
 /// The result of one probe of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
@@ -76,11 +58,18 @@ pub struct Probe {
     pub latency: Duration,
 }
 
+impl Probe {
+    pub fn new(at: Duration, result: ProbeResult) -> Probe {
+        Probe { at, outcome: result.outcome, latency: result.latency }
+    }
+}
+
 /// One check of a region, as `redirectorctl status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckStatus {
-    /// As the configuration names it: "heartbeat 10.2.0.2:7946".
-    pub label: String,
+    pub kind: CheckKind,
+    /// What it probes: an address, or the URL.
+    pub target: String,
     pub health: Health,
     /// When `health` last changed (the daemon's start while Pending).
     pub since: Duration,
@@ -93,9 +82,10 @@ pub struct CheckStatus {
 }
 
 impl CheckStatus {
-    fn new(label: String, now: Duration) -> Self {
+    fn new(kind: CheckKind, target: String, now: Duration) -> Self {
         CheckStatus {
-            label,
+            kind,
+            target,
             health: Health::Pending,
             since: now,
             successes: 0,
@@ -139,27 +129,37 @@ impl CheckStatus {
         }
         self.health = health;
         self.since = at;
-        Some(format!("{}: {why}", self.label))
+        Some(format!("{} {}: {why}", self.kind, self.target))
     }
 }
 
 /// A region's state as the failover policy sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RegionView {
+pub struct RegionCondition {
     pub health: Health,
     pub drained: bool,
     /// When this combination of health and drain began.
     pub since: Duration,
 }
 
-impl RegionView {
+impl RegionCondition {
     /// May take new flows.
     pub fn eligible(&self) -> bool {
         self.health == Health::Up && !self.drained
     }
+
+    pub fn status(&self) -> RegionStatus {
+        match (self.health, self.drained) {
+            // A dead region's flows must move even if it is being drained.
+            (Health::Down, _) => RegionStatus::Down,
+            (_, true) => RegionStatus::Draining,
+            (Health::Up, false) => RegionStatus::Up,
+            (Health::Pending, false) => RegionStatus::Pending,
+        }
+    }
 }
 
-impl fmt::Display for RegionView {
+impl fmt::Display for RegionCondition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.health)?;
         if self.drained {
@@ -173,8 +173,8 @@ impl fmt::Display for RegionView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub at: Duration,
-    pub from: RegionView,
-    pub to: RegionView,
+    pub from: RegionCondition,
+    pub to: RegionCondition,
     pub reason: String,
 }
 
@@ -184,7 +184,7 @@ pub struct RegionHealth {
     rise: u32,
     fall: u32,
     checks: Vec<CheckStatus>,
-    view: RegionView,
+    condition: RegionCondition,
 }
 
 impl RegionHealth {
@@ -197,9 +197,9 @@ impl RegionHealth {
             checks: region
                 .checks
                 .iter()
-                .map(|c| CheckStatus::new(c.to_string(), now))
+                .map(|c| CheckStatus::new(c.kind(), c.target(), now))
                 .collect(),
-            view: RegionView {
+            condition: RegionCondition {
                 health: Health::Pending,
                 drained: false,
                 since: now,
@@ -211,8 +211,8 @@ impl RegionHealth {
         &self.name
     }
 
-    pub fn view(&self) -> RegionView {
-        self.view
+    pub fn condition(&self) -> RegionCondition {
+        self.condition
     }
 
     /// In the order of the region's `checks`.
@@ -221,12 +221,12 @@ impl RegionHealth {
     }
 
     /// Feeds the result of a probe of check number `check` (its index in
-    /// the region's `checks`). Panics if there is no such check.
+    /// the region's `checks`); a check it does not have changes nothing.
     pub fn record(&mut self, check: usize, probe: Probe) -> Option<Transition> {
         let at = probe.at;
-        let why = self.checks[check].record(probe, self.rise, self.fall)?;
+        let why = self.checks.get_mut(check)?.record(probe, self.rise, self.fall)?;
         let health = self.aggregate();
-        (health != self.view.health).then(|| self.change(at, health, self.view.drained, why))
+        (health != self.condition.health).then(|| self.change(at, health, self.condition.drained, why))
     }
 
     /// The operator's drain; None if it was already so.
@@ -236,21 +236,8 @@ impl RegionHealth {
         } else {
             "drain lifted by the operator"
         };
-        (drained != self.view.drained)
-            .then(|| self.change(now, self.view.health, drained, why.into()))
-    }
-
-    /// What the data plane should hold for this region; None while Pending
-    /// and not drained: the data plane keeps what it has (its last state
-    /// across a restart, Down when fresh).
-    pub fn dataplane_state(&self) -> Option<RegionState> {
-        match (self.view.health, self.view.drained) {
-            // A dead region's flows must move even if it is being drained.
-            (Health::Down, _) => Some(RegionState::Down),
-            (_, true) => Some(RegionState::Draining),
-            (Health::Up, false) => Some(RegionState::Up),
-            (Health::Pending, false) => None,
-        }
+        (drained != self.condition.drained)
+            .then(|| self.change(now, self.condition.health, drained, why.into()))
     }
 
     fn aggregate(&self) -> Health {
@@ -271,8 +258,8 @@ impl RegionHealth {
         drained: bool,
         reason: String,
     ) -> Transition {
-        let from = self.view;
-        self.view = RegionView {
+        let from = self.condition;
+        self.condition = RegionCondition {
             health,
             drained,
             since: at,
@@ -280,7 +267,7 @@ impl RegionHealth {
         Transition {
             at,
             from,
-            to: self.view,
+            to: self.condition,
             reason,
         }
     }
@@ -355,9 +342,9 @@ mod tests {
     #[test]
     fn a_region_starts_pending_and_leaves_the_data_plane_alone() {
         let r = region(1);
-        assert_eq!(r.view().health, Health::Pending);
-        assert_eq!(r.dataplane_state(), None);
-        assert_eq!(r.checks()[0].label, "heartbeat 10.1.0.2:7946");
+        assert_eq!(r.condition().health, Health::Pending);
+        assert_eq!(r.condition().status(), RegionStatus::Pending);
+        assert_eq!((r.checks()[0].kind, r.checks()[0].target.as_str()), (CheckKind::Heartbeat, "10.1.0.2:7946"));
     }
 
     #[test]
@@ -373,8 +360,8 @@ mod tests {
             (Health::Pending, Health::Up, 3 * T)
         );
         assert_eq!(t.reason, "heartbeat 10.1.0.2:7946: 3 successes in a row");
-        assert_eq!(r.dataplane_state(), Some(RegionState::Up));
-        assert_eq!(r.view().since, 3 * T);
+        assert_eq!(r.condition().status(), RegionStatus::Up);
+        assert_eq!(r.condition().since, 3 * T);
     }
 
     #[test]
@@ -400,7 +387,7 @@ mod tests {
             t[0].1.reason,
             "heartbeat 10.1.0.2:7946: 3 misses in a row, last: failed: connection refused"
         );
-        assert_eq!(r.dataplane_state(), Some(RegionState::Down));
+        assert_eq!(r.condition().status(), RegionStatus::Down);
         let check = &r.checks()[0];
         assert_eq!((check.failures, check.successes, check.probes), (3, 0, 9));
         assert_eq!(check.since, clock);
@@ -411,7 +398,7 @@ mod tests {
         let mut r = region(1);
         let mut clock = Duration::ZERO;
         feed(&mut r, 0, &mut clock, &miss(3));
-        assert_eq!(r.view().health, Health::Down);
+        assert_eq!(r.condition().health, Health::Down);
         let flaky = [ok(2), miss(1), ok(2)].concat();
         assert!(feed(&mut r, 0, &mut clock, &flaky).is_empty());
         let t = feed(&mut r, 0, &mut clock, &ok(1));
@@ -439,7 +426,7 @@ mod tests {
         let mut clock = Duration::ZERO;
         feed(&mut r, 0, &mut clock, &ok(3));
         assert_eq!(
-            r.view().health,
+            r.condition().health,
             Health::Pending,
             "the tcp check has no verdict yet"
         );
@@ -490,27 +477,35 @@ mod tests {
     }
 
     #[test]
+    fn a_result_for_a_check_the_region_does_not_have_changes_nothing() {
+        let mut r = region(1);
+        let probe = Probe { at: T, outcome: Outcome::Timeout, latency: T };
+        assert_eq!(r.record(1, probe), None);
+        assert_eq!(r.checks()[0].probes, 0);
+    }
+
+    #[test]
     fn drain_keeps_health_and_turns_the_data_plane_state_to_draining() {
         let mut r = region(1);
         let mut clock = Duration::ZERO;
         let t = r.set_drained(true, clock).unwrap();
         assert_eq!(t.to.to_string(), "pending, draining");
-        assert_eq!(r.dataplane_state(), Some(RegionState::Draining));
+        assert_eq!(r.condition().status(), RegionStatus::Draining);
         assert!(
             r.set_drained(true, clock).is_none(),
             "no change, no transition"
         );
 
         feed(&mut r, 0, &mut clock, &ok(3));
-        assert_eq!(r.view().health, Health::Up);
-        assert!(!r.view().eligible());
-        assert_eq!(r.dataplane_state(), Some(RegionState::Draining));
+        assert_eq!(r.condition().health, Health::Up);
+        assert!(!r.condition().eligible());
+        assert_eq!(r.condition().status(), RegionStatus::Draining);
 
         let t = feed(&mut r, 0, &mut clock, &miss(3));
         assert_eq!(t[0].1.to.to_string(), "down, draining");
         assert_eq!(
-            r.dataplane_state(),
-            Some(RegionState::Down),
+            r.condition().status(),
+            RegionStatus::Down,
             "flows leave a dead region"
         );
 
@@ -520,7 +515,7 @@ mod tests {
             (t.reason.as_str(), t.to.since),
             ("drain lifted by the operator", clock)
         );
-        assert!(r.view().eligible());
-        assert_eq!(r.dataplane_state(), Some(RegionState::Up));
+        assert!(r.condition().eligible());
+        assert_eq!(r.condition().status(), RegionStatus::Up);
     }
 }

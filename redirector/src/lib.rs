@@ -1,15 +1,19 @@
-//! redirector: steer a service's traffic between regions with XDP.
+//! redirector's gateway: redirectord and the XDP data plane it drives.
 //!
-//! `dataplane` is the only module that touches the kernel's BPF objects.
-pub mod agent;
-pub mod control;
-pub mod dataplane;
-pub mod flow_table;
+//! Pure, tested on a simulated clock: `config` (the file → the model),
+//! `health` (probe results → region verdicts), `policy` (verdicts, load and
+//! operator commands → which regions take new flows), `maglev` (a share →
+//! a selection table) and `controller` (all of them → the order of data
+//! plane writes, through the `dataplane::Dataplane` trait). At the edges:
+//! `dataplane` (the BPF maps and links), `checkers` (probes),
+//! `control_server`, `metrics`, and `daemon`, which wires them.
+pub mod checkers;
 pub mod config;
-pub mod health;
-pub mod probe;
-pub mod maglev;
-pub mod policy;
-pub mod heartbeat;
+pub mod control_server;
+pub mod controller;
 pub mod daemon;
+pub mod dataplane;
+pub mod health;
+pub mod maglev;
 pub mod metrics;
+pub mod policy;

@@ -20,7 +20,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::control::Status;
+use redirector_proto::{
+    control::{RegionView, Status},
+    heartbeat,
+};
 
 /// What the controller last published.
 #[derive(Clone, Debug, Default)]
@@ -30,30 +33,21 @@ pub struct Snapshot {
     pub switches: Vec<(String, u64)>,
     /// Decision → map write of the last change, seconds.
     pub last_map_write_seconds: Option<f64>,
-    /// Heartbeat replies rejected, by reason.
-    pub heartbeat_rejections: Vec<(String, u64)>,
+    /// Heartbeat replies rejected, summed over every heartbeat check.
+    pub heartbeat_rejections: heartbeat::Counters,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
 
 /// One figure of a region's status, exported per region.
-type RegionFigure<T> = fn(&crate::control::RegionStatus) -> T;
+type RegionFigure<T> = fn(&RegionView) -> T;
 
 #[derive(Debug)]
 struct SnapshotCollector(Shared);
 
-fn state_value(state: &str) -> i64 {
-    match state {
-        "up" => 1,
-        "draining" => 2,
-        "pending" => 3,
-        _ => 0,
-    }
-}
-
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let snap = self.0.lock().unwrap().clone();
+        let snap = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let regions = &snap.status.regions;
 
         let mut family = encoder.encode_descriptor(
@@ -63,7 +57,7 @@ impl Collector for SnapshotCollector {
             MetricType::Gauge,
         )?;
         for r in regions {
-            ConstGauge::new(state_value(&r.state)).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
+            ConstGauge::new(r.state.metric_value()).encode(family.encode_family(&[("region", r.name.as_str())])?)?;
         }
 
         let mut family = encoder.encode_descriptor(
@@ -198,8 +192,16 @@ impl Collector for SnapshotCollector {
             None,
             MetricType::Counter,
         )?;
-        for (reason, n) in &snap.heartbeat_rejections {
-            ConstCounter::new(*n).encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        let r = &snap.heartbeat_rejections;
+        for (reason, n) in [
+            ("malformed", r.malformed),
+            ("bad_version", r.bad_version),
+            ("unauthenticated", r.unauthenticated),
+            ("wrong_source", r.wrong_source),
+            ("unexpected_sequence", r.unexpected_sequence),
+            ("expired", r.expired),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
 
         if let Some(seconds) = snap.last_map_write_seconds {
@@ -255,29 +257,42 @@ pub async fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use redirector_proto::{
+        control::CheckView,
+        model::{CheckKind, RegionStatus},
+    };
+
     use super::*;
-    use crate::control::{CheckStatus, RegionStatus};
 
     #[test]
     fn renders_region_state_traffic_and_switches() {
         let shared: Shared = Default::default();
         {
             let mut snap = shared.lock().unwrap();
-            snap.status.regions.push(RegionStatus {
+            snap.status.regions.push(RegionView {
                 name: "region1".into(),
-                state: "draining".into(),
-                packets: 42,
-                checks: vec![CheckStatus {
-                    kind: "http".into(),
+                state: RegionStatus::Draining,
+                since_unix_ms: 0,
+                checks: vec![CheckView {
+                    kind: CheckKind::Http,
                     target: "http://10.1.0.2/".into(),
                     last_ok: Some(true),
                     last_latency_ms: Some(1.5),
-                    ..Default::default()
+                    last_error: None,
+                    since_unix_ms: 0,
                 }],
-                ..Default::default()
+                pps: 0.0,
+                active_flows: 0,
+                packets: 42,
+                bytes: 0,
+                new_flows: 0,
+                cpu_percent: None,
+                agent_connections: None,
+                saturated: Vec::new(),
             });
             snap.switches.push(("web".into(), 3));
             snap.status.reasons.push(("forwarded".into(), 7));
+            snap.heartbeat_rejections.unauthenticated = 5;
         }
         let text = render(&shared).unwrap();
         for line in [
@@ -286,6 +301,7 @@ mod tests {
             r#"redirector_check_latency_seconds{region="region1",check="http://10.1.0.2/"} 0.0015"#,
             r#"redirector_switches_total{service="web"} 3"#,
             r#"redirector_packets_total{reason="forwarded"} 7"#,
+            r#"redirector_heartbeat_rejected_total{reason="unauthenticated"} 5"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

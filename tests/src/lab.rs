@@ -15,9 +15,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use redirector::{
-    control::Status,
-    flow_table::{monotonic_ns, FlowTable},
+use redirector::dataplane::flow_table::{monotonic_ns, FlowTable};
+use redirector_proto::{
+    control::{EventKind, Status},
+    model::RegionStatus,
 };
 use redirector_common::{Flow, FlowKey, FLOW_ORIGINAL, IPPROTO_TCP};
 
@@ -399,7 +400,7 @@ impl Lab {
                 bail!("redirectord exited ({status}): {}", self.daemon_log());
             }
             let status = self.status()?;
-            match status.regions.iter().find(|r| r.state == "pending") {
+            match status.regions.iter().find(|r| r.state == RegionStatus::Pending) {
                 Some(r) => bail!("{} still pending", r.name),
                 None => Ok(()),
             }
@@ -558,13 +559,13 @@ impl Lab {
     }
 
     /// The events in which `service`'s new flows changed regions.
-    pub fn switches(&self, service: &str) -> Result<Vec<redirector::control::Event>> {
-        let events: Vec<redirector::control::Event> =
+    pub fn switches(&self, service: &str) -> Result<Vec<redirector_proto::control::Event>> {
+        let events: Vec<redirector_proto::control::Event> =
             serde_json::from_str(&self.ctl_ok(&["events", "--json"])?)?;
         let subject = format!("service {service}");
         Ok(events
             .into_iter()
-            .filter(|e| e.subject == subject && e.what.split(" → ").collect::<Vec<_>>().windows(2).all(|w| w[0] != w[1]))
+            .filter(|e| e.kind == EventKind::Switch && e.subject == subject)
             .collect())
     }
 }

@@ -21,8 +21,9 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     sys::SyscallError,
 };
-use redirector::dataplane::{
-    self, Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec,
+use redirector::{
+    config::{Protocol, ServiceAddr},
+    dataplane::{self, BpfDataplane, Dataplane, LoadOptions, Selection, ServiceSpec},
 };
 use redirector_common::RegionState;
 
@@ -119,13 +120,13 @@ pub struct PinDir(pub PathBuf);
 
 impl PinDir {
     pub fn unique() -> Self {
-        Self(PathBuf::from(dataplane::DEFAULT_PIN_PATH).with_file_name(unique_name("redirector-test")))
+        Self(PathBuf::from(redirector::config::DEFAULT_PIN_PATH).with_file_name(unique_name("redirector-test")))
     }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Err(e) = Dataplane::remove_pins(&self.0) {
+        if let Err(e) = dataplane::remove_pins(&self.0) {
             eprintln!("cleaning up {}: {e:#}", self.0.display());
         }
     }
@@ -134,7 +135,7 @@ impl Drop for PinDir {
 pub struct Gateway {
     // Field order is drop order: the program lets go of its links, the pins
     // go, then we leave the namespace and delete it.
-    pub dataplane: Dataplane,
+    pub dataplane: BpfDataplane,
     ifindexes: BTreeMap<&'static str, u32>,
     _pins: PinDir,
     _inside: NetnsGuard,
@@ -152,6 +153,10 @@ impl Gateway {
         require_root();
         let ns = Netns::new(&unique_name("rdt-pkt"))?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
+        // The links' own IPv6 chatter (router solicitations, MLD) would
+        // reach the program between a test's counter readings.
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         let links = [("cli", "192.0.2.1/24", CLI_MAC)]
             .into_iter()
             .chain(
@@ -176,7 +181,7 @@ impl Gateway {
 
         let inside = ns.enter()?;
         let pins = PinDir::unique();
-        let mut dataplane = Dataplane::load(&LoadOptions {
+        let mut dataplane = BpfDataplane::load(&LoadOptions {
             pin_path: pins.0.clone(),
             log_flow_events,
         })?;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector::control::Status;
+use redirector_proto::control::Status;
 use redirector_tests::{
     client::{get_from, Kept, Measurement, Options, Session},
     lab::{body, wait_for, Lab, LabOptions},

@@ -3,6 +3,8 @@
 
 use std::{thread, time::Duration};
 
+use redirector_proto::model::{CheckKind, RegionStatus};
+
 use redirector_tests::{
     client::{Measurement, Options},
     lab::{body, Lab, LabOptions, AGENT_PORT},
@@ -60,7 +62,7 @@ fn set_active_moves_new_requests_within_100_ms_while_a_full_flow_table_is_swept(
     let lab = lab(LabOptions { sample_ms: 100, ..Default::default() });
     let entries = redirector_common::FLOW_TABLE_SIZE * 19 / 20;
     let mut table = lab.fill_flow_table(entries).unwrap();
-    let sweep = table.sweep(redirector::flow_table::monotonic_ns()).unwrap();
+    let sweep = table.sweep(redirector::dataplane::flow_table::monotonic_ns()).unwrap();
     eprintln!("flow table: {} entries, swept in {:?}", sweep.entries, sweep.took);
     assert!(sweep.entries >= entries as usize * 9 / 10, "the table is full: {} entries", sweep.entries);
     set_active_moves_new_requests_within_100_ms(lab);
@@ -109,7 +111,7 @@ fn requests_survive_kill_9_and_restart_of_redirectord() {
     // policy, with every region up, then prefers region2.
     assert_eq!(report.answers[0].1, body(1));
     assert!(lab.daemon_log().contains("veth-client: XDP Adopted"), "{}", lab.daemon_log());
-    assert!(lab.status().unwrap().regions.iter().all(|r| r.state == "up"));
+    assert!(lab.status().unwrap().regions.iter().all(|r| r.state == RegionStatus::Up));
 }
 
 #[test]
@@ -183,7 +185,7 @@ fn operator_errors_name_what_is_known_and_exit_non_zero() {
 /// anyone on the path can) and carries a MAC under the wrong key, until
 /// `stop` is set.
 fn spoof_heartbeats(ns: &str, key_file: &std::path::Path, stop: &std::sync::atomic::AtomicBool) {
-    use redirector::heartbeat::{Key, Kind, Message, Report, ServiceCheck};
+    use redirector_proto::heartbeat::{Key, Kind, Message, Report, ServiceCheck};
     let _inside = Netns::attach(ns).unwrap().enter().unwrap();
     let socket = std::net::UdpSocket::bind(("0.0.0.0", AGENT_PORT)).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -224,7 +226,7 @@ fn spoofed_heartbeats_do_not_keep_a_dead_region_up() {
     });
 
     let region2 = lab.status().unwrap().regions.into_iter().find(|r| r.name == "region2").unwrap();
-    assert_eq!(region2.state, "down");
+    assert_eq!(region2.state, RegionStatus::Down);
     let metrics = lab.metrics().unwrap();
     let rejected: u64 = metrics
         .lines()
@@ -255,7 +257,7 @@ fn agent_killed_while_http_lives_takes_its_region_down() {
     assert_eq!(report.answers.last().unwrap().1, body(1));
     let status = lab.status().unwrap();
     let region2 = status.regions.iter().find(|r| r.name == "region2").unwrap();
-    let http = region2.checks.iter().find(|c| c.kind == "http").unwrap();
-    let heartbeat = region2.checks.iter().find(|c| c.kind == "heartbeat").unwrap();
+    let http = region2.checks.iter().find(|c| c.kind == CheckKind::Http).unwrap();
+    let heartbeat = region2.checks.iter().find(|c| c.kind == CheckKind::Heartbeat).unwrap();
     assert_eq!((http.last_ok, heartbeat.last_ok), (Some(true), Some(false)));
 }

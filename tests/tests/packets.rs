@@ -7,12 +7,12 @@ use std::net::Ipv4Addr;
 use std::collections::BTreeSet;
 
 use redirector::{
-    dataplane::{Selection, ServiceAddr},
-    flow_table::monotonic_ns,
+    config::ServiceAddr,
+    dataplane::{flow_table::monotonic_ns, Dataplane, Selection},
 };
 use redirector_common::{
-    Flow, FlowKey, Reason, RegionState, FLOW_FIN_SEEN, FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP,
-    IPPROTO_UDP, UDP_IDLE_TIMEOUT_NS,
+    lifetime::UDP_IDLE_TIMEOUT_NS, Flow, FlowKey, Reason, RegionState, FLOW_FIN_SEEN,
+    FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP, IPPROTO_UDP,
 };
 use redirector_tests::{
     frames::{Frame, L4},
@@ -155,6 +155,35 @@ fn established_flow_keeps_its_region_when_selection_changes() {
     let out = gw.run(&other.bytes(), "cli").unwrap();
     assert_frame(&out, XDP_REDIRECT, &steered(&other, R2, 80).bytes());
     assert_eq!(gw.dataplane.stats().unwrap().regions[R1.id as usize].new_flows, 1);
+}
+
+/// The data plane and the sweep follow one lifetime rule: an open TCP
+/// connection idle for an hour is neither deleted nor counted active, and
+/// its next mid-stream packet still goes to its region, whatever the
+/// selection says now; its reply still leaves from the VIP.
+#[test]
+fn a_tcp_connection_idle_for_an_hour_resumes_on_its_region_after_a_sweep() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_030, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+    let hour_ago = monotonic_ns().saturating_sub(3_600_000_000_000);
+    for (key, mut flow) in gw.dataplane.flows().unwrap() {
+        flow.last_seen_ns = hour_ago;
+        gw.dataplane.set_flow(&key, &flow).unwrap();
+    }
+
+    let sweep = gw.dataplane.flow_table().unwrap().sweep(monotonic_ns()).unwrap();
+    assert_eq!((sweep.entries, sweep.expired), (2, 0), "both entries kept");
+    assert_eq!(sweep.active[R1.id as usize], 0, "an hour idle is not active");
+
+    gw.select(R2.id).unwrap();
+    let ack = from_client(VIP, L4::tcp(40_030, 80));
+    let out = gw.run(&ack.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
+    let answer = reply_from(R1, &ack, 80);
+    let out = gw.run(&answer.bytes(), R1.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, VIP, 80).bytes());
 }
 
 #[test]

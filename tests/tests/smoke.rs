@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddrV4, time::Duration};
 
-use redirector::dataplane::{AttachMode, Dataplane, LoadOptions, Protocol, Selection, ServiceAddr, ServiceSpec};
+use redirector::{
+    config::{Protocol, ServiceAddr},
+    dataplane::{AttachMode, BpfDataplane, Dataplane, LoadOptions, Selection, ServiceSpec},
+};
 use redirector_common::{Reason, RegionState, FLOW_REPLY};
 use redirector_tests::{
     inns::{fetch, Conn, Server},
@@ -16,8 +19,8 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The data plane loaded in the calling thread's namespace (the gateway)
 /// and attached to every gateway interface.
-fn attached(topo: &Topology, pins: &PinDir) -> Dataplane {
-    let mut dp = Dataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
+fn attached(topo: &Topology, pins: &PinDir) -> BpfDataplane {
+    let mut dp = BpfDataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
     for iface in topo.gateway_interfaces() {
         assert_eq!(dp.attach(&iface).unwrap(), AttachMode::Native, "{iface}");
     }
@@ -127,7 +130,7 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
 
     // A new loader adopts maps and links; its decisions apply to new flows
     // only, and counters carry on.
-    let mut second = Dataplane::load(&options).unwrap();
+    let mut second = BpfDataplane::load(&options).unwrap();
     for iface in topo.gateway_interfaces() {
         assert_eq!(second.attach(&iface).unwrap(), AttachMode::Adopted, "{iface}");
     }

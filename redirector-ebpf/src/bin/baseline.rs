@@ -3,11 +3,9 @@
 #![no_std]
 #![no_main]
 
-use core::mem::{size_of, MaybeUninit};
-
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    bindings::xdp_action,
+    helpers::bpf_redirect,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -17,15 +15,17 @@ use network_types::{
     ip::Ipv4Hdr,
     udp::UdpHdr,
 };
+use redirector_common::IPPROTO_UDP;
+use redirector_ebpf::{
+    fib::{lookup_ipv4, BPF_FIB_LKUP_RET_SUCCESS},
+    parse::header,
+};
 
 /// The least an XDP program can do to send a frame back out.
 #[xdp]
 pub fn bare_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
-
-const AF_INET: u8 = 2;
-const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 
 /// Routing in XDP and nothing more: the next hop from the kernel's FIB, the
 /// MACs set, out of the egress interface. No flow state, no address or TTL
@@ -39,23 +39,13 @@ pub fn bare_forward(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn forward(ctx: &XdpContext) -> Option<u32> {
-    let eth: *mut EthHdr = header(ctx, 0)?;
+    let eth: *mut EthHdr = header(ctx, 0).ok()?;
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return None;
     }
-    let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN)?;
-    let mut fib: bpf_fib_lookup = unsafe { MaybeUninit::zeroed().assume_init() };
-    unsafe {
-        fib.family = AF_INET;
-        fib.l4_protocol = (*ip).proto;
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
-        fib.__bindgen_anon_2.tos = (*ip).tos;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
-    }
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    let size = size_of::<bpf_fib_lookup>() as i32;
-    if unsafe { fib_lookup(ctx.ctx as *mut _, &mut fib, size, 0) } != BPF_FIB_LKUP_RET_SUCCESS {
+    let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN).ok()?;
+    let (ret, fib) = lookup_ipv4(ctx, ip);
+    if ret != BPF_FIB_LKUP_RET_SUCCESS {
         return None;
     }
     unsafe {
@@ -89,7 +79,7 @@ pub fn udp_generator(ctx: XdpContext) -> u32 {
     let Some(template) = TEMPLATE.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    let Some(frame) = header::<[u8; HEADERS]>(&ctx, 0) else {
+    let Ok(frame) = header::<[u8; HEADERS]>(&ctx, 0) else {
         return xdp_action::XDP_ABORTED;
     };
     unsafe { *frame = *template };
@@ -102,7 +92,6 @@ pub fn udp_generator(ctx: XdpContext) -> u32 {
 /// The discard service (RFC 863): UDP to this port is what the generator
 /// sends.
 const DISCARD_PORT: u16 = 9;
-const IPPROTO_UDP: u8 = 17;
 
 /// The region's end of the packet-rate test: drops the generator's frames
 /// before the stack spends anything on them (the veth has counted them as
@@ -119,31 +108,12 @@ pub fn udp_discard(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn is_discard(ctx: &XdpContext) -> Option<bool> {
-    let eth: *const EthHdr = header(ctx, 0)?;
-    let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN)?;
+    let eth: *const EthHdr = header(ctx, 0).ok()?;
+    let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN).ok()?;
     let (ether_type, vihl, proto) = unsafe { ((*eth).ether_type, (*ip).vihl, (*ip).proto) };
     if ether_type != EtherType::Ipv4 as u16 || proto != IPPROTO_UDP || vihl != 0x45 {
         return Some(false);
     }
-    let udp: *const UdpHdr = header(ctx, EthHdr::LEN + Ipv4Hdr::LEN)?;
+    let udp: *const UdpHdr = header(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok()?;
     Some(u16::from_be_bytes(unsafe { (*udp).dst }) == DISCARD_PORT)
 }
-
-/// A `T` at `offset` in the frame, if the frame holds it whole.
-#[inline(always)]
-fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data() + offset;
-    if start + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some(start as *mut T)
-}
-
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

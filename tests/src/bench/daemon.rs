@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use redirector::flow_table::monotonic_ns;
+use redirector::dataplane::flow_table::monotonic_ns;
 use redirector_common::FLOW_TABLE_SIZE;
 
 use super::{machine, write_result};
@@ -72,7 +72,7 @@ fn measure(lab: &Lab, window: Duration, switches: usize) -> Result<Phase> {
 
 /// Decision → map write of every `set-active` in the event log, oldest first.
 fn set_active_writes(lab: &Lab) -> Result<Vec<f64>> {
-    let events: Vec<redirector::control::Event> = serde_json::from_str(&lab.ctl_ok(&["events", "--json"])?)?;
+    let events: Vec<redirector_proto::control::Event> = serde_json::from_str(&lab.ctl_ok(&["events", "--json"])?)?;
     Ok(events
         .iter()
         .filter(|e| e.why.starts_with("set-active"))

@@ -22,7 +22,7 @@ mod traffic;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{ensure, Context, Result};
-use redirector::dataplane::Protocol;
+use redirector::config::Protocol;
 
 use self::{
     gateways::{Gateway, Variant},

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use redirector::dataplane::Dataplane;
+use redirector::dataplane;
 use redirector_tests::{
     client::{get, Measurement, Options},
     lab::{Lab, LabOptions, METRICS},
@@ -73,7 +73,7 @@ fn down() -> Result<()> {
     }
     redirector_tests::lab::remove_cgroups(PREFIX)?;
     let config = redirector::config::Config::load(&config_file())?;
-    Dataplane::remove_pins(&config.pin_path)?;
+    dataplane::remove_pins(&config.pin_path)?;
     let _ = std::fs::remove_file(&config.control_socket);
     Ok(())
 }

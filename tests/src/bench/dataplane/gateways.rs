@@ -5,7 +5,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{ensure, Context, Result};
 use aya::Ebpf;
-use redirector::dataplane::{AttachMode, Dataplane, LoadOptions, Selection, ServiceAddr, ServiceSpec};
+use redirector::{
+    config::ServiceAddr,
+    dataplane::{AttachMode, BpfDataplane, Dataplane, LoadOptions, Selection, ServiceSpec},
+};
 use redirector_common::RegionState;
 
 use super::{ovs, PORTS};
@@ -62,7 +65,7 @@ pub struct Gateway {
 }
 
 enum State {
-    Redirector { _dataplane: Box<Dataplane>, _pins: PinDir },
+    Redirector { _dataplane: Box<BpfDataplane>, _pins: PinDir },
     Ovs(ovs::Switch),
     Nothing,
     Xdp { _program: Ebpf },
@@ -123,7 +126,7 @@ fn redirector(topo: &Topology) -> Result<State> {
     let region = &topo.regions[0];
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter()?;
-    let mut dataplane = Dataplane::load(&LoadOptions {
+    let mut dataplane = BpfDataplane::load(&LoadOptions {
         pin_path: pins.0.clone(),
         log_flow_events: false,
     })?;

@@ -2,16 +2,15 @@
 //! its packets go, and the reply twin that maps the region's answers back to
 //! the VIP.
 //!
-//! Expiry: a UDP or ICMP flow idle for `UDP_IDLE_TIMEOUT_NS` picks its
-//! region anew. A TCP flow picks anew only on a fresh SYN after it closed
-//! (FIN or RST seen) or idled past `TCP_IDLE_TIMEOUT_NS`; a mid-stream
-//! packet always keeps its region. Capacity is bounded by the LRU, and the
-//! controller deletes closed and idle entries.
+//! How long an entry holds is [`redirector_common::lifetime`]'s rule, the
+//! one the controller's sweep deletes by. Capacity is bounded by the LRU.
 
-use crate::{maps::FLOWS, parse::Packet};
+use redirector_ebpf::parse::Packet;
+
+use crate::maps::FLOWS;
 use redirector_common::{
-    Backend, Flow, FlowKey, NextHop, FLOW_CLOSED, FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP,
-    LAST_SEEN_GRANULARITY_NS, TCP_IDLE_TIMEOUT_NS, UDP_IDLE_TIMEOUT_NS,
+    lifetime::keeps_region, Backend, Flow, FlowKey, NextHop, FLOW_ORIGINAL, FLOW_REPLY,
+    LAST_SEEN_GRANULARITY_NS,
 };
 
 /// Whether an original entry still holds for this packet, or the packet
@@ -19,12 +18,7 @@ use redirector_common::{
 #[inline(always)]
 pub fn holds(flow: *const Flow, key: &FlowKey, pkt: &Packet, now: u64) -> bool {
     let (last_seen, flags) = unsafe { ((*flow).last_seen_ns, (*flow).flags) };
-    let idle = now.wrapping_sub(last_seen);
-    if key.protocol == IPPROTO_TCP {
-        !(pkt.is_tcp_syn() && (flags & FLOW_CLOSED != 0 || idle > TCP_IDLE_TIMEOUT_NS))
-    } else {
-        idle <= UDP_IDLE_TIMEOUT_NS
-    }
+    keeps_region(key.protocol, flags, now.wrapping_sub(last_seen), pkt.is_tcp_syn())
 }
 
 /// Records what this packet says about the flow: that it is alive, and

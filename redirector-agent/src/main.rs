@@ -9,16 +9,26 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, tim
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use redirector::{
-    agent::{self, CpuMeter, CpuSource, LatestReport, Responder},
-    heartbeat::Key,
-};
+use redirector_proto::{heartbeat::Key, probe::HttpCheck};
 use tokio::{
     net::UdpSocket,
     signal::unix::{signal, SignalKind},
 };
 use tracing::info;
 use tracing_subscriber::EnvFilter;
+
+mod connections;
+mod cpu;
+mod report;
+mod responder;
+mod sampler;
+mod service_check;
+
+use crate::{
+    cpu::{CpuMeter, CpuSource},
+    report::LatestReport,
+    responder::Responder,
+};
 
 /// CPU is sampled at least this far apart: utilisation over a shorter
 /// period is mostly tick rounding (/proc counts in 10 ms ticks).
@@ -105,8 +115,9 @@ async fn run(cli: Cli) -> Result<()> {
     let check = cli
         .check_url
         .as_deref()
-        .map(|url| agent::http_check(url, cli.check_status))
-        .transpose()?;
+        .map(|url| HttpCheck::parse(url, cli.check_status).map_err(anyhow::Error::msg))
+        .transpose()
+        .context("--check-url")?;
     let service_port = cli.service_port.or(check.as_ref().map(|c| c.port));
     let source = cli.cpu_source();
     let cpu = CpuMeter::new(&source).context("CPU source")?;
@@ -118,15 +129,15 @@ async fn run(cli: Cli) -> Result<()> {
             .check_timeout_ms
             .map_or(check_every, Duration::from_millis);
         // The first reply already carries a real result.
-        agent::check_once(&check, timeout, &report).await;
-        tokio::spawn(agent::check_service(
+        service_check::check_once(&check, timeout, &report).await;
+        tokio::spawn(service_check::check_service(
             check,
             check_every,
             timeout,
             report.clone(),
         ));
     }
-    agent::spawn_load_sampler(
+    sampler::spawn_load_sampler(
         cpu,
         service_port,
         check_every.max(MIN_CPU_PERIOD),

@@ -6,38 +6,23 @@
 //! any routed packet and resolves the neighbour, so nothing is lost while
 //! ARP runs.
 
-use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action},
-    helpers::bpf_fib_lookup as fib_lookup,
-    programs::XdpContext,
-};
-use core::mem::{size_of, MaybeUninit};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use redirector_common::{NextHop, Reason};
 
-use crate::{maps::EGRESS, parse::Packet, rewrite::rewrite_macs};
+use redirector_ebpf::{
+    fib::{lookup_ipv4, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    parse::Packet,
+};
 
-const AF_INET: u8 = 2;
-const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
-const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+use crate::{maps::EGRESS, rewrite::rewrite_macs};
 
 /// Asks the kernel where the (already rewritten) packet's destination is,
 /// and whether the program can send it there itself.
 #[inline(always)]
 pub fn resolve(ctx: &XdpContext, pkt: &Packet) -> Result<NextHop, Reason> {
-    let mut fib: bpf_fib_lookup = unsafe { MaybeUninit::zeroed().assume_init() };
-    unsafe {
-        let ip = &*pkt.ip;
-        fib.family = AF_INET;
-        fib.l4_protocol = ip.proto;
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
-        fib.__bindgen_anon_2.tos = ip.tos;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
-    }
+    let (ret, fib) = lookup_ipv4(ctx, pkt.ip);
     let ingress = ctx.ingress_ifindex() as u32;
-    fib.ifindex = ingress;
-    let size = size_of::<bpf_fib_lookup>() as i32;
-    match unsafe { fib_lookup(ctx.ctx as *mut _, &mut fib, size, 0) } {
+    match ret {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::PassNoNeighbour),
         _ => return Err(Reason::PassFibOther),

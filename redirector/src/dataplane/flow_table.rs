@@ -19,8 +19,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use redirector_common::{
-    map_names, Flow, FlowKey, FLOW_CLOSED, FLOW_ORIGINAL, IPPROTO_TCP, MAX_REGIONS,
-    TCP_IDLE_TIMEOUT_NS, UDP_IDLE_TIMEOUT_NS,
+    lifetime::{life, Life},
+    map_names, Flow, FlowKey, FLOW_ORIGINAL, MAX_REGIONS,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -29,8 +29,6 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-/// A closed TCP flow's entries go this long after their last packet.
-const CLOSED_FLOW_LINGER_NS: u64 = 30_000_000_000;
 /// Entries per `BPF_MAP_LOOKUP_BATCH`. The kernel returns a hash bucket
 /// whole or not at all, so this must exceed any bucket's length (a few).
 const BATCH: usize = 4096;
@@ -98,11 +96,8 @@ impl FlowTable {
         Ok(entries)
     }
 
-    pub fn remove(&mut self, key: &FlowKey) -> Result<()> {
-        Ok(self.map.remove(key)?)
-    }
-
-    /// Overwrites an entry (tests age entries with it).
+    /// Overwrites an entry: tests age entries with it.
+    #[cfg(feature = "test-hooks")]
     pub fn set(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
         Ok(self.map.insert(key, flow, 0)?)
     }
@@ -121,23 +116,24 @@ impl FlowTable {
         }
     }
 
-    /// Counts each region's active flows (original direction, not closed)
-    /// and deletes the entries that closed or idled out.
+    /// Counts each region's active flows (original entries still live) and
+    /// deletes the expired entries, by the data plane's own rule
+    /// ([`redirector_common::lifetime`]).
     pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
         let started = Instant::now();
         let entries = self.entries()?;
         let mut active = vec![0u64; MAX_REGIONS as usize];
         let mut expired = 0;
         for (key, flow) in &entries {
-            if has_expired(key.protocol, flow, now_ns.saturating_sub(flow.last_seen_ns)) {
+            match life(key.protocol, flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) {
                 // Already gone if the data plane's LRU evicted it meanwhile.
-                if self.remove(key).is_ok() {
-                    expired += 1;
+                Life::Expired => expired += usize::from(self.map.remove(key).is_ok()),
+                Life::Live if flow.direction == FLOW_ORIGINAL => {
+                    if let Some(n) = active.get_mut(flow.region_id as usize) {
+                        *n += 1;
+                    }
                 }
-            } else if flow.direction == FLOW_ORIGINAL && flow.flags & FLOW_CLOSED == 0 {
-                if let Some(n) = active.get_mut(flow.region_id as usize) {
-                    *n += 1;
-                }
+                Life::Live | Life::Reopenable => {}
             }
         }
         Ok(Sweep {
@@ -215,39 +211,10 @@ pub async fn sweep_every(mut table: FlowTable, mut period: watch::Receiver<Durat
     }
 }
 
-/// Whether an entry idle for `idle_ns` is to be deleted: TCP when closed
-/// and lingered, or idle past its timeout; UDP and ICMP when idle past theirs.
-pub fn has_expired(protocol: u8, flow: &Flow, idle_ns: u64) -> bool {
-    if protocol == IPPROTO_TCP {
-        idle_ns > TCP_IDLE_TIMEOUT_NS || (flow.flags & FLOW_CLOSED != 0 && idle_ns > CLOSED_FLOW_LINGER_NS)
-    } else {
-        idle_ns > UDP_IDLE_TIMEOUT_NS
-    }
-}
-
 /// The data plane's clock (CLOCK_MONOTONIC).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use redirector_common::{FLOW_FIN_SEEN, IPPROTO_UDP};
-
-    use super::*;
-
-    #[test]
-    fn closed_tcp_entries_linger_then_go_and_idle_ones_expire() {
-        let mut flow = Flow::default();
-        assert!(!has_expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS + 1));
-        assert!(has_expired(IPPROTO_TCP, &flow, TCP_IDLE_TIMEOUT_NS + 1));
-        flow.flags = FLOW_FIN_SEEN;
-        assert!(!has_expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS - 1));
-        assert!(has_expired(IPPROTO_TCP, &flow, CLOSED_FLOW_LINGER_NS + 1));
-        assert!(has_expired(IPPROTO_UDP, &Flow::default(), UDP_IDLE_TIMEOUT_NS + 1));
-        assert!(!has_expired(IPPROTO_UDP, &Flow::default(), UDP_IDLE_TIMEOUT_NS - 1));
-    }
 }

@@ -7,15 +7,6 @@
 #![no_std]
 #![no_main]
 
-mod csum;
-mod flow;
-mod forward;
-mod maps;
-mod parse;
-mod rewrite;
-mod select;
-mod stats;
-
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
     Global,
@@ -23,9 +14,17 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use redirector_common::{Flow, FlowKey, NextHop, Reason, Service, ServiceKey, FLOW_REPLY};
 
+use redirector_ebpf::parse::{self, Packet};
+
+mod flow;
+mod forward;
+mod maps;
+mod rewrite;
+mod select;
+mod stats;
+
 use crate::{
     maps::{FLOWS, SERVICES},
-    parse::Packet,
     rewrite::End,
     stats::Direction,
 };
@@ -168,13 +167,3 @@ fn log_flow_event(ctx: &XdpContext, key: &FlowKey, what: &str) {
         );
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[link_section = "license"]
-#[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -4,10 +4,9 @@
 //! cover them through the pseudo-header, and the ports directly. ICMP's
 //! checksum covers neither, so an echo only needs the IPv4 fix.
 
-use crate::{
-    csum,
-    parse::{Packet, L4},
-};
+use redirector_common::csum;
+
+use redirector_ebpf::parse::{Packet, L4};
 
 #[derive(Clone, Copy)]
 pub enum End {

@@ -15,6 +15,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{CheckKind, PolicyKind, Protocol, RegionStatus};
+
 pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,22 +59,20 @@ pub enum Response {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
-    pub regions: Vec<RegionStatus>,
-    pub services: Vec<ServiceStatus>,
+    pub regions: Vec<RegionView>,
+    pub services: Vec<ServiceView>,
     /// Data plane counters by reason (`forwarded`, `pass_not_service`, ...).
     pub reasons: Vec<(String, u64)>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RegionStatus {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionView {
     pub name: String,
-    /// "up", "down", "draining", or "pending" (no health verdict yet,
-    /// after a start: the data plane keeps what it had).
-    pub state: String,
+    pub state: RegionStatus,
     /// Unix time (ms) of the last state change.
     pub since_unix_ms: u64,
-    pub checks: Vec<CheckStatus>,
-    /// Client → region packets per second, over the last status interval.
+    pub checks: Vec<CheckView>,
+    /// Client → region packets per second, over the last sample.
     pub pps: f64,
     /// Open flows pinned to this region (from the flow table).
     pub active_flows: u64,
@@ -89,10 +89,10 @@ pub struct RegionStatus {
     pub saturated: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CheckStatus {
-    /// "heartbeat", "http" or "tcp".
-    pub kind: String,
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckView {
+    pub kind: CheckKind,
+    /// What it probes: an address, or the URL.
     pub target: String,
     /// None until the first probe answered or timed out.
     pub last_ok: Option<bool>,
@@ -102,13 +102,13 @@ pub struct CheckStatus {
     pub since_unix_ms: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceStatus {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
     pub name: String,
     pub vip: String,
     pub port: u16,
-    pub protocol: String,
-    pub policy: String,
+    pub protocol: Protocol,
+    pub policy: PolicyKind,
     /// Regions taking new flows.
     pub active: Vec<String>,
     /// Live weight of each region of the service.
@@ -116,16 +116,34 @@ pub struct ServiceStatus {
     /// Percent of the selection table each region holds: its share of new
     /// flows. Empty until the daemon wrote the table.
     pub new_flow_shares: Vec<(String, f64)>,
-    /// The operator's `set-active` region, if any.
-    pub pinned: Option<String>,
-    /// What happens to the override now, when it does not apply.
+    /// The region the operator sent new flows to (`set-active`), if any.
+    pub set_active: Option<String>,
+    /// Why the policy is not where its rules alone would put it, or what it
+    /// waits for.
     pub note: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A region's health or drain changed.
+    Region,
+    /// A region crossed one of its load watermarks.
+    Saturation,
+    /// A service's new flows changed regions: its selection table was
+    /// rewritten.
+    Switch,
+    /// Something about a service that moved no flow: an operator command,
+    /// or what the policy waits for.
+    Service,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub unix_ms: u64,
-    /// The service or region it is about.
+    pub kind: EventKind,
+    /// The service or region it is about ("service web", "region region1").
     pub subject: String,
     pub what: String,
     pub why: String,

@@ -1,0 +1,113 @@
+//! Incremental Internet checksum updates (RFC 1624, eqn. 3).
+//!
+//! Values are taken as they sit in the packet: one's complement sums do not
+//! care about byte order as long as every term has the same one.
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// `check` after one 16-bit word of the covered data changed.
+#[inline(always)]
+pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
+    !fold(!check as u32 + !old as u32 + new as u32)
+}
+
+/// `check` after one 32-bit word of the covered data changed.
+#[inline(always)]
+pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
+    !fold(
+        !check as u32
+            + !(old >> 16) as u16 as u32
+            + !(old as u16) as u32
+            + (new >> 16)
+            + (new & 0xffff),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use etherparse::{Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice};
+
+    use super::*;
+
+    /// A TCP segment from `src` to `dst` with full checksums, as etherparse
+    /// computes them from scratch.
+    fn segment(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ipv4(src, dst, 64)
+            .tcp(sport, dport, 0x1234_5678, 512)
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    }
+
+    fn checksums(packet: &[u8]) -> (u16, u16) {
+        let sliced = SlicedPacket::from_ip(packet).unwrap();
+        let ip = Ipv4Header::from_slice(packet).unwrap().0;
+        let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!("tcp") };
+        (ip.header_checksum, tcp.checksum())
+    }
+
+    /// Words as they sit in the packet (network order bytes read natively),
+    /// as the data plane reads them.
+    fn word4(bytes: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(bytes)
+    }
+
+    fn word2(port: u16) -> u16 {
+        u16::from_ne_bytes(port.to_be_bytes())
+    }
+
+    fn from_ne2(check: u16) -> u16 {
+        u16::from_be_bytes(check.to_ne_bytes())
+    }
+
+    fn to_ne2(check: u16) -> u16 {
+        u16::from_ne_bytes(check.to_be_bytes())
+    }
+
+    #[test]
+    fn a_destination_rewrite_matches_a_full_recomputation() {
+        let payloads: [&[u8]; 3] = [b"", b"GET / HTTP/1.0\r\n\r\n", &[0xff; 33]];
+        let addrs = [[10, 2, 0, 2], [0, 0, 0, 0], [255, 255, 255, 255], [192, 0, 2, 10], [10, 1, 0, 2]];
+        let ports = [80u16, 0, 65535, 8081, 1];
+        for payload in payloads {
+            for (i, &old_addr) in addrs.iter().enumerate() {
+                let new_addr = addrs[(i + 1) % addrs.len()];
+                let (old_port, new_port) = (ports[i], ports[(i + 2) % ports.len()]);
+                let before = segment([192, 0, 2, 10], old_addr, 40000, old_port, payload);
+                let after = segment([192, 0, 2, 10], new_addr, 40000, new_port, payload);
+                let (ip_before, tcp_before) = checksums(&before);
+                let (ip_after, tcp_after) = checksums(&after);
+                let ip = replace4(to_ne2(ip_before), word4(old_addr), word4(new_addr));
+                assert_eq!(from_ne2(ip), ip_after, "ip {old_addr:?} → {new_addr:?}");
+                let tcp = replace2(
+                    replace4(to_ne2(tcp_before), word4(old_addr), word4(new_addr)),
+                    word2(old_port),
+                    word2(new_port),
+                );
+                assert_eq!(from_ne2(tcp), tcp_after, "tcp {old_addr:?}:{old_port} → {new_addr:?}:{new_port}");
+            }
+        }
+    }
+
+    #[test]
+    fn replacing_a_word_by_itself_changes_nothing_and_round_trips() {
+        for check in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
+            for (old, new) in [(0u32, 0u32), (0x0a02_0002, 0x0a01_0002), (u32::MAX, 0)] {
+                let there = replace4(check, old, new);
+                let back = replace4(there, new, old);
+                // One's complement has two zeros: 0x0000 and 0xffff are the
+                // same sum, and an update may turn one into the other.
+                assert!(back == check || back ^ check == 0xffff, "{check:#x} {old:#x} {new:#x}: {back:#x}");
+            }
+        }
+    }
+}

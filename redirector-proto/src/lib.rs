@@ -1,0 +1,12 @@
+//! What redirector's programs say to each other, defined once for both
+//! ends: the heartbeat between redirectord and each region's agent, the
+//! control socket between redirectorctl and redirectord, the HTTP check
+//! both the daemon and the agent run, and the words they all share.
+//!
+//! It builds on stable with no eBPF toolchain: the agent and the CLI, which
+//! run where no XDP program is loaded, depend on this crate and not on the
+//! gateway's.
+pub mod control;
+pub mod heartbeat;
+pub mod model;
+pub mod probe;

@@ -1,0 +1,260 @@
+//! Health probes: what one probe of a check found, and the probes that
+//! both the daemon (its http and tcp checks) and the agent (its local
+//! service check) run. The socket half is behind the `probe` feature.
+
+use std::{fmt, time::Duration};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Why, for status output: "connection refused", "status 503"...
+    Failure(String),
+    /// No answer within the check's timeout.
+    Timeout,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Success => f.write_str("ok"),
+            Outcome::Failure(why) => write!(f, "failed: {why}"),
+            Outcome::Timeout => f.write_str("timeout"),
+        }
+    }
+}
+
+/// What one probe found, and how long it took to find it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub outcome: Outcome,
+    /// From the probe's start to its result.
+    pub latency: Duration,
+}
+
+/// A GET whose answer must carry `expect_status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// With the query, if any; "/" when the URL has none.
+    pub path: String,
+    pub expect_status: u16,
+}
+
+impl HttpCheck {
+    /// `http://HOST[:PORT][/PATH]`: the checker speaks plain HTTP only.
+    pub fn parse(url: &str, expect_status: u16) -> Result<HttpCheck, String> {
+        let (host, port, path) = parse_http_url(url)?;
+        Ok(HttpCheck {
+            url: url.to_string(),
+            host,
+            port,
+            path,
+            expect_status,
+        })
+    }
+}
+
+fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("{url:?}: bad port {port:?}"))?;
+            (host, port)
+        }
+        None => (authority, 80),
+    };
+    if host.is_empty() || host.contains(['@', '[', ']', '?', '#']) {
+        return Err(format!("{url:?}: bad host {host:?}"));
+    }
+    Ok((host.to_string(), port, path.to_string()))
+}
+
+#[cfg(any(feature = "probe", test))]
+pub use sockets::{http, tcp};
+
+#[cfg(any(feature = "probe", test))]
+mod sockets {
+    use std::{
+        net::SocketAddr,
+        time::{Duration, Instant},
+    };
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+        time::timeout,
+    };
+
+    use super::{HttpCheck, Outcome, ProbeResult};
+
+    fn result(started: Instant, outcome: Result<Result<(), String>, tokio::time::error::Elapsed>) -> ProbeResult {
+        let outcome = match outcome {
+            Ok(Ok(())) => Outcome::Success,
+            Ok(Err(why)) => Outcome::Failure(why),
+            Err(_) => Outcome::Timeout,
+        };
+        ProbeResult { outcome, latency: started.elapsed() }
+    }
+
+    /// A TCP connect.
+    pub async fn tcp(address: SocketAddr, limit: Duration) -> ProbeResult {
+        let started = Instant::now();
+        let outcome = timeout(limit, async {
+            TcpStream::connect(address).await.map(drop).map_err(|e| e.to_string())
+        })
+        .await;
+        result(started, outcome)
+    }
+
+    /// A GET whose status line must carry the expected status (the
+    /// reference's checkHTTPServer).
+    pub async fn http(check: &HttpCheck, limit: Duration) -> ProbeResult {
+        let started = Instant::now();
+        let outcome = timeout(limit, async {
+            let mut conn = TcpStream::connect((check.host.as_str(), check.port))
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let request = format!(
+                "GET {} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\nUser-Agent: redirectord\r\n\r\n",
+                check.path, check.host
+            );
+            conn.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            let status = read_status(&mut conn).await?;
+            if status == check.expect_status {
+                Ok(())
+            } else {
+                Err(format!("status {status}, expected {}", check.expect_status))
+            }
+        })
+        .await;
+        result(started, outcome)
+    }
+
+    /// The status code of an HTTP answer, from its first line.
+    async fn read_status(conn: &mut TcpStream) -> Result<u16, String> {
+        let mut head = Vec::with_capacity(64);
+        let mut byte = [0u8; 256];
+        while !head.contains(&b'\n') {
+            let n = conn.read(&mut byte).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before a status line".into());
+            }
+            head.extend_from_slice(&byte[..n]);
+            if head.len() > 4096 {
+                return Err("status line too long".into());
+            }
+        }
+        let line = String::from_utf8_lossy(&head);
+        let line = line.lines().next().unwrap_or("");
+        line.split_whitespace()
+            .nth(1)
+            .filter(|_| line.starts_with("HTTP/"))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("not an HTTP status line: {line:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    async fn server(answer: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn.write_all(answer).await;
+            }
+        });
+        addr
+    }
+
+    fn check(addr: SocketAddr, expect_status: u16) -> HttpCheck {
+        HttpCheck::parse(&format!("http://{addr}/"), expect_status).unwrap()
+    }
+
+    fn failure(why: &str) -> Outcome {
+        Outcome::Failure(why.into())
+    }
+
+    #[tokio::test]
+    async fn http_passes_on_the_expected_status_only() {
+        let addr = server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        assert_eq!(http(&check(addr, 200), Duration::from_secs(1)).await.outcome, Outcome::Success);
+        let wrong = http(&check(addr, 204), Duration::from_secs(1)).await;
+        assert_eq!(wrong.outcome, failure("status 200, expected 204"));
+    }
+
+    #[tokio::test]
+    async fn http_fails_on_garbage_refusal_and_silence() {
+        let garbage = server(b"SSH-2.0-OpenSSH\r\n").await;
+        let answer = http(&check(garbage, 200), Duration::from_secs(1)).await;
+        assert_eq!(answer.outcome, failure("not an HTTP status line: \"SSH-2.0-OpenSSH\""));
+        // A port nobody listens on: refused at once.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let refused = http(&check(closed, 200), Duration::from_secs(1)).await;
+        assert!(matches!(&refused.outcome, Outcome::Failure(why) if why.starts_with("connect")), "{refused:?}");
+        // Accepts and never answers: the timeout decides.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let slow = http(&check(silent.local_addr().unwrap(), 200), Duration::from_millis(50)).await;
+        assert_eq!(slow.outcome, Outcome::Timeout);
+        assert!(slow.latency >= Duration::from_millis(50));
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn tcp_connect_succeeds_or_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(tcp(addr, Duration::from_secs(1)).await.outcome, Outcome::Success);
+        drop(listener);
+        assert!(matches!(tcp(addr, Duration::from_secs(1)).await.outcome, Outcome::Failure(_)));
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    fn parts(url: &str) -> Result<(String, u16, String), String> {
+        HttpCheck::parse(url, 200).map(|c| (c.host, c.port, c.path))
+    }
+
+    #[test]
+    fn http_checks_take_plain_http_urls_only() {
+        assert_eq!(
+            parts("http://checker.lab:8080/health?deep=1"),
+            Ok(("checker.lab".into(), 8080, "/health?deep=1".into()))
+        );
+        assert_eq!(parts("http://10.1.0.2"), Ok(("10.1.0.2".into(), 80, "/".into())));
+        assert_eq!(
+            parts("https://10.1.0.2/"),
+            Err("\"https://10.1.0.2/\": only http:// URLs are supported".into())
+        );
+        for bad in ["http://10.1.0.2:0/", "http://:80/", "http://user@host/", "http://x:y/", "http://[::1]/"] {
+            assert!(parts(bad).is_err(), "{bad}");
+        }
+        assert_eq!(HttpCheck::parse("http://localhost", 204).unwrap().expect_status, 204);
+    }
+}

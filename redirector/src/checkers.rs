@@ -1,0 +1,197 @@
+//! The checker tasks: one per check of every region, each probing once per
+//! interval and sending every result to the controller. They run on a
+//! runtime thread of their own, so a result is timestamped when it comes
+//! in, whatever the controller is busy with (a table build, a burst of
+//! operator requests).
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use redirector_proto::{
+    heartbeat::{Key, Verifier},
+    probe::{self, HttpCheck, Outcome, ProbeResult},
+};
+use tokio::{
+    net::UdpSocket,
+    runtime::Handle,
+    sync::mpsc,
+    task::JoinHandle,
+    time::{interval, MissedTickBehavior},
+};
+use tracing::{error, warn};
+
+use crate::{
+    config::{Check, Config},
+    controller::{HeartbeatNews, ProbeReport},
+    health::Probe,
+};
+
+/// Heartbeat keys, read with the config so that a missing key file refuses
+/// the config (at start or reload) rather than failing a check later. By
+/// region, then check.
+pub struct Keys(Vec<Vec<Option<Key>>>);
+
+impl Keys {
+    pub fn load(config: &Config) -> Result<Keys> {
+        let mut keys = Vec::new();
+        for region in &config.regions {
+            let mut region_keys = Vec::new();
+            for check in &region.checks {
+                region_keys.push(match check {
+                    Check::Heartbeat { key_file: Some(file), .. } => Some(Key::load(file).with_context(|| {
+                        format!("region {}: heartbeat key {}", region.name, file.display())
+                    })?),
+                    _ => None,
+                });
+            }
+            keys.push(region_keys);
+        }
+        Ok(Keys(keys))
+    }
+}
+
+/// The running checkers of one configuration.
+pub struct Checkers(Vec<JoinHandle<()>>);
+
+impl Checkers {
+    /// Starts a checker for every check of `config` on `runtime`; their
+    /// reports carry `generation` and their times count from `origin`.
+    pub fn spawn(
+        runtime: &Handle,
+        config: &Config,
+        keys: &Keys,
+        generation: u64,
+        origin: Instant,
+        reports: mpsc::Sender<ProbeReport>,
+    ) -> Checkers {
+        let mut handles = Vec::new();
+        for (r, region) in config.regions.iter().enumerate() {
+            for (c, check) in region.checks.iter().enumerate() {
+                let checker = Checker {
+                    generation,
+                    region: r,
+                    check: c,
+                    interval: region.health.interval,
+                    timeout: region.health.timeout,
+                    origin,
+                    reports: reports.clone(),
+                };
+                handles.push(match check.clone() {
+                    Check::Heartbeat { address, .. } => {
+                        runtime.spawn(checker.heartbeat(address.into(), keys.0[r][c].clone()))
+                    }
+                    Check::Http(http) => runtime.spawn(checker.http(http)),
+                    Check::Tcp { address } => runtime.spawn(checker.tcp(address.into())),
+                });
+            }
+        }
+        Checkers(handles)
+    }
+}
+
+impl Drop for Checkers {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+/// One check of one region.
+struct Checker {
+    generation: u64,
+    region: usize,
+    check: usize,
+    interval: Duration,
+    timeout: Duration,
+    origin: Instant,
+    reports: mpsc::Sender<ProbeReport>,
+}
+
+impl Checker {
+    fn ticker(&self) -> tokio::time::Interval {
+        let mut ticker = interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    }
+
+    /// False once the controller is gone.
+    async fn send(&self, result: ProbeResult, heartbeat: Option<HeartbeatNews>) -> bool {
+        let report = ProbeReport {
+            generation: self.generation,
+            region: self.region,
+            check: self.check,
+            probe: Probe::new(self.origin.elapsed(), result),
+            heartbeat,
+        };
+        self.reports.send(report).await.is_ok()
+    }
+
+    async fn http(self, check: HttpCheck) {
+        let mut ticker = self.ticker();
+        loop {
+            ticker.tick().await;
+            if !self.send(probe::http(&check, self.timeout).await, None).await {
+                return;
+            }
+        }
+    }
+
+    async fn tcp(self, address: SocketAddr) {
+        let mut ticker = self.ticker();
+        loop {
+            ticker.tick().await;
+            if !self.send(probe::tcp(address, self.timeout).await, None).await {
+                return;
+            }
+        }
+    }
+
+    /// One request per interval; a request unanswered within the timeout
+    /// is a miss. Replies are checked by the verifier (source, sequence,
+    /// MAC) and the rejected ones only counted.
+    async fn heartbeat(self, agent: SocketAddr, key: Option<Key>) {
+        let socket = match UdpSocket::bind("0.0.0.0:0").await {
+            Ok(socket) => socket,
+            Err(e) => return error!("heartbeat to {agent}: no socket: {e}"),
+        };
+        // Sequence numbers from the wall clock: replies to a previous run
+        // can never match a request of this one.
+        let first_seq = crate::daemon::unix_ms().saturating_mul(1_000_000);
+        let mut verifier = Verifier::new(agent, key, first_seq);
+        let mut ticker = self.ticker();
+        let mut buf = [0u8; 512];
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let now = self.origin.elapsed();
+                    for _ in 0..verifier.expire(now, self.timeout) {
+                        let missed = ProbeResult { outcome: Outcome::Timeout, latency: self.timeout };
+                        let news = HeartbeatNews { report: None, counters: verifier.counters() };
+                        if !self.send(missed, Some(news)).await {
+                            return;
+                        }
+                    }
+                    let request = verifier.request(now);
+                    if let Err(e) = socket.send_to(&request, agent).await {
+                        warn!("heartbeat to {agent}: {e}");
+                    }
+                }
+                received = socket.recv_from(&mut buf) => {
+                    let Ok((len, from)) = received else { continue };
+                    let now = self.origin.elapsed();
+                    if let Ok(accepted) = verifier.accept(from, &buf[..len], now) {
+                        let answered = ProbeResult { outcome: accepted.report.outcome(), latency: accepted.rtt };
+                        let news = HeartbeatNews { report: Some(accepted.report), counters: verifier.counters() };
+                        if !self.send(answered, Some(news)).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

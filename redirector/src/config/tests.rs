@@ -1,0 +1,724 @@
+//! The config: every error class with its line and key.
+
+use redirector_common::{MAX_REGIONS, MAX_SERVICES};
+
+use super::{validate::without_spanned_segments, *};
+
+const LAB: &str = r#"interfaces = ["veth-client", "veth-r1", "veth-r2"]
+metrics_listen = "127.0.0.1:9477"
+
+[health]
+interval_ms = 100
+fall = 3
+rise = 3
+timeout_ms = 100
+
+[failover]
+preempt = true
+preempt_delay_ms = 0
+max_switches_per_minute = 6
+all_down = "keep-last"
+
+[[region]]
+name = "region1"
+address = "10.1.0.2"
+priority = 100
+checks = [{ kind = "http", url = "http://10.1.0.2:80/", expect_status = 200 }]
+
+[[region]]
+name = "region2"
+address = "10.2.0.2"
+priority = 200
+checks = [{ kind = "heartbeat", address = "10.2.0.2:7946" }]
+
+[[service]]
+name = "web"
+vip = "10.2.0.2"
+port = 80
+protocol = "tcp"
+policy = "failover"
+regions = ["region1", "region2"]
+"#;
+
+/// The message for `text`, which must be refused.
+fn refused(text: &str) -> String {
+    Config::parse(text, "lab.toml").unwrap_err().to_string()
+}
+
+/// LAB with `from` replaced by `to` (which must occur once).
+fn lab_with(from: &str, to: &str) -> String {
+    assert_eq!(LAB.matches(from).count(), 1, "{from:?}");
+    LAB.replace(from, to)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text[..text.find(needle).unwrap()].lines().count() + 1
+}
+
+#[test]
+fn the_lab_config_loads_with_defaults_filled_in() {
+    let c = Config::parse(LAB, "lab.toml").unwrap();
+    assert_eq!(c.interfaces, ["veth-client", "veth-r1", "veth-r2"]);
+    assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/redirector"));
+    assert_eq!(c.control_socket, PathBuf::from(DEFAULT_SOCKET));
+    assert_eq!(c.metrics_listen, Some("127.0.0.1:9477".parse().unwrap()));
+    assert_eq!(c.failover, DEFAULT_FAILOVER);
+    assert_eq!(c.regions.len(), 2);
+    let r2 = &c.regions[1];
+    assert_eq!((r2.id, r2.name.as_str(), r2.priority), (1, "region2", 200));
+    assert_eq!(r2.health, DEFAULT_HEALTH);
+    assert_eq!(
+        r2.checks,
+        [Check::Heartbeat {
+            address: "10.2.0.2:7946".parse().unwrap(),
+            key_file: None
+        }]
+    );
+    let Check::Http(http) = &c.regions[0].checks[0] else {
+        panic!("{:?}", c.regions[0].checks)
+    };
+    assert_eq!(
+        (http.host.as_str(), http.port, http.path.as_str()),
+        ("10.1.0.2", 80, "/")
+    );
+    let web = &c.services[0];
+    assert_eq!(
+        (web.id, web.regions.as_slice(), web.target_port),
+        (0, &[0u8, 1][..], None)
+    );
+    assert_eq!(
+        (web.policy, web.weights.as_slice()),
+        (PolicyKind::Failover, &[1, 1][..])
+    );
+    assert_eq!(
+        web.addr,
+        ServiceAddr {
+            vip: Ipv4Addr::new(10, 2, 0, 2),
+            port: 80,
+            protocol: Protocol::Tcp
+        }
+    );
+}
+
+#[test]
+fn optional_sections_take_their_documented_defaults() {
+    let text = r#"interfaces = ["eth0"]
+[[region]]
+name = "a"
+address = "10.0.0.1"
+checks = [{ kind = "tcp", address = "10.0.0.1:80" }]
+"#;
+    let c = Config::parse(text, "min.toml").unwrap();
+    assert_eq!(c.failover, DEFAULT_FAILOVER);
+    assert_eq!(c.regions[0].health, DEFAULT_HEALTH);
+    assert_eq!(c.regions[0].priority, 0);
+    assert_eq!(c.metrics_listen, None);
+    assert!(c.services.is_empty());
+    assert_eq!(c.balance, DEFAULT_BALANCE);
+    assert_eq!(c.balance.dwell, Duration::from_secs(3));
+    let a = &c.regions[0];
+    assert_eq!((a.weight, a.pps, a.flows, a.cpu), (1, None, None, None));
+}
+
+#[test]
+fn a_region_overrides_the_health_defaults_key_by_key() {
+    let text = lab_with(
+        "priority = 200\n",
+        "priority = 200\ninterval_ms = 50\nfall = 2\ntimeout_ms = 40\n",
+    );
+    let c = Config::parse(&text, "lab.toml").unwrap();
+    assert_eq!(
+        c.regions[1].health,
+        HealthSettings {
+            interval: Duration::from_millis(50),
+            fall: 2,
+            rise: 3,
+            timeout: Duration::from_millis(40),
+        }
+    );
+    assert_eq!(c.regions[0].health, DEFAULT_HEALTH);
+}
+
+#[test]
+fn a_wrong_type_names_the_line_and_the_key_path() {
+    let text = lab_with("priority = 200", "priority = \"high\"");
+    let line = line_of(&text, "priority = \"high\"");
+    assert_eq!(
+        refused(&text),
+        format!(
+            "lab.toml:{line}: region[1].priority: invalid type: string \"high\", expected u32"
+        )
+    );
+}
+
+#[test]
+fn an_unknown_key_is_refused_by_name() {
+    let text = lab_with("priority = 100", "prioirty = 100");
+    let line = line_of(&text, "prioirty");
+    let message = refused(&text);
+    assert!(
+        message.starts_with(&format!(
+            "lab.toml:{line}: region[0].prioirty: unknown field `prioirty`"
+        )),
+        "{message}"
+    );
+    let text = lab_with("fall = 3", "fal = 3");
+    assert!(refused(&text).starts_with("lab.toml:6: health.fal: unknown field `fal`"));
+    let text = lab_with("all_down", "all_dawn");
+    assert!(refused(&text).starts_with("lab.toml:14: failover.all_dawn: unknown field"));
+}
+
+#[test]
+fn an_unknown_key_inside_a_check_is_refused() {
+    let text = lab_with("expect_status = 200", "expect_stauts = 200");
+    let message = refused(&text);
+    assert!(
+        message.starts_with("lab.toml:20: region[0].checks[0].expect_stauts: unknown field"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_key_of_another_check_kind_is_refused() {
+    let text = lab_with(
+        r#"address = "10.2.0.2:7946""#,
+        r#"address = "10.2.0.2:7946", url = "http://x/""#,
+    );
+    assert_eq!(
+        refused(&text),
+        "lab.toml:26: region \"region2\".checks[0].url: a heartbeat check has no url (its keys: address, key_file)"
+    );
+}
+
+#[test]
+fn a_check_without_its_required_key_is_refused() {
+    let text = lab_with(r#", address = "10.2.0.2:7946""#, "");
+    assert_eq!(
+        refused(&text),
+        "lab.toml:26: region \"region2\".checks[0].address: a heartbeat check needs address"
+    );
+}
+
+#[test]
+fn a_missing_key_names_its_table() {
+    let text = lab_with("address = \"10.1.0.2\"\n", "");
+    assert_eq!(
+        refused(&text),
+        format!(
+            "lab.toml:{}: region[0]: missing field `address`",
+            line_of(&text, "[[region]]")
+        )
+    );
+}
+
+#[test]
+fn addresses_must_be_ipv4() {
+    let text = lab_with(r#"vip = "10.2.0.2""#, r#"vip = "10.2.0.300""#);
+    assert_eq!(
+        refused(&text),
+        "lab.toml:30: service[0].vip: invalid IPv4 address syntax"
+    );
+    let text = lab_with(r#"address = "10.1.0.2""#, r#"address = "fe80::1""#);
+    assert_eq!(
+        refused(&text),
+        "lab.toml:18: region[0].address: invalid IPv4 address syntax"
+    );
+}
+
+#[test]
+fn a_syntax_error_names_its_line() {
+    let message = refused(&lab_with("fall = 3", "fall = "));
+    assert!(message.starts_with("lab.toml:6: "), "{message}");
+}
+
+#[test]
+fn a_service_naming_an_unknown_region_lists_the_known_ones() {
+    let text = lab_with(
+        r#"regions = ["region1", "region2"]"#,
+        r#"regions = ["region1", "region9"]"#,
+    );
+    assert_eq!(
+        refused(&text),
+        "lab.toml:34: service \"web\".regions: unknown region \"region9\" (known: region1, region2)"
+    );
+}
+
+#[test]
+fn a_service_lists_a_region_once() {
+    let text = lab_with(
+        r#"regions = ["region1", "region2"]"#,
+        r#"regions = ["region1", "region1"]"#,
+    );
+    assert_eq!(
+        refused(&text),
+        "lab.toml:34: service \"web\".regions: \"region1\" appears twice (first on line 34)"
+    );
+}
+
+#[test]
+fn names_are_unique() {
+    let text = lab_with(r#"name = "region2""#, r#"name = "region1""#);
+    assert_eq!(
+        refused(&text),
+        "lab.toml:23: region[1].name: \"region1\" appears twice (first on line 17)"
+    );
+    let text = format!("{LAB}\n[[service]]\nname = \"web\"\nvip = \"10.9.0.1\"\nport = 1\nprotocol = \"udp\"\nregions = [\"region1\"]\n");
+    let line = line_of(&text, "name = \"web\"\nvip = \"10.9.0.1\"");
+    assert_eq!(
+        refused(&text),
+        format!("lab.toml:{line}: service[1].name: \"web\" appears twice (first on line 29)")
+    );
+}
+
+#[test]
+fn names_are_plain_words() {
+    let text = lab_with(r#"name = "region1""#, r#"name = "region one""#);
+    assert!(
+        refused(&text).starts_with("lab.toml:17: region[0].name: \"region one\": a name is")
+    );
+}
+
+#[test]
+fn two_services_cannot_share_an_address() {
+    let text = format!("{LAB}\n[[service]]\nname = \"web2\"\nvip = \"10.2.0.2\"\nport = 80\nprotocol = \"tcp\"\nregions = [\"region1\"]\n");
+    let line = text.lines().count() - 3;
+    assert_eq!(
+        refused(&text),
+        format!("lab.toml:{line}: service \"web2\".vip: tcp 10.2.0.2:80 is already service \"web\" (line 30)")
+    );
+}
+
+#[test]
+fn ports_follow_the_protocol() {
+    let icmp = lab_with(r#"protocol = "tcp""#, r#"protocol = "icmp""#);
+    assert_eq!(
+        refused(&icmp),
+        "lab.toml:31: service \"web\".port: an icmp service has no port"
+    );
+    let no_port = lab_with("port = 80\n", "");
+    assert_eq!(
+        refused(&no_port),
+        "lab.toml:31: service \"web\".port: a tcp service needs a port"
+    );
+    let zero = lab_with("port = 80\n", "port = 0\n");
+    assert_eq!(
+        refused(&zero),
+        "lab.toml:31: service \"web\".port: port 0 is not a service port"
+    );
+    let ping = lab_with("port = 80\nprotocol = \"tcp\"", "protocol = \"icmp\"");
+    let c = Config::parse(&ping, "lab.toml").unwrap();
+    assert_eq!(c.services[0].addr.port, 0);
+}
+
+#[test]
+fn target_port_moves_every_backend() {
+    let text = lab_with("port = 80\n", "port = 80\ntarget_port = 8080\n");
+    let c = Config::parse(&text, "lab.toml").unwrap();
+    let web = &c.services[0];
+    assert_eq!(
+        c.regions.iter().map(|r| web.endpoint(r)).collect::<Vec<_>>(),
+        [
+            "10.1.0.2:8080".parse().unwrap(),
+            "10.2.0.2:8080".parse::<SocketAddrV4>().unwrap()
+        ]
+    );
+    let plain = Config::parse(LAB, "lab.toml").unwrap();
+    assert_eq!(plain.services[0].endpoint(&plain.regions[1]), "10.2.0.2:80".parse().unwrap());
+}
+
+#[test]
+fn health_counts_and_times_have_floors() {
+    assert_eq!(
+        refused(&lab_with("fall = 3", "fall = 0")),
+        "lab.toml:6: health.fall: must be at least 1"
+    );
+    assert_eq!(
+        refused(&lab_with("rise = 3", "rise = 0")),
+        "lab.toml:7: health.rise: must be at least 1"
+    );
+    assert_eq!(
+        refused(&lab_with("interval_ms = 100", "interval_ms = 5")),
+        "lab.toml:5: health.interval_ms: 5 ms is below the minimum of 10 ms"
+    );
+    assert_eq!(
+        refused(&lab_with("timeout_ms = 100", "timeout_ms = 0")),
+        "lab.toml:8: health.timeout_ms: must be at least 1 ms"
+    );
+    let region_override = lab_with("priority = 200\n", "priority = 200\nrise = 0\n");
+    assert_eq!(
+        refused(&region_override),
+        "lab.toml:26: region \"region2\".rise: must be at least 1"
+    );
+    let negative = refused(&lab_with("fall = 3", "fall = -1"));
+    assert!(
+        negative.starts_with("lab.toml:6: health.fall: invalid value"),
+        "{negative}"
+    );
+}
+
+#[test]
+fn a_timeout_longer_than_the_interval_blames_the_most_specific_setting() {
+    let region_interval = lab_with("priority = 200\n", "priority = 200\ninterval_ms = 50\n");
+    assert_eq!(
+        refused(&region_interval),
+        "lab.toml:26: region \"region2\".interval_ms: timeout_ms (100) exceeds interval_ms (50): \
+         a check has one probe in flight at a time"
+    );
+    let global_timeout = lab_with("timeout_ms = 100", "timeout_ms = 150");
+    assert!(
+        refused(&global_timeout).starts_with("lab.toml:8: health.timeout_ms: timeout_ms (150)")
+    );
+}
+
+#[test]
+fn the_data_plane_limits_are_enforced() {
+    let mut text = String::from("interfaces = [\"eth0\"]\n");
+    for i in 0..=MAX_REGIONS {
+        text += &format!(
+            "[[region]]\nname = \"r{i}\"\naddress = \"10.0.0.1\"\nchecks = [{{ kind = \"tcp\", address = \"10.0.0.1:80\" }}]\n"
+        );
+    }
+    let line = line_of(&text, &format!("name = \"r{MAX_REGIONS}\""));
+    assert_eq!(
+        refused(&text),
+        format!("lab.toml:{line}: region[32]: more than 32 regions: the data plane holds 32")
+    );
+
+    let mut text = LAB.to_string();
+    for i in 1..=MAX_SERVICES {
+        text += &format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"10.3.0.1\"\nport = {i}\nprotocol = \"udp\"\nregions = [\"region1\"]\n"
+        );
+    }
+    let line = line_of(&text, &format!("name = \"s{MAX_SERVICES}\""));
+    assert_eq!(
+        refused(&text),
+        format!("lab.toml:{line}: service[64]: more than 64 services: the data plane holds 64")
+    );
+}
+
+#[test]
+fn at_least_one_region_interface_check_and_service_region() {
+    let no_region = "interfaces = [\"eth0\"]\n";
+    assert_eq!(
+        refused(no_region),
+        "lab.toml:1: region: at least one [[region]] is needed"
+    );
+    assert_eq!(
+        refused(&lab_with(
+            r#"interfaces = ["veth-client", "veth-r1", "veth-r2"]"#,
+            "interfaces = []"
+        )),
+        "lab.toml:1: interfaces: at least one interface is needed"
+    );
+    let no_check = lab_with(
+        r#"[{ kind = "heartbeat", address = "10.2.0.2:7946" }]"#,
+        "[]",
+    );
+    assert!(refused(&no_check)
+        .starts_with("lab.toml:26: region \"region2\".checks: at least one check"));
+    let no_service_region = lab_with(r#"["region1", "region2"]"#, "[]");
+    assert_eq!(
+        refused(&no_service_region),
+        "lab.toml:34: service \"web\".regions: at least one region is needed"
+    );
+}
+
+#[test]
+fn interface_names_fit_the_kernel() {
+    let long = lab_with("\"veth-r2\"]", "\"veth-r2-is-far-too-long\"]");
+    assert!(refused(&long)
+        .starts_with("lab.toml:1: interfaces[2]: \"veth-r2-is-far-too-long\" is not"));
+    let twice = lab_with("\"veth-r2\"]", "\"veth-r1\"]");
+    assert_eq!(
+        refused(&twice),
+        "lab.toml:1: interfaces[2]: \"veth-r1\" appears twice (first on line 1)"
+    );
+}
+
+#[test]
+fn failover_settings_are_read_and_checked() {
+    let text = lab_with("preempt = true", "preempt = false")
+        .replace("preempt_delay_ms = 0", "preempt_delay_ms = 2500")
+        .replace("\"keep-last\"", "\"drop\"");
+    let f = Config::parse(&text, "lab.toml").unwrap().failover;
+    assert_eq!(
+        f,
+        FailoverSettings {
+            preempt: false,
+            preempt_delay: Duration::from_millis(2500),
+            max_switches_per_minute: 6,
+            all_down: AllDown::Drop
+        }
+    );
+    assert_eq!(
+        refused(&lab_with("max_switches_per_minute = 6", "max_switches_per_minute = 0")),
+        "lab.toml:13: failover.max_switches_per_minute: must be at least 1 (set preempt = false to stop failback)"
+    );
+    let bad_mode = refused(&lab_with("\"keep-last\"", "\"keep\""));
+    assert!(
+        bad_mode.starts_with("lab.toml:14: failover.all_down: unknown variant `keep`"),
+        "{bad_mode}"
+    );
+}
+
+#[test]
+fn spanned_wrappers_leave_no_trace_in_key_paths() {
+    assert_eq!(
+        without_spanned_segments("region[0].checks.$__serde_spanned_private_value[0].urll"),
+        "region[0].checks[0].urll"
+    );
+    assert_eq!(
+        without_spanned_segments("health.fall.$__serde_spanned_private_value"),
+        "health.fall"
+    );
+    assert_eq!(without_spanned_segments("."), "");
+}
+
+#[test]
+fn http_checks_take_plain_http_urls_only() {
+    let https = refused(&lab_with("http://10.1.0.2:80/", "https://10.1.0.2/"));
+    assert_eq!(
+        https,
+        "lab.toml:20: region \"region1\".checks[0].url: \"https://10.1.0.2/\": only http:// URLs are supported"
+    );
+    let status = refused(&lab_with("expect_status = 200", "expect_status = 42"));
+    assert!(status
+        .starts_with("lab.toml:20: region \"region1\".checks[0].expect_status: 42 is not"));
+}
+
+/// `text` must be refused with a message that starts with `start`
+/// (the tail is serde's, such as the fields it expected).
+fn refused_with(text: &str, start: &str) {
+    let message = refused(text);
+    assert!(message.starts_with(start), "{message}");
+}
+
+/// LAB with region1 carrying `region1` and region2 `region2` (lines
+/// after their priorities), and the service `service` in place of its
+/// policy line.
+fn balanced(region1: &str, region2: &str, service: &str) -> String {
+    lab_with("priority = 100\n", &format!("priority = 100\n{region1}"))
+        .replace("priority = 200\n", &format!("priority = 200\n{region2}"))
+        .replace("policy = \"failover\"\n", service)
+}
+
+#[test]
+fn balance_settings_are_read_and_checked() {
+    let text = format!("{LAB}\n[balance]\ndwell_ms = 0\n");
+    let c = Config::parse(&text, "lab.toml").unwrap();
+    assert_eq!(c.balance.dwell, Duration::ZERO);
+    assert_eq!(c.balance.sample, Duration::from_secs(1));
+    let fast = format!("{text}sample_ms = 99\n");
+    let line = line_of(&fast, "sample_ms");
+    assert_eq!(
+        refused(&fast),
+        format!(
+            "lab.toml:{line}: balance.sample_ms: 99 ms is below the minimum of 100 ms: each sample walks the flow table"
+        )
+    );
+    let typo = text.replace("dwell_ms", "dwel_ms");
+    let line = line_of(&typo, "dwel_ms");
+    let message = refused(&typo);
+    assert!(
+        message.starts_with(&format!(
+            "lab.toml:{line}: balance.dwel_ms: unknown field `dwel_ms`"
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn policy_names_are_the_ones_the_file_takes() {
+    for kind in [
+        PolicyKind::Failover,
+        PolicyKind::Weighted,
+        PolicyKind::Spill(Measure::Pps),
+        PolicyKind::Spill(Measure::Flows),
+        PolicyKind::Spill(Measure::Cpu),
+    ] {
+        let text = balanced(
+            "pps = { low = 1, high = 2 }\nflows = { low = 1, high = 2 }\n",
+            "cpu = { low = 1, high = 2 }\n",
+            &format!("policy = {:?}\n", kind.name()),
+        );
+        let c = Config::parse(&text, "lab.toml").unwrap();
+        assert_eq!(c.services[0].policy, kind);
+    }
+}
+
+#[test]
+fn regions_carry_weights_and_watermarks() {
+    let text = balanced(
+        "weight = 3\npps = { low = 800, high = 1000 }\nflows = { low = 5, high = 5 }\n",
+        "weight = 0\ncpu = { low = 60, high = 100 }\n",
+        "policy = \"cpu\"\n",
+    );
+    let c = Config::parse(&text, "lab.toml").unwrap();
+    let (r1, r2) = (&c.regions[0], &c.regions[1]);
+    assert_eq!(r1.weight, 3);
+    assert_eq!(
+        r1.pps,
+        Some(Watermarks {
+            low: 800,
+            high: 1000
+        })
+    );
+    assert_eq!(r1.flows, Some(Watermarks { low: 5, high: 5 }));
+    assert_eq!((r1.cpu, r2.pps, r2.flows), (None, None, None));
+    assert_eq!(
+        (r2.weight, r2.cpu),
+        (0, Some(Watermarks { low: 60, high: 100 }))
+    );
+    assert_eq!(r1.watermarks(Measure::Pps), r1.pps);
+    assert_eq!(r2.watermarks(Measure::Flows), None);
+    assert_eq!(c.services[0].weights, [3, 0]);
+}
+
+#[test]
+fn watermarks_are_checked() {
+    assert_eq!(
+        refused(&balanced("pps = { low = 900, high = 800 }\n", "", "")),
+        "lab.toml:20: region \"region1\".pps: low (900) is above high (800)"
+    );
+    assert_eq!(
+        refused(&balanced("", "cpu = { low = 60, high = 101 }\n", "")),
+        "lab.toml:26: region \"region2\".cpu: high (101) is above 100 percent"
+    );
+    refused_with(
+        &balanced("flows = { low = 900 }\n", "", ""),
+        "lab.toml:20: region[0].flows: missing field `high`",
+    );
+    refused_with(
+        &balanced("", "pps = { low = 1, hihg = 2 }\n", ""),
+        "lab.toml:26: region[1].pps.hihg: unknown field `hihg`",
+    );
+    refused_with(
+        &balanced("pps = { low = -1, high = 2 }\n", "", ""),
+        "lab.toml:20: region[0].pps.low: invalid value",
+    );
+}
+
+#[test]
+fn a_service_overrides_region_weights_by_name() {
+    let text = balanced(
+        "weight = 5\n",
+        "",
+        "policy = \"weighted\"\nweights = { region2 = 3, region1 = 0 }\n",
+    );
+    let c = Config::parse(&text, "lab.toml").unwrap();
+    assert_eq!(c.services[0].weights, [0, 3]);
+    let partial = balanced("weight = 5\n", "", "weights = { region2 = 2 }\n");
+    let c = Config::parse(&partial, "lab.toml").unwrap();
+    assert_eq!(c.services[0].weights, [5, 2]);
+}
+
+#[test]
+fn service_weights_name_the_services_own_regions() {
+    assert_eq!(
+        refused(&balanced("", "", "weights = { region1 = 1, region9 = 2 }\n")),
+        "lab.toml:33: service \"web\".weights.region9: unknown region \"region9\" (known: region1, region2)"
+    );
+    let region3 = format!(
+        "{LAB}\n[[region]]\nname = \"region3\"\naddress = \"10.3.0.2\"\n\
+         checks = [{{ kind = \"tcp\", address = \"10.3.0.2:80\" }}]\n"
+    )
+    .replace("policy = \"failover\"\n", "weights = { region3 = 1 }\n");
+    assert_eq!(
+        refused(&region3),
+        "lab.toml:33: service \"web\".weights.region3: \"region3\" is not among service \"web\"'s regions (region1, region2)"
+    );
+    refused_with(
+        &balanced("", "", "weights = { region1 = -1 }\n"),
+        "lab.toml:33: service[0].weights.region1: invalid value",
+    );
+}
+
+#[test]
+fn a_weighted_service_needs_a_positive_weight() {
+    let zero = "weight = 0\n";
+    assert_eq!(
+        refused(&balanced(zero, zero, "policy = \"weighted\"\n")),
+        "lab.toml:35: service \"web\".policy: every weight of service \"web\" would be 0: \
+         no region would take new flows"
+    );
+    let overridden = balanced(
+        "",
+        "",
+        "policy = \"weighted\"\nweights = { region1 = 0, region2 = 0 }\n",
+    );
+    assert_eq!(
+        refused(&overridden),
+        "lab.toml:34: service \"web\".weights: every weight of service \"web\" would be 0: \
+         no region would take new flows"
+    );
+    let backup = balanced(zero, "", "policy = \"weighted\"\n");
+    assert!(Config::parse(&backup, "lab.toml").is_ok());
+    let failover = balanced(zero, zero, "");
+    assert_eq!(
+        Config::parse(&failover, "lab.toml").unwrap().services[0].weights,
+        [0, 0]
+    );
+}
+
+#[test]
+fn check_weights_refuses_what_would_strand_new_flows() {
+    let text = balanced("", "", "policy = \"weighted\"\n");
+    let c = Config::parse(&text, "lab.toml").unwrap();
+    let web = &c.services[0];
+    assert_eq!(web.check_weights(&[0, 2]), Ok(()));
+    assert_eq!(
+        web.check_weights(&[0, 0]),
+        Err(
+            "every weight of service \"web\" would be 0: no region would take new flows".into()
+        )
+    );
+    assert_eq!(
+        web.check_weights(&[1]),
+        Err("service \"web\" has 2 regions: it takes 2 weights, not 1".into())
+    );
+    let failover = &Config::parse(LAB, "lab.toml").unwrap().services[0];
+    assert_eq!(failover.check_weights(&[0, 0]), Ok(()));
+}
+
+#[test]
+fn a_load_policy_needs_watermarks_on_one_of_its_regions() {
+    for kind in ["pps", "flows", "cpu"] {
+        let text = balanced("", "", &format!("policy = \"{kind}\"\n"));
+        assert_eq!(
+            refused(&text),
+            format!(
+                "lab.toml:33: service \"web\".policy: policy {kind} needs {kind} = {{ low, high }} \
+                 on at least one of its regions"
+            )
+        );
+    }
+    let elsewhere = balanced("flows = { low = 1, high = 2 }\n", "", "policy = \"pps\"\n");
+    assert!(refused(&elsewhere)
+        .ends_with("policy pps needs pps = { low, high } on at least one of its regions"));
+}
+
+#[test]
+fn cpu_watermarks_need_the_agents_heartbeat() {
+    let cpu = "cpu = { low = 60, high = 80 }\n";
+    let text = balanced(cpu, cpu, "policy = \"cpu\"\n");
+    assert_eq!(
+        refused(&text),
+        "lab.toml:35: service \"web\".policy: region \"region1\" has cpu watermarks but no \
+         heartbeat check, over which its agent reports CPU"
+    );
+    // Under another policy the watermarks are not read.
+    let pps = balanced(cpu, "pps = { low = 1, high = 2 }\n", "policy = \"pps\"\n");
+    assert!(Config::parse(&pps, "lab.toml").is_ok());
+}
+
+#[test]
+fn load_names_a_missing_file() {
+    let err = Config::load(Path::new("/nonexistent/redirector.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/redirector.toml: "),
+        "{err}"
+    );
+}

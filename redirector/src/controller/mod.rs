@@ -1,0 +1,525 @@
+//! The controller: health → policy → data plane. It owns every piece of
+//! state and is the only writer of the data plane, which it reaches
+//! through the [`Dataplane`] trait; it reads time from a [`Clock`]. No
+//! sockets, timers or files here: the daemon feeds it inputs (probe
+//! results, load samples, operator commands, a reloaded config) and asks
+//! when it wants to be woken, so tests drive it on a simulated clock
+//! against a fake data plane and check what was written, in which order.
+//!
+//! The order of writes, the invariants the data plane relies on:
+//! - a new or re-keyed service selects nowhere until its first decision
+//!   (`set_services`), and every decision that changes what a service's new
+//!   flows take rewrites its table;
+//! - a service's table flips at most once per
+//!   [`BANK_REUSE_GRACE`](crate::dataplane::BANK_REUSE_GRACE): a flip
+//!   decided sooner waits (it is not slept on) and the latest table wins;
+//! - region states are written after the selections decided with them, so
+//!   flows re-steered off a region marked down find the new table;
+//! - nothing is written while a region is pending after a start or reload
+//!   but what the rules force: the data plane keeps its last state, and a
+//!   restart moves no flow.
+
+use std::{collections::VecDeque, time::Duration};
+
+use anyhow::{bail, Result};
+use redirector_common::{RegionState, NO_REGION};
+use redirector_proto::{
+    control::{Request, Response},
+    heartbeat,
+};
+use tracing::{error, info};
+
+use crate::{
+    config::Config,
+    dataplane::{
+        check_services, flow_table::Sweep, service_specs, Dataplane, Selection, Stats,
+    },
+    health::{Probe, RegionHealth},
+    maglev,
+    metrics,
+    policy::{Decision, Event, EventKind, Load, Policy, Subject},
+};
+
+mod flips;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use flips::Flips;
+
+/// Events kept for `redirectorctl events`.
+const EVENT_LOG: usize = 1000;
+
+/// The daemon's time: since a fixed origin (its start).
+pub trait Clock: Send {
+    fn now(&self) -> Duration;
+}
+
+/// `CLOCK_MONOTONIC` since the daemon started.
+pub struct MonotonicClock(pub std::time::Instant);
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// One probe of one check, as a checker reports it.
+#[derive(Clone, Debug)]
+pub struct ProbeReport {
+    /// The checks' generation the checker was started for: results of
+    /// checkers of a configuration since replaced are dropped.
+    pub generation: u64,
+    pub region: usize,
+    pub check: usize,
+    pub probe: Probe,
+    /// Heartbeat checks: what the agent reported, and the verifier's
+    /// counters of rejected replies.
+    pub heartbeat: Option<HeartbeatNews>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct HeartbeatNews {
+    pub report: Option<heartbeat::Report>,
+    pub counters: heartbeat::Counters,
+}
+
+/// What the last load samples said.
+#[derive(Default)]
+struct Traffic {
+    at: Option<Duration>,
+    packets: Vec<u64>,
+    pps: Vec<f64>,
+    active_flows: Vec<u64>,
+    stats: Stats,
+}
+
+/// An event as `redirectorctl events` keeps it.
+struct Logged {
+    event: Event,
+    /// Decision → map write, once the selection it decided is live.
+    map_write: Option<Duration>,
+}
+
+pub struct Controller<D: Dataplane> {
+    config: Config,
+    dataplane: D,
+    clock: Box<dyn Clock>,
+    /// Wall-clock time of the clock's origin, for status and events.
+    origin_unix_ms: u64,
+    generation: u64,
+    health: Vec<RegionHealth>,
+    policy: Policy,
+    /// What REGIONS holds, as far as this process knows.
+    written: Vec<Option<RegionState>>,
+    flips: Flips,
+    /// Per service: each region's share of the selection table last
+    /// written, in percent.
+    table_shares: Vec<Vec<(u8, f64)>>,
+    switches: Vec<u64>,
+    last_map_write: Option<Duration>,
+    traffic: Traffic,
+    heartbeat_counters: Vec<Vec<heartbeat::Counters>>,
+    agent_reports: Vec<Option<heartbeat::Report>>,
+    /// Newest last; `log_base` is the number of events dropped off its front.
+    log: VecDeque<Logged>,
+    log_base: u64,
+    snapshot: metrics::Shared,
+}
+
+impl<D: Dataplane> Controller<D> {
+    /// Takes over the data plane as it is: attaches to the interfaces (an
+    /// interface already attached by an earlier process swaps programs
+    /// atomically), writes the services, and adopts what each service
+    /// selects now and each region's state, so the first decisions start
+    /// from them.
+    pub fn start(config: Config, mut dataplane: D, clock: Box<dyn Clock>, origin_unix_ms: u64) -> Result<Self> {
+        check_services(&service_specs(&config))?;
+        for interface in &config.interfaces {
+            let mode = dataplane.attach(interface)?;
+            info!("{interface}: XDP {mode:?}");
+        }
+        let now = clock.now();
+        let mut controller = Controller {
+            health: config.regions.iter().map(|r| RegionHealth::new(r, now)).collect(),
+            policy: Policy::new(&config),
+            written: Vec::new(),
+            flips: Flips::new(config.services.len()),
+            table_shares: vec![Vec::new(); config.services.len()],
+            switches: vec![0; config.services.len()],
+            last_map_write: None,
+            traffic: Traffic::default(),
+            heartbeat_counters: checks_of(&config),
+            agent_reports: vec![None; config.regions.len()],
+            log: VecDeque::new(),
+            log_base: 0,
+            snapshot: metrics::Shared::default(),
+            generation: 0,
+            config,
+            dataplane,
+            clock,
+            origin_unix_ms,
+        };
+        controller.adopt()?;
+        controller.publish();
+        Ok(controller)
+    }
+
+    /// Writes the config's services, then reads back what each selects and
+    /// what REGIONS holds. A service the data plane did not hold under the
+    /// same address and id selects nowhere, so its policy writes it.
+    fn adopt(&mut self) -> Result<()> {
+        self.dataplane.set_services(&service_specs(&self.config))?;
+        for service in &self.config.services {
+            let live = self.dataplane.selection(&service.addr)?;
+            if let Some(region) = live.single() {
+                self.policy.adopt(service.id, (region != NO_REGION).then_some(region));
+            }
+            self.table_shares[service.id as usize] = maglev::shares(live.slots());
+        }
+        self.written = self.config.regions.iter().map(|r| self.dataplane.region_state(r.id).ok()).collect();
+        Ok(())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The generation checkers are started for; see [`ProbeReport`].
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What `/metrics` serves, refreshed at every decision.
+    pub fn metrics(&self) -> metrics::Shared {
+        self.snapshot.clone()
+    }
+
+    pub fn on_probe(&mut self, report: ProbeReport) {
+        if report.generation != self.generation {
+            return;
+        }
+        let Some(region) = self.health.get_mut(report.region) else {
+            return;
+        };
+        let trigger = report.probe.at;
+        if let Some(news) = report.heartbeat {
+            if let Some(agent) = news.report {
+                self.agent_reports[report.region] = Some(agent);
+            }
+            if let Some(counters) = self.heartbeat_counters[report.region].get_mut(report.check) {
+                *counters = news.counters;
+            }
+        }
+        if let Some(transition) = region.record(report.check, report.probe) {
+            let name = region.name().to_string();
+            info!("region {name}: {} → {} ({})", transition.from, transition.to, transition.reason);
+            self.record(vec![Event::region(&name, &transition)]);
+            self.decide(trigger);
+        }
+    }
+
+    /// When the controller wants [`Controller::on_deadline`] even if no
+    /// input comes: a preempt delay or flap-limit window ends, or a table
+    /// flip waits out the bank-reuse grace.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        [self.policy.next_deadline(), self.flips.next_due()].into_iter().flatten().min()
+    }
+
+    pub fn on_deadline(&mut self) {
+        let now = self.clock.now();
+        self.decide(now);
+    }
+
+    /// Runs the policy and writes what changed: selections first (those
+    /// within the bank-reuse grace wait), then region states once no
+    /// selection waits. `trigger` is when the input that led here arrived.
+    fn decide(&mut self, trigger: Duration) {
+        let now = self.clock.now();
+        let conditions: Vec<_> = self.health.iter().map(RegionHealth::condition).collect();
+        let evaluation = self.policy.evaluate(now, &conditions);
+        let first_event = self.log_base + self.log.len() as u64;
+        self.record(evaluation.events);
+        for decision in evaluation.decisions.iter().filter(|d| d.changed) {
+            let selection = self.selection(decision);
+            // The event that announced this switch gets its write latency.
+            let event = self.log.iter().enumerate().rev().find_map(|(i, logged)| {
+                let seq = self.log_base + i as u64;
+                let e = &logged.event;
+                let ours = e.kind == EventKind::Switch
+                    && e.subject == Subject::Service(self.config.services[decision.service as usize].name.clone());
+                (seq >= first_event && ours).then_some(seq)
+            });
+            self.flips.decide(decision.service, selection, trigger, event);
+        }
+        self.write_due_flips(now);
+        self.write_region_states();
+        self.publish();
+    }
+
+    /// Flips the tables whose grace is over.
+    fn write_due_flips(&mut self, now: Duration) {
+        for (service, pending) in self.flips.due(now) {
+            let config = &self.config.services[service as usize];
+            let written = self.dataplane.set_selection(&config.addr, &pending.selection);
+            let took = self.clock.now().saturating_sub(pending.trigger);
+            match written {
+                Ok(()) => {
+                    self.flips.flipped(service, self.clock.now());
+                    let shares = maglev::shares(pending.selection.slots());
+                    let to: Vec<String> = shares
+                        .iter()
+                        .map(|&(r, pct)| format!("{} {pct:.1} %", self.config.regions[r as usize].name))
+                        .collect();
+                    info!(
+                        "service {}: new flows → {}; decision → map write {:.0} µs",
+                        config.name,
+                        if to.is_empty() { "nowhere".to_string() } else { to.join(", ") },
+                        took.as_secs_f64() * 1e6
+                    );
+                    self.table_shares[service as usize] = shares;
+                    self.switches[service as usize] += 1;
+                    self.last_map_write = Some(took);
+                    if let Some(logged) = pending
+                        .event
+                        .and_then(|seq| seq.checked_sub(self.log_base))
+                        .and_then(|i| self.log.get_mut(i as usize))
+                    {
+                        logged.map_write = Some(took);
+                    }
+                }
+                Err(e) => error!("service {}: writing the selection failed: {e:#}", config.name),
+            }
+        }
+    }
+
+    /// The selection table of a decision.
+    fn selection(&self, decision: &Decision) -> Selection {
+        let entries = |share: &[(u8, u32)]| -> Vec<maglev::Entry> {
+            share
+                .iter()
+                .map(|&(region, weight)| maglev::Entry {
+                    region,
+                    name: &self.config.regions[region as usize].name,
+                    weight,
+                })
+                .collect()
+        };
+        let slots = maglev::selection(&entries(&decision.weights), &entries(&decision.share));
+        Selection::from_slots(&slots).expect("maglev fills every slot with a known region")
+    }
+
+    /// Region states, once every selection decided before is live.
+    fn write_region_states(&mut self) {
+        if self.flips.any_pending() {
+            return;
+        }
+        for (region, health) in self.config.regions.iter().zip(&self.health) {
+            let Some(state) = health.condition().status().dataplane_state() else { continue };
+            let slot = &mut self.written[region.id as usize];
+            if *slot == Some(state) {
+                continue;
+            }
+            match self.dataplane.set_region_state(region.id, state) {
+                Ok(()) => *slot = Some(state),
+                Err(e) => error!("region {}: writing its state failed: {e:#}", region.name),
+            }
+        }
+    }
+
+    fn record(&mut self, events: Vec<Event>) {
+        for event in events {
+            if event.kind != EventKind::Region {
+                info!("{}: {} → {} ({})", event.subject, event.from, event.to, event.reason);
+            }
+            self.log.push_back(Logged { event, map_write: None });
+            if self.log.len() > EVENT_LOG {
+                self.log.pop_front();
+                self.log_base += 1;
+            }
+        }
+    }
+
+    /// A load sample: counters and pps from the data plane, active flows
+    /// from a sweep of its flow table (kept from the last one when the
+    /// table could not be read); then the load policies see them.
+    pub fn on_sample(&mut self, sweep: Option<Sweep>) {
+        if let Some(sweep) = sweep {
+            self.traffic.active_flows = sweep.active;
+        }
+        let stats = match self.dataplane.stats() {
+            Ok(stats) => stats,
+            Err(e) => return error!("reading counters: {e:#}"),
+        };
+        let now = self.clock.now();
+        let packets: Vec<u64> = stats.regions.iter().map(|c| c.packets).collect();
+        if let Some(at) = self.traffic.at {
+            let dt = now.saturating_sub(at).as_secs_f64().max(1e-9);
+            self.traffic.pps = packets
+                .iter()
+                .zip(&self.traffic.packets)
+                .map(|(now, before)| now.saturating_sub(*before) as f64 / dt)
+                .collect();
+        }
+        self.traffic.at = Some(now);
+        self.traffic.packets = packets;
+        self.traffic.stats = stats;
+        let loads: Vec<Load> = (0..self.config.regions.len()).map(|r| self.load(r)).collect();
+        let events = self.policy.observe_load(now, &loads);
+        self.record(events);
+        self.decide(now);
+    }
+
+    /// Region `r`'s load, as last sampled.
+    fn load(&self, r: usize) -> Load {
+        Load {
+            pps: self.traffic.pps.get(r).copied().unwrap_or(0.0),
+            flows: self.traffic.active_flows.get(r).copied().unwrap_or(0),
+            cpu_percent: self.agent_reports[r].map(|a| a.cpu_permille as f64 / 10.0),
+        }
+    }
+
+    /// An operator's request. `reload` and `detach` involve the daemon's
+    /// files and tasks: it handles them with [`Controller::reload`] and
+    /// [`Controller::detach`].
+    pub fn handle(&mut self, request: Request) -> Response {
+        let received = self.clock.now();
+        let now = received;
+        let result: Result<String, String> = match request {
+            Request::Status => return Response::Status(self.status()),
+            Request::Events => return Response::Events { events: self.events() },
+            Request::SetActive { region: Some(region), service } => self
+                .policy
+                .set_active(now, &region, service.as_deref())
+                .map(|events| {
+                    self.record(events);
+                    format!("new flows go to {region}")
+                })
+                .map_err(|e| e.to_string()),
+            Request::SetActive { region: None, service } => self
+                .policy
+                .set_auto(now, service.as_deref())
+                .map(|events| {
+                    self.record(events);
+                    "new flows follow the policy again".to_string()
+                })
+                .map_err(|e| e.to_string()),
+            Request::Weight { region, weight, service } => self
+                .policy
+                .set_weight(now, &region, weight, service.as_deref())
+                .map(|events| {
+                    let message = format!(
+                        "weight of {region} = {weight} in {}",
+                        events.iter().map(|e| e.subject.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                    self.record(events);
+                    message
+                })
+                .map_err(|e| e.to_string()),
+            Request::Drain { region } => self.set_drained(&region, true, now),
+            Request::Undrain { region } => self.set_drained(&region, false, now),
+            Request::Reload | Request::Detach => {
+                return Response::Error { message: "handled by the daemon".into() };
+            }
+        };
+        match result {
+            Ok(message) => {
+                self.decide(received);
+                Response::Done { message }
+            }
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    fn set_drained(&mut self, region: &str, drained: bool, now: Duration) -> Result<String, String> {
+        let index = self.config.regions.iter().position(|r| r.name == region).ok_or_else(|| {
+            let known: Vec<&str> = self.config.regions.iter().map(|r| r.name.as_str()).collect();
+            format!("unknown region {region:?} (known: {})", known.join(", "))
+        })?;
+        Ok(match self.health[index].set_drained(drained, now) {
+            Some(transition) => {
+                self.record(vec![Event::region(region, &transition)]);
+                format!("region {region}: {}", transition.to)
+            }
+            None => format!("region {region}: already {}", self.health[index].condition()),
+        })
+    }
+
+    /// Takes `config` in place of the running one. Everything that can be
+    /// refused is checked before anything changes. Regions keep their
+    /// health when their checks are unchanged; the services are written
+    /// and adopted as at a start, so a service whose address or id changed
+    /// gets its table written by its first decision. Returns a summary;
+    /// the daemon restarts the checkers for [`Controller::generation`].
+    pub fn reload(&mut self, config: Config) -> Result<String> {
+        check_services(&service_specs(&config))?;
+        for (old, new) in self.config.regions.iter().zip(&config.regions) {
+            if old.name != new.name {
+                bail!(
+                    "region {} is now {:?} at the same position: regions are identified by their \
+                     position (flows are pinned to it), so they can be appended, not reordered or \
+                     removed, while redirectord runs",
+                    old.name,
+                    new.name
+                );
+            }
+        }
+        if config.regions.len() < self.config.regions.len() {
+            bail!("regions can be appended, not removed, while redirectord runs");
+        }
+        if config.pin_path != self.config.pin_path || config.control_socket != self.config.control_socket {
+            bail!("pin_path and control_socket take effect at start only");
+        }
+        for interface in &config.interfaces {
+            self.dataplane.check_interface(interface)?;
+        }
+
+        for interface in config.interfaces.iter().filter(|i| !self.config.interfaces.contains(i)) {
+            self.dataplane.attach(interface)?;
+        }
+        for interface in self.config.interfaces.iter().filter(|i| !config.interfaces.contains(i)) {
+            self.dataplane.detach(interface)?;
+        }
+
+        let now = self.clock.now();
+        self.health = config
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, region)| match self.config.regions.get(i) {
+                Some(old) if old.checks == region.checks && old.health == region.health => self.health[i].clone(),
+                _ => RegionHealth::new(region, now),
+            })
+            .collect();
+        // Selections decided for the old services are moot: the new ones
+        // start from what the data plane holds.
+        self.flips.reset(config.services.len());
+        self.policy = Policy::new(&config);
+        self.switches.resize(config.services.len(), 0);
+        self.table_shares = vec![Vec::new(); config.services.len()];
+        self.agent_reports.resize(config.regions.len(), None);
+        self.heartbeat_counters = checks_of(&config);
+        self.generation += 1;
+        self.config = config;
+        self.adopt()?;
+        self.decide(now);
+        Ok(format!(
+            "{} regions, {} services",
+            self.config.regions.len(),
+            self.config.services.len()
+        ))
+    }
+
+    /// Takes the data plane off every interface and removes its pins.
+    pub fn detach(&mut self) -> Result<()> {
+        for interface in self.config.interfaces.clone() {
+            self.dataplane.detach(&interface)?;
+        }
+        self.dataplane.remove_pins()
+    }
+}
+
+/// One slot per check of every region.
+fn checks_of(config: &Config) -> Vec<Vec<heartbeat::Counters>> {
+    config.regions.iter().map(|r| vec![Default::default(); r.checks.len()]).collect()
+}

@@ -1,0 +1,364 @@
+//! The data plane as userspace sees it: load the XDP object (or adopt the
+//! one already pinned), attach it to interfaces, write services, regions and
+//! selection tables, read counters and flows.
+//!
+//! Everything lives under a pin directory on bpffs: the maps by name and
+//! one XDP link per interface in `links/`. A process that exits leaves the
+//! data plane forwarding on its last state; the next one loads the same
+//! object against the same maps and swaps its program into the pinned links
+//! atomically, so no flow loses its region across a restart.
+
+use std::{collections::BTreeMap, fs, path::PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId, XdpMode},
+        ProgramError, Xdp,
+    },
+    Ebpf, EbpfLoader,
+};
+use redirector_common::{
+    backend_index, map_names, selection_index, Backend, Counters, Reason, Region, RegionState,
+    SelectionTable, Service, ServiceKey, MAX_REGIONS, PROGRAM_NAME,
+};
+use tracing::{debug, warn};
+
+use super::{
+    check_region_id, check_services,
+    flow_table::FlowTable,
+    pins::{ensure_bpffs, ifindex, link_pin, list_link_pins, remove_link_pin},
+    AttachMode, Dataplane, Selection, ServiceSpec, Stats,
+};
+use crate::config::{ServiceAddr, DEFAULT_PIN_PATH};
+
+/// The XDP object, built by build.rs with the pinned nightly.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("REDIRECTOR_EBPF_OBJECT"));
+
+/// The `SERVICES` key of a service: network order, as in the packet.
+fn service_key(addr: &ServiceAddr) -> ServiceKey {
+    ServiceKey {
+        vip: u32::from(addr.vip).to_be(),
+        port: addr.port.to_be(),
+        protocol: addr.protocol.number(),
+        _pad: 0,
+    }
+}
+
+pub struct BpfDataplane {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+    services: HashMap<MapData, ServiceKey, Service>,
+    backends: Array<MapData, Backend>,
+    regions: Array<MapData, Region>,
+    selection: Array<MapData, SelectionTable>,
+    flows: FlowTable,
+    egress: DevMapHash<MapData>,
+    region_counters: PerCpuArray<MapData, Counters>,
+    service_counters: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, u64>,
+    links: BTreeMap<String, XdpLinkId>,
+    logger: Option<FlowEventLogger>,
+}
+
+pub type FlowEventLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub pin_path: PathBuf,
+    /// Log new flows and re-steers through aya-log (costs per new flow).
+    pub log_flow_events: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            log_flow_events: false,
+        }
+    }
+}
+
+impl BpfDataplane {
+    /// Loads the program. Maps already pinned under `pin_path` are adopted
+    /// with their contents; missing ones are created and pinned.
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        ensure_bpffs(&options.pin_path)?;
+        let log_flow_events = u8::from(options.log_flow_events);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&options.pin_path)
+            .override_global("LOG_FLOW_EVENTS", &log_flow_events, true)
+            .load(OBJECT)
+            .context("loading the XDP object")?;
+        // The logger holds the ring buffer the program writes to: it must
+        // exist before the program loads and live as long as it runs.
+        let logger = if options.log_flow_events {
+            Some(aya_log::EbpfLogger::init(&mut ebpf).context("setting up flow event logging")?)
+        } else {
+            None
+        };
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the object has no program {PROGRAM_NAME}"))?
+            .try_into()?;
+        load_xdp(program)?;
+
+        Ok(Self {
+            services: take_map(&mut ebpf, map_names::SERVICES)?,
+            backends: take_map(&mut ebpf, map_names::BACKENDS)?,
+            regions: take_map(&mut ebpf, map_names::REGIONS)?,
+            selection: take_map(&mut ebpf, map_names::SELECTION)?,
+            flows: take_map(&mut ebpf, map_names::FLOWS)?,
+            egress: take_map(&mut ebpf, map_names::EGRESS)?,
+            region_counters: take_map(&mut ebpf, map_names::REGION_COUNTERS)?,
+            service_counters: take_map(&mut ebpf, map_names::SERVICE_COUNTERS)?,
+            reasons: take_map(&mut ebpf, map_names::REASONS)?,
+            ebpf,
+            pin_path: options.pin_path.clone(),
+            links: BTreeMap::new(),
+            logger,
+        })
+    }
+
+    /// The reader of the program's flow event log (when loaded with
+    /// `log_flow_events`): poll its fd for readability and `flush` it to
+    /// pass the records to the `log` crate's logger.
+    pub fn take_logger(&mut self) -> Option<FlowEventLogger> {
+        self.logger.take()
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load")
+    }
+
+    /// Interfaces with a pinned link under this pin path.
+    pub fn attached(&self) -> Result<Vec<String>> {
+        list_link_pins(&self.pin_path)
+    }
+
+    /// A second handle on the flow table, for a sweep on another thread.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        FlowTable::open(&self.pin_path)
+    }
+
+    /// Every entry of the flow table, both directions.
+    pub fn flows(&self) -> Result<Vec<(redirector_common::FlowKey, redirector_common::Flow)>> {
+        self.flows.entries()
+    }
+
+    /// Overwrites a flow entry: tests age entries with it.
+    #[cfg(feature = "test-hooks")]
+    pub fn set_flow(&mut self, key: &redirector_common::FlowKey, flow: &redirector_common::Flow) -> Result<()> {
+        self.flows.set(key, flow)
+    }
+}
+
+impl Dataplane for BpfDataplane {
+    fn set_services(&mut self, services: &[ServiceSpec]) -> Result<()> {
+        check_services(services)?;
+        for s in services {
+            for region in 0..MAX_REGIONS as u8 {
+                let backend = s.backends.get(&region).map_or(Backend::default(), |e| Backend {
+                    addr: u32::from(*e.ip()).to_be(),
+                    port: e.port().to_be(),
+                    _pad: 0,
+                });
+                self.backends.set(backend_index(s.id, region), backend, 0)?;
+            }
+            let key = service_key(&s.addr);
+            match self.services.get(&key, 0) {
+                Ok(existing) if existing.id == s.id => {}
+                _ => {
+                    self.selection.set(selection_index(s.id, 0), Selection::nowhere().table(), 0)?;
+                    self.services.insert(key, Service { id: s.id, bank: 0 }, 0)?;
+                }
+            }
+        }
+        let wanted: Vec<ServiceKey> = services.iter().map(|s| service_key(&s.addr)).collect();
+        let stale: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            self.services.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    fn selection(&self, service: &ServiceAddr) -> Result<Selection> {
+        let current = self.services.get(&service_key(service), 0)?;
+        Ok(Selection::from_table(Box::new(self.selection.get(&current.selection_index(), 0)?)))
+    }
+
+    fn set_selection(&mut self, service: &ServiceAddr, selection: &Selection) -> Result<()> {
+        let key = service_key(service);
+        let current = self
+            .services
+            .get(&key, 0)
+            .with_context(|| format!("service {service} is not in the data plane"))?;
+        let next = Service {
+            id: current.id,
+            bank: current.bank ^ 1,
+        };
+        self.selection.set(next.selection_index(), selection.table(), 0)?;
+        self.services.insert(key, next, 0)?;
+        Ok(())
+    }
+
+    fn region_state(&self, region: u8) -> Result<RegionState> {
+        check_region_id(region)?;
+        let r = self.regions.get(&(region as u32), 0)?;
+        RegionState::from_u8(r.state).ok_or_else(|| anyhow!("region {region}: bad state {}", r.state))
+    }
+
+    fn set_region_state(&mut self, region: u8, state: RegionState) -> Result<()> {
+        check_region_id(region)?;
+        let value = Region {
+            state: state as u8,
+            _pad: [0; 7],
+        };
+        self.regions.set(region as u32, value, 0)?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let sum = |values: aya::maps::PerCpuValues<Counters>| {
+            values.iter().fold(Counters::default(), |mut acc, c| {
+                acc.add(c);
+                acc
+            })
+        };
+        let regions = self
+            .region_counters
+            .iter()
+            .map(|v| v.map(sum))
+            .collect::<Result<_, _>>()?;
+        let services = self
+            .service_counters
+            .iter()
+            .map(|v| v.map(sum))
+            .collect::<Result<_, _>>()?;
+        let mut reasons = Vec::new();
+        for reason in Reason::ALL {
+            let per_cpu = self.reasons.get(&(reason as u32), 0)?;
+            reasons.push((reason, per_cpu.iter().sum()));
+        }
+        Ok(Stats {
+            regions,
+            services,
+            reasons,
+        })
+    }
+
+    fn check_interface(&self, interface: &str) -> Result<()> {
+        ifindex(interface).map(drop)
+    }
+
+    /// Native mode, generic if the driver has none; the link is pinned, and
+    /// the program may redirect to the interface.
+    fn attach(&mut self, interface: &str) -> Result<AttachMode> {
+        let ifindex = ifindex(interface)?;
+        let pin = link_pin(&self.pin_path, interface);
+        let mode = if pin.exists() {
+            let link = PinnedLink::from_pin(&pin)
+                .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(link))?;
+            let id = self
+                .program_mut()
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program on {interface}"))?;
+            self.links.insert(interface.to_string(), id);
+            AttachMode::Adopted
+        } else {
+            let (id, mode) = match self.program_mut().attach(interface, XdpMode::Driver) {
+                Ok(id) => (id, AttachMode::Native),
+                Err(native) => {
+                    warn!("{interface}: native XDP refused ({native}); using generic mode");
+                    let id = self
+                        .program_mut()
+                        .attach(interface, XdpMode::Skb)
+                        .with_context(|| format!("attaching XDP to {interface}"))?;
+                    (id, AttachMode::Generic)
+                }
+            };
+            let link = self.program_mut().take_link(id)?;
+            let link = FdLink::try_from(link)
+                .map_err(|e| anyhow!("{interface}: XDP link is not pinnable ({e}); kernel ≥ 5.9 needed"))?;
+            fs::create_dir_all(pin.parent().unwrap())?;
+            let pinned = link
+                .pin(&pin)
+                .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+            let id = self
+                .program_mut()
+                .attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?;
+            self.links.insert(interface.to_string(), id);
+            mode
+        };
+        self.egress
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding {interface} to the egress devmap"))?;
+        debug!("{interface}: attached ({mode:?})");
+        Ok(mode)
+    }
+
+    fn detach(&mut self, interface: &str) -> Result<()> {
+        if let Ok(ifindex) = ifindex(interface) {
+            let _ = self.egress.remove(ifindex);
+        }
+        remove_link_pin(&link_pin(&self.pin_path, interface))?;
+        if let Some(id) = self.links.remove(interface) {
+            self.program_mut().detach(id)?;
+        }
+        Ok(())
+    }
+
+    fn remove_pins(&mut self) -> Result<()> {
+        super::remove_pins(&self.pin_path)
+    }
+}
+
+/// Loads an XDP program into the kernel. Verifier runs cut short by a
+/// signal (EAGAIN) are run again, as libbpf does; anything else is the
+/// kernel refusing the program.
+pub fn load_xdp(program: &mut Xdp) -> Result<()> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                debug!("the verifier was interrupted (attempt {attempt}); loading again");
+                attempt += 1;
+            }
+            result => return result.context("the kernel refused the XDP program"),
+        }
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("the object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}

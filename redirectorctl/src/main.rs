@@ -1,0 +1,91 @@
+//! redirectorctl: the operator's handle on a running redirectord.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use redirector_proto::control::{self, Request, Response};
+
+mod render;
+
+#[derive(Parser)]
+#[command(version, about = "Control a running redirectord")]
+struct Cli {
+    /// redirectord's control socket.
+    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Regions (state, checks, traffic) and which regions take each service's new flows.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send new flows to REGION (all services, or --service); --auto gives them back to the policy.
+    SetActive {
+        #[arg(required_unless_present = "auto", conflicts_with = "auto")]
+        region: Option<String>,
+        #[arg(long)]
+        auto: bool,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// REGION's share of new flows under the weighted policy (and the load
+    /// policies' spread when every region is saturated); established flows
+    /// stay where they are. All services REGION serves, or --service.
+    Weight {
+        region: String,
+        weight: u32,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// No new flows to REGION; its established flows continue.
+    Drain { region: String },
+    /// REGION takes new flows again (when healthy).
+    Undrain { region: String },
+    /// Recent state changes, with when and why.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the config; an invalid one is refused and nothing changes.
+    Reload,
+    /// Take the data plane off every interface, remove its pins, stop redirectord.
+    Detach,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("redirectorctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let (request, json) = match cli.command {
+        Command::Status { json } => (Request::Status, json),
+        Command::SetActive { region, service, .. } => (Request::SetActive { region, service }, false),
+        Command::Weight { region, weight, service } => (Request::Weight { region, weight, service }, false),
+        Command::Drain { region } => (Request::Drain { region }, false),
+        Command::Undrain { region } => (Request::Undrain { region }, false),
+        Command::Events { json } => (Request::Events, json),
+        Command::Reload => (Request::Reload, false),
+        Command::Detach => (Request::Detach, false),
+    };
+    match control::call(&cli.socket, &request, Duration::from_secs(10))? {
+        Response::Done { message } => println!("{message}"),
+        Response::Error { message } => anyhow::bail!("{message}"),
+        Response::Status(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Response::Status(status) => render::status(&status),
+        Response::Events { events } if json => println!("{}", serde_json::to_string_pretty(&events)?),
+        Response::Events { events } => render::events(events),
+    }
+    Ok(())
+}

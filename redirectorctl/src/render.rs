@@ -1,0 +1,107 @@
+//! redirectorctl's tables: status and events as an operator reads them.
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use redirector_proto::{
+    control::{Event, Status},
+    model::PolicyKind,
+};
+
+pub fn status(status: &Status) {
+    let mut regions = table(&[
+        "region", "state", "since", "checks", "pps", "active flows", "cpu", "saturated", "new flows",
+    ]);
+    for r in &status.regions {
+        let checks = r
+            .checks
+            .iter()
+            .map(|c| {
+                let result = match (c.last_ok, c.last_latency_ms) {
+                    (Some(true), Some(ms)) => format!("ok {ms:.1} ms"),
+                    (Some(true), None) => "ok".into(),
+                    (Some(false), _) => format!("FAIL {}", c.last_error.as_deref().unwrap_or("")),
+                    (None, _) => "pending".into(),
+                };
+                format!("{} {}: {result}", c.kind, c.target)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        regions.add_row(vec![
+            r.name.clone(),
+            r.state.to_string(),
+            clock(r.since_unix_ms),
+            checks,
+            format!("{:.0}", r.pps),
+            match r.agent_connections {
+                Some(agent) => format!("{} (agent: {agent})", r.active_flows),
+                None => r.active_flows.to_string(),
+            },
+            r.cpu_percent.map_or("-".into(), |c| format!("{c:.1} %")),
+            if r.saturated.is_empty() { "-".into() } else { r.saturated.join(", ") },
+            r.new_flows.to_string(),
+        ]);
+    }
+    println!("{regions}");
+    let mut services = table(&["service", "vip", "policy", "weights", "new flows to", "override"]);
+    for s in &status.services {
+        let set_active = match (&s.set_active, &s.note) {
+            (Some(p), Some(note)) => format!("{p} ({note})"),
+            (Some(p), None) => p.clone(),
+            (None, Some(note)) => format!("auto ({note})"),
+            (None, None) => "auto".into(),
+        };
+        let shares = s
+            .new_flow_shares
+            .iter()
+            .map(|(region, pct)| format!("{region} {pct:.1} %"))
+            .collect::<Vec<_>>();
+        services.add_row(vec![
+            s.name.clone(),
+            format!("{}:{}/{}", s.vip, s.port, s.protocol),
+            s.policy.to_string(),
+            // Failover ranks by priority: weights play no part.
+            if s.policy == PolicyKind::Failover {
+                "-".into()
+            } else {
+                s.weights.iter().map(|(r, w)| format!("{r}={w}")).collect::<Vec<_>>().join("\n")
+            },
+            if shares.is_empty() { "none".into() } else { shares.join("\n") },
+            set_active,
+        ]);
+    }
+    println!("{services}");
+}
+
+pub fn events(events: Vec<Event>) {
+    let mut table = table(&["time", "subject", "what", "why", "map write"]);
+    for e in events {
+        table.add_row(vec![
+            clock(e.unix_ms),
+            e.subject,
+            e.what,
+            e.why,
+            e.map_write_us.map_or(String::new(), |us| format!("{us:.0} µs")),
+        ]);
+    }
+    println!("{table}");
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    table
+}
+
+/// Local wall-clock time of a Unix timestamp in ms, as HH:MM:SS.mmm (UTC).
+fn clock(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "-".into();
+    }
+    let secs = unix_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        unix_ms % 1000
+    )
+}
