@@ -92,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => {
             require_root("the tests create network namespaces and load XDP programs")?;
             setup(&root)?;
+            build_without_ebpf_toolchain(&root)?;
             // The namespace tests run the daemon, agent and servers as
             // processes: cargo test alone does not build other packages' bins.
             cargo(&root, &["build", "--workspace", "--bins"])?;
@@ -130,6 +131,52 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&root, &cmd)
         }
     }
+}
+
+/// What runs in a region (the agent) and what an operator runs (the CLI)
+/// must build with stable alone. Proved by building them where neither the
+/// pinned nightly nor bpf-linker can be found: a PATH holding only stable's
+/// cargo and rustc and the system's tools, and a RUSTUP_HOME with no
+/// toolchain in it. It builds into a target directory of its own: a build
+/// script run with the eBPF toolchain must not be found there cached.
+fn build_without_ebpf_toolchain(root: &Path) -> Result<()> {
+    let cargo = PathBuf::from(env::var("CARGO").context("run through cargo (cargo xtask)")?);
+    let toolchain = cargo.parent().context("cargo has no directory")?;
+    let sandbox = cache_dir().join("stable-only");
+    let bin = sandbox.join("bin");
+    let _ = fs::remove_dir_all(&sandbox);
+    fs::create_dir_all(&bin)?;
+    fs::create_dir_all(sandbox.join("rustup"))?;
+    for tool in ["cargo", "rustc"] {
+        std::os::unix::fs::symlink(toolchain.join(tool), bin.join(tool))?;
+    }
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let sandboxed = |program: &str| {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(root)
+            .env("PATH", &path)
+            .env("RUSTUP_HOME", sandbox.join("rustup"))
+            .env("CARGO_TARGET_DIR", root.join("target/stable-only"))
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WRAPPER");
+        cmd
+    };
+    for missing in ["bpf-linker", "rustup"] {
+        let found = sandboxed("sh").args(["-c", &format!("command -v {missing}")]).output()?;
+        if found.status.success() {
+            bail!("the stable-only build can see {missing}: {}", String::from_utf8_lossy(&found.stdout));
+        }
+    }
+    eprintln!("xtask: building redirector-agent and redirectorctl with stable alone (no nightly, no bpf-linker)");
+    run_command(sandboxed(bin.join("cargo").to_str().unwrap()).args([
+        "build",
+        "--locked",
+        "-p",
+        "redirector-agent",
+        "-p",
+        "redirectorctl",
+    ]))
 }
 
 fn project_root() -> PathBuf {
