@@ -80,6 +80,17 @@ impl Rig {
         self.dataplane().live(&addr).clone()
     }
 
+    /// A result of `region`'s check `check`, from a checker of `generation`.
+    fn probe(&mut self, generation: u64, region: u8, check: usize, outcome: Outcome) {
+        self.controller.on_probe(ProbeReport {
+            generation,
+            region: region as usize,
+            check,
+            probe: Probe { at: self.clock.now(), outcome, latency: MS },
+            heartbeat: None,
+        });
+    }
+
     /// One probe result for every region's check, `ok` per region, 10 ms
     /// after the previous round.
     fn round(&mut self, ok: [bool; 3]) {
@@ -87,13 +98,7 @@ impl Rig {
         let generation = self.controller.generation();
         for (region, ok) in ok.into_iter().enumerate() {
             let outcome = if ok { Outcome::Success } else { Outcome::Timeout };
-            self.controller.on_probe(ProbeReport {
-                generation,
-                region,
-                check: 0,
-                probe: Probe { at: self.clock.now(), outcome, latency: MS },
-                heartbeat: None,
-            });
+            self.probe(generation, region as u8, 0, outcome);
         }
     }
 
@@ -237,13 +242,7 @@ fn a_region_marked_down_while_a_table_that_leaves_it_waits_is_written_after_that
     // re-steered off it must find region1's table, so its state waits.
     let generation = rig.controller.generation();
     for _ in 0..2 {
-        rig.controller.on_probe(ProbeReport {
-            generation,
-            region: R3 as usize,
-            check: 0,
-            probe: Probe { at: rig.clock.now(), outcome: Outcome::Timeout, latency: MS },
-            heartbeat: None,
-        });
+        rig.probe(generation, R3, 0, Outcome::Timeout);
     }
     assert_eq!(rig.writes(), [Write::Selection(web, Selection::all(R3))]);
     assert_eq!(rig.controller.status().regions[2].state, RegionStatus::Down);
@@ -330,13 +329,7 @@ fn results_of_checkers_started_before_a_reload_are_dropped() {
     // A stale result for a check index the new config has too, and one for
     // an index it lacks: neither may count.
     for check in [0, 5] {
-        rig.controller.on_probe(ProbeReport {
-            generation: old,
-            region: R2 as usize,
-            check,
-            probe: Probe { at: rig.clock.now(), outcome: Outcome::Success, latency: MS },
-            heartbeat: None,
-        });
+        rig.probe(old, R2, check, Outcome::Success);
     }
     let region2 = &rig.controller.status().regions[1];
     assert!(region2.checks.iter().all(|c| c.last_ok.is_none()), "{region2:?}");
