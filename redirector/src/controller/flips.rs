@@ -3,17 +3,27 @@
 //! the latest decision replacing an earlier one, and is written when the
 //! controller is woken at [`Flips::next_due`]. Nothing sleeps.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
-use crate::dataplane::{Selection, BANK_REUSE_GRACE};
+use crate::{
+    config::ServiceAddr,
+    dataplane::{Selection, BANK_REUSE_GRACE},
+};
 
+#[derive(Default)]
 pub(super) struct Flips {
-    /// Per service id: when its table last flipped.
-    last: Vec<Option<Duration>>,
+    /// When each service's table last flipped, by address: the data
+    /// plane's key, which a reload may give another id.
+    last: HashMap<ServiceAddr, Duration>,
+    /// By service id.
     pending: BTreeMap<u32, Pending>,
 }
 
 pub(super) struct Pending {
+    pub addr: ServiceAddr,
     pub selection: Selection,
     /// When the input that led to it arrived.
     pub trigger: Duration,
@@ -22,20 +32,13 @@ pub(super) struct Pending {
 }
 
 impl Flips {
-    pub fn new(services: usize) -> Self {
-        Flips {
-            last: vec![None; services],
-            pending: BTreeMap::new(),
-        }
+    /// Drops what waits: a reload decides anew.
+    pub fn forget_pending(&mut self) {
+        self.pending.clear();
     }
 
-    /// For a new set of services: none flipped, none waiting.
-    pub fn reset(&mut self, services: usize) {
-        *self = Flips::new(services);
-    }
-
-    pub fn decide(&mut self, service: u32, selection: Selection, trigger: Duration, event: Option<u64>) {
-        self.pending.insert(service, Pending { selection, trigger, event });
+    pub fn decide(&mut self, service: u32, pending: Pending) {
+        self.pending.insert(service, pending);
     }
 
     /// Takes the tables that may be written at `now`.
@@ -44,7 +47,7 @@ impl Flips {
             .pending
             .keys()
             .copied()
-            .filter(|&s| self.free_at(s) <= now)
+            .filter(|s| self.free_at(&self.pending[s].addr) <= now)
             .collect();
         ready
             .into_iter()
@@ -52,10 +55,8 @@ impl Flips {
             .collect()
     }
 
-    pub fn flipped(&mut self, service: u32, at: Duration) {
-        if let Some(last) = self.last.get_mut(service as usize) {
-            *last = Some(at);
-        }
+    pub fn flipped(&mut self, addr: ServiceAddr, at: Duration) {
+        self.last.insert(addr, at);
     }
 
     pub fn any_pending(&self) -> bool {
@@ -64,14 +65,10 @@ impl Flips {
 
     /// When the first waiting table may be written.
     pub fn next_due(&self) -> Option<Duration> {
-        self.pending.keys().map(|&s| self.free_at(s)).min()
+        self.pending.values().map(|p| self.free_at(&p.addr)).min()
     }
 
-    fn free_at(&self, service: u32) -> Duration {
-        self.last
-            .get(service as usize)
-            .copied()
-            .flatten()
-            .map_or(Duration::ZERO, |at| at + BANK_REUSE_GRACE)
+    fn free_at(&self, addr: &ServiceAddr) -> Duration {
+        self.last.get(addr).map_or(Duration::ZERO, |&at| at + BANK_REUSE_GRACE)
     }
 }

@@ -45,7 +45,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use flips::Flips;
+use flips::{Flips, Pending};
 
 /// Events kept for `redirectorctl events`.
 const EVENT_LOG: usize = 1000;
@@ -144,7 +144,7 @@ impl<D: Dataplane> Controller<D> {
             health: config.regions.iter().map(|r| RegionHealth::new(r, now)).collect(),
             policy: Policy::new(&config),
             written: Vec::new(),
-            flips: Flips::new(config.services.len()),
+            flips: Flips::default(),
             table_shares: vec![Vec::new(); config.services.len()],
             switches: vec![0; config.services.len()],
             last_map_write: None,
@@ -250,7 +250,8 @@ impl<D: Dataplane> Controller<D> {
                     && e.subject == Subject::Service(self.config.services[decision.service as usize].name.clone());
                 (seq >= first_event && ours).then_some(seq)
             });
-            self.flips.decide(decision.service, selection, trigger, event);
+            let addr = self.config.services[decision.service as usize].addr;
+            self.flips.decide(decision.service, Pending { addr, selection, trigger, event });
         }
         self.write_due_flips(now);
         self.write_region_states();
@@ -261,11 +262,11 @@ impl<D: Dataplane> Controller<D> {
     fn write_due_flips(&mut self, now: Duration) {
         for (service, pending) in self.flips.due(now) {
             let config = &self.config.services[service as usize];
-            let written = self.dataplane.set_selection(&config.addr, &pending.selection);
+            let written = self.dataplane.set_selection(&pending.addr, &pending.selection);
             let took = self.clock.now().saturating_sub(pending.trigger);
             match written {
                 Ok(()) => {
-                    self.flips.flipped(service, self.clock.now());
+                    self.flips.flipped(pending.addr, self.clock.now());
                     let shares = maglev::shares(pending.selection.slots());
                     let to: Vec<String> = shares
                         .iter()
@@ -493,7 +494,7 @@ impl<D: Dataplane> Controller<D> {
             .collect();
         // Selections decided for the old services are moot: the new ones
         // start from what the data plane holds.
-        self.flips.reset(config.services.len());
+        self.flips.forget_pending();
         self.policy = Policy::new(&config);
         self.switches.resize(config.services.len(), 0);
         self.table_shares = vec![Vec::new(); config.services.len()];

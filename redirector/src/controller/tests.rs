@@ -337,6 +337,23 @@ fn results_of_checkers_started_before_a_reload_are_dropped() {
 }
 
 #[test]
+fn a_flip_right_after_a_reload_still_waits_out_the_grace() {
+    let mut rig = Rig::settled(config(WEB));
+    let web = rig.addr("web");
+    rig.clock.advance(20 * MS);
+    rig.set_active("region3");
+    let flipped = rig.clock.now();
+    rig.clock.advance(MS);
+    rig.controller.reload(config(WEB)).unwrap();
+    rig.writes();
+    rig.set_active("region1");
+    assert_eq!(rig.writes(), [], "web's bank flipped 1 ms ago, before the reload");
+    rig.clock.set(flipped + BANK_REUSE_GRACE);
+    rig.controller.on_deadline();
+    assert_eq!(rig.writes(), [Write::Selection(web, Selection::all(R1))]);
+}
+
+#[test]
 fn a_refused_reload_changes_nothing() {
     let mut rig = Rig::settled(config(WEB));
     rig.writes();
