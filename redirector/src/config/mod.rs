@@ -387,8 +387,4 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         validate::parse(text, file)
     }
-
-    pub fn region_named(&self, name: &str) -> Option<&RegionConfig> {
-        self.regions.iter().find(|r| r.name == name)
-    }
 }

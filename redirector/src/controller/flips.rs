@@ -41,6 +41,14 @@ impl Flips {
         self.pending.insert(service, pending);
     }
 
+    /// The event that announced `service`'s waiting table, to be given its
+    /// map write time when it is written.
+    pub fn announced(&mut self, service: u32, event: u64) {
+        if let Some(pending) = self.pending.get_mut(&service) {
+            pending.event = Some(event);
+        }
+    }
+
     /// Takes the tables that may be written at `now`.
     pub fn due(&mut self, now: Duration) -> Vec<(u32, Pending)> {
         let ready: Vec<u32> = self

@@ -212,10 +212,8 @@ impl<D: Dataplane> Controller<D> {
             }
         }
         if let Some(transition) = region.record(report.check, report.probe) {
-            let name = region.name().to_string();
-            info!("region {name}: {} → {} ({})", transition.from, transition.to, transition.reason);
-            self.record(vec![Event::region(&name, &transition)]);
-            self.decide(trigger);
+            let event = Event::region(region.name(), &transition);
+            self.decide(trigger, vec![event]);
         }
     }
 
@@ -228,43 +226,55 @@ impl<D: Dataplane> Controller<D> {
 
     pub fn on_deadline(&mut self) {
         let now = self.clock.now();
-        self.decide(now);
+        self.decide(now, Vec::new());
     }
 
     /// Runs the policy and writes what changed: selections first (those
     /// within the bank-reuse grace wait), then region states once no
-    /// selection waits. `trigger` is when the input that led here arrived.
-    fn decide(&mut self, trigger: Duration) {
+    /// selection waits. `trigger` is when the input that led here arrived;
+    /// `causes` are the events it made, recorded with the policy's own after
+    /// the writes, as is all logging.
+    fn decide(&mut self, trigger: Duration, causes: Vec<Event>) {
         let now = self.clock.now();
         let conditions: Vec<_> = self.health.iter().map(RegionHealth::condition).collect();
         let evaluation = self.policy.evaluate(now, &conditions);
-        let first_event = self.log_base + self.log.len() as u64;
-        self.record(evaluation.events);
         for decision in evaluation.decisions.iter().filter(|d| d.changed) {
-            let selection = self.selection(decision);
-            // The event that announced this switch gets its write latency.
-            let event = self.log.iter().enumerate().rev().find_map(|(i, logged)| {
-                let seq = self.log_base + i as u64;
-                let e = &logged.event;
-                let ours = e.kind == EventKind::Switch
-                    && e.subject == Subject::Service(self.config.services[decision.service as usize].name.clone());
-                (seq >= first_event && ours).then_some(seq)
-            });
-            let addr = self.config.services[decision.service as usize].addr;
-            self.flips.decide(decision.service, Pending { addr, selection, trigger, event });
+            let pending = Pending {
+                addr: self.config.services[decision.service as usize].addr,
+                selection: self.selection(decision),
+                trigger,
+                event: None,
+            };
+            self.flips.decide(decision.service, pending);
         }
-        self.write_due_flips(now);
+        let written = self.write_due_flips(now);
         self.write_region_states();
+        for event in causes.into_iter().chain(evaluation.events) {
+            let service = match &event.subject {
+                Subject::Service(name) if event.kind == EventKind::Switch => {
+                    self.config.services.iter().position(|s| s.name == *name)
+                }
+                _ => None,
+            };
+            let seq = self.record(event);
+            match service.map(|s| (s, written.iter().find(|(w, _)| *w == s as u32))) {
+                Some((_, Some(&(_, took)))) => self.set_map_write(seq, took),
+                Some((s, None)) => self.flips.announced(s as u32, seq),
+                None => {}
+            }
+        }
         self.publish();
     }
 
-    /// Flips the tables whose grace is over.
-    fn write_due_flips(&mut self, now: Duration) {
+    /// Flips the tables whose grace is over; returns each service written
+    /// with its input → map write time.
+    fn write_due_flips(&mut self, now: Duration) -> Vec<(u32, Duration)> {
+        let mut written = Vec::new();
         for (service, pending) in self.flips.due(now) {
-            let config = &self.config.services[service as usize];
-            let written = self.dataplane.set_selection(&pending.addr, &pending.selection);
+            let result = self.dataplane.set_selection(&pending.addr, &pending.selection);
             let took = self.clock.now().saturating_sub(pending.trigger);
-            match written {
+            let config = &self.config.services[service as usize];
+            match result {
                 Ok(()) => {
                     self.flips.flipped(pending.addr, self.clock.now());
                     let shares = maglev::shares(pending.selection.slots());
@@ -281,16 +291,21 @@ impl<D: Dataplane> Controller<D> {
                     self.table_shares[service as usize] = shares;
                     self.switches[service as usize] += 1;
                     self.last_map_write = Some(took);
-                    if let Some(logged) = pending
-                        .event
-                        .and_then(|seq| seq.checked_sub(self.log_base))
-                        .and_then(|i| self.log.get_mut(i as usize))
-                    {
-                        logged.map_write = Some(took);
+                    if let Some(seq) = pending.event {
+                        self.set_map_write(seq, took);
                     }
+                    written.push((service, took));
                 }
                 Err(e) => error!("service {}: writing the selection failed: {e:#}", config.name),
             }
+        }
+        written
+    }
+
+    /// The logged event `seq`, if still kept, gets its map write time.
+    fn set_map_write(&mut self, seq: u64, took: Duration) {
+        if let Some(logged) = seq.checked_sub(self.log_base).and_then(|i| self.log.get_mut(i as usize)) {
+            logged.map_write = Some(took);
         }
     }
 
@@ -328,17 +343,16 @@ impl<D: Dataplane> Controller<D> {
         }
     }
 
-    fn record(&mut self, events: Vec<Event>) {
-        for event in events {
-            if event.kind != EventKind::Region {
-                info!("{}: {} → {} ({})", event.subject, event.from, event.to, event.reason);
-            }
-            self.log.push_back(Logged { event, map_write: None });
-            if self.log.len() > EVENT_LOG {
-                self.log.pop_front();
-                self.log_base += 1;
-            }
+    /// Logs `event` and keeps it for `redirectorctl events`; returns its
+    /// sequence number.
+    fn record(&mut self, event: Event) -> u64 {
+        info!("{}: {} → {} ({})", event.subject, event.from, event.to, event.reason);
+        self.log.push_back(Logged { event, map_write: None });
+        if self.log.len() > EVENT_LOG {
+            self.log.pop_front();
+            self.log_base += 1;
         }
+        self.log_base + self.log.len() as u64 - 1
     }
 
     /// A load sample: counters and pps from the data plane, active flows
@@ -367,8 +381,7 @@ impl<D: Dataplane> Controller<D> {
         self.traffic.stats = stats;
         let loads: Vec<Load> = (0..self.config.regions.len()).map(|r| self.load(r)).collect();
         let events = self.policy.observe_load(now, &loads);
-        self.record(events);
-        self.decide(now);
+        self.decide(now, events);
     }
 
     /// Region `r`'s load, as last sampled.
@@ -386,35 +399,25 @@ impl<D: Dataplane> Controller<D> {
     pub fn handle(&mut self, request: Request) -> Response {
         let received = self.clock.now();
         let now = received;
-        let result: Result<String, String> = match request {
+        let result = match request {
             Request::Status => return Response::Status(self.status()),
             Request::Events => return Response::Events { events: self.events() },
             Request::SetActive { region: Some(region), service } => self
                 .policy
                 .set_active(now, &region, service.as_deref())
-                .map(|events| {
-                    self.record(events);
-                    format!("new flows go to {region}")
-                })
+                .map(|events| (format!("new flows go to {region}"), events))
                 .map_err(|e| e.to_string()),
             Request::SetActive { region: None, service } => self
                 .policy
                 .set_auto(now, service.as_deref())
-                .map(|events| {
-                    self.record(events);
-                    "new flows follow the policy again".to_string()
-                })
+                .map(|events| ("new flows follow the policy again".to_string(), events))
                 .map_err(|e| e.to_string()),
             Request::Weight { region, weight, service } => self
                 .policy
                 .set_weight(now, &region, weight, service.as_deref())
                 .map(|events| {
-                    let message = format!(
-                        "weight of {region} = {weight} in {}",
-                        events.iter().map(|e| e.subject.to_string()).collect::<Vec<_>>().join(", ")
-                    );
-                    self.record(events);
-                    message
+                    let services: Vec<String> = events.iter().map(|e| e.subject.to_string()).collect();
+                    (format!("weight of {region} = {weight} in {}", services.join(", ")), events)
                 })
                 .map_err(|e| e.to_string()),
             Request::Drain { region } => self.set_drained(&region, true, now),
@@ -424,25 +427,22 @@ impl<D: Dataplane> Controller<D> {
             }
         };
         match result {
-            Ok(message) => {
-                self.decide(received);
+            Ok((message, events)) => {
+                self.decide(received, events);
                 Response::Done { message }
             }
             Err(message) => Response::Error { message },
         }
     }
 
-    fn set_drained(&mut self, region: &str, drained: bool, now: Duration) -> Result<String, String> {
+    fn set_drained(&mut self, region: &str, drained: bool, now: Duration) -> Result<(String, Vec<Event>), String> {
         let index = self.config.regions.iter().position(|r| r.name == region).ok_or_else(|| {
             let known: Vec<&str> = self.config.regions.iter().map(|r| r.name.as_str()).collect();
             format!("unknown region {region:?} (known: {})", known.join(", "))
         })?;
         Ok(match self.health[index].set_drained(drained, now) {
-            Some(transition) => {
-                self.record(vec![Event::region(region, &transition)]);
-                format!("region {region}: {}", transition.to)
-            }
-            None => format!("region {region}: already {}", self.health[index].condition()),
+            Some(transition) => (format!("region {region}: {}", transition.to), vec![Event::region(region, &transition)]),
+            None => (format!("region {region}: already {}", self.health[index].condition()), Vec::new()),
         })
     }
 
@@ -503,7 +503,7 @@ impl<D: Dataplane> Controller<D> {
         self.generation += 1;
         self.config = config;
         self.adopt()?;
-        self.decide(now);
+        self.decide(now, Vec::new());
         Ok(format!(
             "{} regions, {} services",
             self.config.regions.len(),

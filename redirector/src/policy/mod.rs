@@ -99,6 +99,7 @@ pub struct Decision {
     pub changed: bool,
 }
 
+#[cfg(test)]
 impl Decision {
     /// The one region taking every new flow, if it is one.
     pub fn single(&self) -> Option<u8> {
@@ -275,14 +276,14 @@ impl Ctx<'_> {
         self.regions[region as usize].config.priority
     }
 
-    /// Why a region takes no new flows.
+    /// Why a region takes no new flows: its status ("down", "pending",
+    /// "draining"), or "eligible" when it does.
     fn unavailability(&self, region: u8) -> &'static str {
         let condition = self.condition(region);
-        match condition.health {
-            Health::Down => "down",
-            Health::Pending => "pending",
-            Health::Up if condition.drained => "draining",
-            Health::Up => "eligible",
+        if condition.eligible() {
+            "eligible"
+        } else {
+            condition.status().name()
         }
     }
 }
