@@ -238,6 +238,10 @@ impl<D: Dataplane> Controller<D> {
         let now = self.clock.now();
         let conditions: Vec<_> = self.health.iter().map(RegionHealth::condition).collect();
         let evaluation = self.policy.evaluate(now, &conditions);
+        // Each table is written as soon as it is built: a failover's
+        // single-region fill does not wait for a weighted service's Maglev
+        // build (~1.7 ms).
+        let mut written = Vec::new();
         for decision in evaluation.decisions.iter().filter(|d| d.changed) {
             let pending = Pending {
                 addr: self.config.services[decision.service as usize].addr,
@@ -246,8 +250,10 @@ impl<D: Dataplane> Controller<D> {
                 event: None,
             };
             self.flips.decide(decision.service, pending);
+            written.extend(self.write_due_flips(now));
         }
-        let written = self.write_due_flips(now);
+        // Tables decided earlier whose grace ended.
+        written.extend(self.write_due_flips(now));
         self.write_region_states();
         for event in causes.into_iter().chain(evaluation.events) {
             let service = match &event.subject {
