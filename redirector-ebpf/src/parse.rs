@@ -73,7 +73,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     let l4_offset = l3 + ((vihl & 0xf) as usize) * 4;
 
     let l4 = match protocol {
-        IPPROTO_TCP => L4::Tcp(header(ctx, l4_offset)?),
+        IPPROTO_TCP => {
+            let tcp: *mut TcpHdr = header(ctx, l4_offset)?;
+            // A data offset under 5 words puts the payload inside the
+            // header: no TCP stack would take it.
+            if unsafe { (*tcp).doff() } < 5 {
+                return Err(Reason::PassMalformed);
+            }
+            L4::Tcp(tcp)
+        }
         IPPROTO_UDP => L4::Udp(header(ctx, l4_offset)?),
         IPPROTO_ICMP => {
             let icmp: *mut Icmpv4Hdr = header(ctx, l4_offset)?;

@@ -465,6 +465,20 @@ fn malformed_ipv4_headers_pass_untouched() {
 }
 
 #[test]
+fn tcp_headers_with_a_data_offset_under_five_words_pass_untouched() {
+    let gw = Gateway::new().unwrap();
+    let good = from_client(VIP, L4::tcp_syn(40_023, 80)).bytes();
+    // Ethernet 14 + IPv4 20, then the data offset in the top nibble of
+    // the TCP header's byte 12.
+    for words in 0..5u8 {
+        let mut bad = good.clone();
+        bad[14 + 20 + 12] = (words << 4) | (bad[14 + 20 + 12] & 0x0f);
+        assert_passed_untouched(&gw, &bad, "cli", Reason::PassMalformed);
+    }
+    assert!(gw.dataplane.flows().unwrap().is_empty());
+}
+
+#[test]
 fn fragments_pass_untouched_first_and_later_alike() {
     let mut gw = Gateway::new().unwrap();
     gw.select(R1.id).unwrap();
