@@ -97,8 +97,11 @@ pub struct CheckView {
     /// None until the first probe answered or timed out.
     pub last_ok: Option<bool>,
     pub last_latency_ms: Option<f64>,
-    /// Why the last probe failed.
+    /// Why the last probe failed, or could not be made here.
     pub last_error: Option<String>,
+    /// Probes that could not be made on the gateway (no descriptor, no
+    /// buffer...): counted against nothing.
+    pub local_errors: u64,
     pub since_unix_ms: u64,
 }
 

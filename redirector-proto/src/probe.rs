@@ -11,6 +11,23 @@ pub enum Outcome {
     Failure(String),
     /// No answer within the check's timeout.
     Timeout,
+    /// The probe could not be made here (no descriptor, no buffer, no
+    /// memory, no local port left): it says nothing of the region.
+    Local(String),
+}
+
+impl Outcome {
+    /// A failure of `error`: [`Outcome::Local`] when it is this host's
+    /// shortage rather than the target's answer.
+    pub fn of_error(error: &std::io::Error, what: &str) -> Outcome {
+        const LOCAL: [i32; 5] = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EADDRNOTAVAIL];
+        let why = if what.is_empty() { error.to_string() } else { format!("{what}: {error}") };
+        if error.raw_os_error().is_some_and(|code| LOCAL.contains(&code)) {
+            Outcome::Local(why)
+        } else {
+            Outcome::Failure(why)
+        }
+    }
 }
 
 impl fmt::Display for Outcome {
@@ -19,6 +36,7 @@ impl fmt::Display for Outcome {
             Outcome::Success => f.write_str("ok"),
             Outcome::Failure(why) => write!(f, "failed: {why}"),
             Outcome::Timeout => f.write_str("timeout"),
+            Outcome::Local(why) => write!(f, "not run here: {why}"),
         }
     }
 }
@@ -99,10 +117,10 @@ mod sockets {
 
     use super::{HttpCheck, Outcome, ProbeResult};
 
-    fn result(started: Instant, outcome: Result<Result<(), String>, tokio::time::error::Elapsed>) -> ProbeResult {
+    fn result(started: Instant, outcome: Result<Result<(), Outcome>, tokio::time::error::Elapsed>) -> ProbeResult {
         let outcome = match outcome {
             Ok(Ok(())) => Outcome::Success,
-            Ok(Err(why)) => Outcome::Failure(why),
+            Ok(Err(failed)) => failed,
             Err(_) => Outcome::Timeout,
         };
         ProbeResult { outcome, latency: started.elapsed() }
@@ -112,7 +130,7 @@ mod sockets {
     pub async fn tcp(address: SocketAddr, limit: Duration) -> ProbeResult {
         let started = Instant::now();
         let outcome = timeout(limit, async {
-            TcpStream::connect(address).await.map(drop).map_err(|e| e.to_string())
+            TcpStream::connect(address).await.map(drop).map_err(|e| Outcome::of_error(&e, ""))
         })
         .await;
         result(started, outcome)
@@ -125,17 +143,17 @@ mod sockets {
         let outcome = timeout(limit, async {
             let mut conn = TcpStream::connect((check.host.as_str(), check.port))
                 .await
-                .map_err(|e| format!("connect: {e}"))?;
+                .map_err(|e| Outcome::of_error(&e, "connect"))?;
             let request = format!(
                 "GET {} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\nUser-Agent: redirectord\r\n\r\n",
                 check.path, check.host
             );
-            conn.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            let status = read_status(&mut conn).await?;
+            conn.write_all(request.as_bytes()).await.map_err(|e| Outcome::of_error(&e, ""))?;
+            let status = read_status(&mut conn).await.map_err(Outcome::Failure)?;
             if status == check.expect_status {
                 Ok(())
             } else {
-                Err(format!("status {status}, expected {}", check.expect_status))
+                Err(Outcome::Failure(format!("status {status}, expected {}", check.expect_status)))
             }
         })
         .await;
@@ -230,6 +248,24 @@ mod tests {
         assert_eq!(tcp(addr, Duration::from_secs(1)).await.outcome, Outcome::Success);
         drop(listener);
         assert!(matches!(tcp(addr, Duration::from_secs(1)).await.outcome, Outcome::Failure(_)));
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn shortages_of_this_host_are_local_and_the_rest_are_failures() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EADDRNOTAVAIL] {
+            assert!(matches!(Outcome::of_error(&Error::from_raw_os_error(code), "connect"), Outcome::Local(_)), "{code}");
+        }
+        let refused = Outcome::of_error(&Error::from_raw_os_error(libc::ECONNREFUSED), "connect");
+        assert_eq!(refused, Outcome::Failure("connect: Connection refused (os error 111)".into()));
+        assert!(matches!(Outcome::of_error(&Error::from(ErrorKind::Other), ""), Outcome::Failure(_)));
+        assert_eq!(Outcome::Local("x".into()).to_string(), "not run here: x");
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::{
     task::JoinHandle,
     time::{interval, MissedTickBehavior},
 };
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::{
     config::{Check, Config},
@@ -152,19 +152,25 @@ impl Checker {
 
     /// One request per interval; a request unanswered within the timeout
     /// is a miss. Replies are checked by the verifier (source, sequence,
-    /// MAC) and the rejected ones only counted.
+    /// MAC) and the rejected ones only counted. A socket that cannot be
+    /// made or a request that cannot be sent for want of local resources
+    /// is reported as such, counted against nothing, and tried again next
+    /// interval.
     async fn heartbeat(self, agent: SocketAddr, key: Option<Key>) {
-        let socket = match UdpSocket::bind("0.0.0.0:0").await {
-            Ok(socket) => socket,
-            Err(e) => return error!("heartbeat to {agent}: no socket: {e}"),
-        };
         // Sequence numbers from the wall clock: replies to a previous run
         // can never match a request of this one.
         let first_seq = crate::daemon::unix_ms().saturating_mul(1_000_000);
         let mut verifier = Verifier::new(agent, key, first_seq);
+        let mut socket: Option<UdpSocket> = None;
         let mut ticker = self.ticker();
         let mut buf = [0u8; 512];
         loop {
+            let receive = async {
+                match &socket {
+                    Some(socket) => socket.recv_from(&mut buf).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = ticker.tick() => {
                     let now = self.origin.elapsed();
@@ -175,13 +181,37 @@ impl Checker {
                             return;
                         }
                     }
+                    if socket.is_none() {
+                        let unspecified: SocketAddr = if agent.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+                        match UdpSocket::bind(unspecified).await {
+                            Ok(bound) => socket = Some(bound),
+                            Err(e) => {
+                                let failed = ProbeResult { outcome: Outcome::of_error(&e, "heartbeat socket"), latency: Duration::ZERO };
+                                if !self.send(failed, None).await {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     let request = verifier.request(now);
-                    if let Err(e) = socket.send_to(&request, agent).await {
-                        warn!("heartbeat to {agent}: {e}");
+                    let sent = socket.as_ref().expect("bound above").send_to(&request, agent).await;
+                    if let Err(e) = sent {
+                        verifier.withdraw_last();
+                        let failed = ProbeResult { outcome: Outcome::of_error(&e, "heartbeat send"), latency: Duration::ZERO };
+                        if !self.send(failed, None).await {
+                            return;
+                        }
                     }
                 }
-                received = socket.recv_from(&mut buf) => {
-                    let Ok((len, from)) = received else { continue };
+                received = receive => {
+                    let (len, from) = match received {
+                        Ok(got) => got,
+                        Err(e) => {
+                            warn!("heartbeat from {agent}: {e}");
+                            continue;
+                        }
+                    };
                     let now = self.origin.elapsed();
                     if let Ok(accepted) = verifier.accept(from, &buf[..len], now) {
                         let answered = ProbeResult { outcome: accepted.report.outcome(), latency: accepted.rtt };

@@ -2,15 +2,17 @@
 //! JSON response line (the messages are in `redirector_proto::control`).
 //! Mode 0600: whoever can steer the data plane is root's business.
 
-use std::{fs, os::unix::fs::PermissionsExt, path::Path};
+use std::{fs, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use redirector_proto::control::{Request, Response};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::UnixListener,
+    net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
+
+use crate::listener::{self, ListenerStats};
 
 /// A request and where its answer goes.
 pub type Call = (Request, oneshot::Sender<Response>);
@@ -32,35 +34,58 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers connections until the controller is gone, passing each request
-/// to it and its response back.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
-    loop {
-        let Ok((conn, _)) = listener.accept().await else { continue };
-        let calls = calls.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = conn.into_split();
-            let mut line = String::new();
-            let mut reader = BufReader::new(read.take(64 * 1024));
-            if reader.read_line(&mut line).await.is_err() {
+/// An operator's request and its answer get this long.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// A request line longer than this is refused.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Answers connections for ever, passing each request to the controller
+/// and its response back.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>, stats: Arc<ListenerStats>) {
+    listener::serve(listener, "control socket", DEADLINE, stats, move |conn| answer(conn, calls.clone())).await
+}
+
+async fn answer(conn: UnixStream, calls: mpsc::Sender<Call>) {
+    let (read, mut write) = conn.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    if reader.read_until(b'\n', &mut line).await.is_err() || line.is_empty() {
+        return;
+    }
+    let response = match parse(&line) {
+        Ok(request) => {
+            let (reply, answer) = oneshot::channel();
+            if calls.send((request, reply)).await.is_err() {
                 return;
             }
-            let response = match serde_json::from_str::<Request>(&line) {
-                Ok(request) => {
-                    let (reply, answer) = oneshot::channel();
-                    if calls.send((request, reply)).await.is_err() {
-                        return;
-                    }
-                    match answer.await {
-                        Ok(response) => response,
-                        Err(_) => return,
-                    }
-                }
-                Err(e) => Response::Error { message: format!("bad request: {e}") },
-            };
-            let mut text = serde_json::to_string(&response).unwrap_or_default();
-            text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
-        });
+            match answer.await {
+                Ok(response) => response,
+                Err(_) => return,
+            }
+        }
+        Err(message) => Response::Error { message },
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_default();
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// A request line, or why it is none.
+fn parse(line: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("bad request: not UTF-8 ({e})"))?;
+    serde_json::from_str(text).map_err(|e| format!("bad request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_that_are_not_json_or_not_utf8_get_an_error_naming_why() {
+        assert_eq!(parse(b"{\"command\":\"status\"}\n"), Ok(Request::Status));
+        let not_utf8 = parse(b"{\"command\":\"st\xffatus\"}\n").unwrap_err();
+        assert!(not_utf8.starts_with("bad request: not UTF-8"), "{not_utf8}");
+        let unknown = parse(b"{\"command\":\"reboot\"}").unwrap_err();
+        assert!(unknown.starts_with("bad request: unknown variant `reboot`"), "{unknown}");
     }
 }

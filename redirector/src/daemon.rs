@@ -12,12 +12,14 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{anyhow, Context, Result};
 use redirector_proto::control::{Request, Response};
 use tokio::{
+    net::TcpListener,
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
     time::sleep_until,
@@ -30,6 +32,7 @@ use crate::{
     control_server,
     controller::{Controller, MonotonicClock},
     dataplane::{check_services, flow_table, service_specs, BpfDataplane, FlowEventLogger, LoadOptions},
+    listener::ListenerStats,
     metrics,
 };
 
@@ -99,17 +102,17 @@ pub async fn run(options: Options) -> Result<()> {
     let (sweeps, mut sweep_rx) = mpsc::channel(1);
     tokio::spawn(flow_table::sweep_every(flows, period_rx, sweeps));
 
-    if let Some(listen) = controller.config().metrics_listen {
-        let shared = controller.metrics();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listen, shared).await {
-                error!("{e:#}");
-            }
-        });
-    }
+    let control_stats = Arc::new(ListenerStats::default());
     let control_socket = controller.config().control_socket.clone();
     let (call_tx, mut call_rx) = mpsc::channel(64);
-    tokio::spawn(control_server::serve(control_server::bind(&control_socket)?, call_tx));
+    let control = control_server::bind(&control_socket)?;
+    tokio::spawn(control_server::serve(control, call_tx, control_stats.clone()));
+    if let Some(listen) = controller.config().metrics_listen {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("metrics: binding {listen}"))?;
+        let metrics_stats = Arc::new(ListenerStats::default());
+        let listeners = metrics::Listeners(vec![("control", control_stats), ("metrics", metrics_stats.clone())]);
+        tokio::spawn(metrics::serve(listener, controller.metrics(), listeners, metrics_stats));
+    }
     info!(
         "redirectord running: {} regions, {} services, control socket {}",
         controller.config().regions.len(),

@@ -79,6 +79,10 @@ pub struct CheckStatus {
     /// Results since the daemon started.
     pub probes: u64,
     pub last: Option<Probe>,
+    /// Probes that could not be made here ([`Outcome::Local`]): counted
+    /// against nothing, neither a success nor a miss.
+    pub local_errors: u64,
+    pub last_local: Option<Probe>,
 }
 
 impl CheckStatus {
@@ -92,11 +96,18 @@ impl CheckStatus {
             failures: 0,
             probes: 0,
             last: None,
+            local_errors: 0,
+            last_local: None,
         }
     }
 
     /// Takes a result in; returns why the verdict changed, if it did.
     fn record(&mut self, probe: Probe, rise: u32, fall: u32) -> Option<String> {
+        if let Outcome::Local(_) = probe.outcome {
+            self.local_errors += 1;
+            self.last_local = Some(probe);
+            return None;
+        }
         self.probes += 1;
         if probe.outcome == Outcome::Success {
             self.successes += 1;
@@ -474,6 +485,22 @@ mod tests {
         assert_eq!(last.outcome.to_string(), "failed: connection refused");
         assert_eq!(last.latency, Duration::from_millis(2));
         assert_eq!(r.checks()[0].last, None);
+    }
+
+    #[test]
+    fn a_probe_that_could_not_run_here_counts_neither_way() {
+        let mut r = region(1);
+        let mut clock = Duration::ZERO;
+        feed(&mut r, 0, &mut clock, &ok(3));
+        let local = vec![Outcome::Local("connect: Too many open files (os error 24)".into()); 10];
+        let t = feed(&mut r, 0, &mut clock, &[miss(2), local, miss(0)].concat());
+        assert!(t.is_empty(), "two misses, then local errors: no verdict change");
+        let check = &r.checks()[0];
+        assert_eq!((check.failures, check.local_errors, check.probes), (2, 10, 5));
+        assert_eq!(check.last.as_ref().unwrap().outcome, Outcome::Timeout, "the last real result");
+        assert!(matches!(check.last_local.as_ref().unwrap().outcome, Outcome::Local(_)));
+        let t = feed(&mut r, 0, &mut clock, &miss(1));
+        assert_eq!(t[0].1.to.health, Health::Down, "the third real miss in a row");
     }
 
     #[test]

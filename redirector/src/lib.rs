@@ -14,6 +14,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod listener;
 pub mod maglev;
 pub mod metrics;
 pub mod policy;

@@ -1,13 +1,13 @@
 //! Prometheus metrics, encoded at scrape time from the snapshot the
-//! controller publishes: this module reads state, it owns none.
+//! controller publishes (this module reads state, it owns none), and the
+//! endpoint that serves them.
 
 use std::{
     fmt,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Duration,
 };
 
-use anyhow::{Context, Result};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -16,9 +16,11 @@ use prometheus_client::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
 };
 use tracing::{info, warn};
+
+use crate::listener::{self, ListenerStats};
 
 use redirector_proto::{
     control::{RegionView, Status},
@@ -87,6 +89,19 @@ impl Collector for SnapshotCollector {
                     let labels = [("region", r.name.as_str()), ("check", c.target.as_str())];
                     ConstGauge::new(i64::from(ok)).encode(family.encode_family(&labels)?)?;
                 }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "redirector_check_local_errors",
+            "Probes that could not be made on the gateway (no descriptor, buffer or port left); counted against no region",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in regions {
+            for c in &r.checks {
+                let labels = [("region", r.name.as_str()), ("check", c.target.as_str())];
+                ConstCounter::new(c.local_errors).encode(family.encode_family(&labels)?)?;
             }
         }
 
@@ -217,41 +232,125 @@ impl Collector for SnapshotCollector {
     }
 }
 
-/// The exposition text of a snapshot.
-pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
+/// The exposition text of a snapshot, with what the listeners turned away.
+pub fn render(shared: &Shared, listeners: &Listeners) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector(shared.clone())));
+    registry.register_collector(Box::new(listeners.clone()));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
 }
 
-/// Serves `GET /metrics` on `listen` until the process ends.
-pub async fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("metrics: binding {listen}"))?;
-    info!("metrics on http://{listen}/metrics");
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let n = conn.read(&mut request).await.unwrap_or(0);
-            let wants_metrics = request[..n].starts_with(b"GET /metrics ");
-            let response = match (wants_metrics, render(&shared)) {
-                (true, Ok(body)) => format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+/// The daemon's listeners, by name, with what they turned away.
+#[derive(Clone, Debug, Default)]
+pub struct Listeners(pub Vec<(&'static str, Arc<ListenerStats>)>);
+
+impl Collector for Listeners {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let figures: [(&str, &str, fn(&ListenerStats) -> u64); 3] = [
+            ("redirector_listener_refused", "Connections closed at once: the listener held its maximum", |s| {
+                s.refused.load(Ordering::Relaxed)
+            }),
+            ("redirector_listener_timed_out", "Connections closed when their deadline passed", |s| {
+                s.timed_out.load(Ordering::Relaxed)
+            }),
+            ("redirector_listener_accept_errors", "Accepts that failed (no descriptor left, ...)", |s| {
+                s.accept_errors.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, value) in figures {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (listener, stats) in &self.0 {
+                ConstCounter::new(value(stats)).encode(family.encode_family(&[("listener", *listener)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A scrape gets this long to send its request and take the answer.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// A request head longer than this is not a scrape.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Serves `GET` (and `HEAD`) `/metrics` on `listener` until the process
+/// ends.
+pub async fn serve(listener: TcpListener, shared: Shared, listeners: Listeners, stats: Arc<ListenerStats>) {
+    if let Ok(at) = listener.local_addr() {
+        info!("metrics on http://{at}/metrics");
+    }
+    listener::serve(listener, "metrics", DEADLINE, stats, move |conn| {
+        answer(conn, shared.clone(), listeners.clone())
+    })
+    .await
+}
+
+async fn answer(mut conn: TcpStream, shared: Shared, listeners: Listeners) {
+    let Some(head) = read_head(&mut conn).await else { return };
+    let response = match Scrape::parse(&head) {
+        Scrape::Metrics { head_only } => match render(&shared, &listeners) {
+            Ok(body) => {
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
-                ),
-                (true, Err(e)) => {
-                    warn!("metrics: encoding failed: {e}");
-                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
-                }
-                (false, _) => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
-            };
-            let _ = conn.write_all(response.as_bytes()).await;
-        });
+                );
+                if head_only { header } else { header + &body }
+            }
+            Err(e) => {
+                warn!("metrics: encoding failed: {e}");
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            }
+        },
+        Scrape::OtherMethod => {
+            "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+        }
+        Scrape::OtherPath => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+        Scrape::Malformed => "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+    };
+    let _ = conn.write_all(response.as_bytes()).await;
+}
+
+/// The request head, however many segments it came in, up to the blank
+/// line; None if the client closed first or sent more than `MAX_HEAD`.
+async fn read_head(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_HEAD {
+            return None;
+        }
+    }
+    Some(head)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Scrape {
+    Metrics { head_only: bool },
+    OtherMethod,
+    OtherPath,
+    Malformed,
+}
+
+impl Scrape {
+    fn parse(head: &[u8]) -> Scrape {
+        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        let mut words = line.split_whitespace();
+        let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next()) else {
+            return Scrape::Malformed;
+        };
+        if !version.starts_with("HTTP/1.") {
+            return Scrape::Malformed;
+        }
+        let path = target.split('?').next().unwrap_or_default();
+        match (method, path) {
+            ("GET" | "HEAD", "/metrics") => Scrape::Metrics { head_only: method == "HEAD" },
+            ("GET" | "HEAD", _) => Scrape::OtherPath,
+            _ => Scrape::OtherMethod,
+        }
     }
 }
 
@@ -279,6 +378,7 @@ mod tests {
                     last_ok: Some(true),
                     last_latency_ms: Some(1.5),
                     last_error: None,
+                    local_errors: 3,
                     since_unix_ms: 0,
                 }],
                 pps: 0.0,
@@ -294,7 +394,9 @@ mod tests {
             snap.status.reasons.push(("forwarded".into(), 7));
             snap.heartbeat_rejections.unauthenticated = 5;
         }
-        let text = render(&shared).unwrap();
+        let stats = Arc::new(ListenerStats::default());
+        stats.refused.store(9, Ordering::Relaxed);
+        let text = render(&shared, &Listeners(vec![("metrics", stats)])).unwrap();
         for line in [
             r#"redirector_region_state{region="region1"} 2"#,
             r#"redirector_region_packets_total{region="region1"} 42"#,
@@ -302,8 +404,46 @@ mod tests {
             r#"redirector_switches_total{service="web"} 3"#,
             r#"redirector_packets_total{reason="forwarded"} 7"#,
             r#"redirector_heartbeat_rejected_total{reason="unauthenticated"} 5"#,
+            r#"redirector_listener_refused_total{listener="metrics"} 9"#,
+            r#"redirector_check_local_errors_total{region="region1",check="http://10.1.0.2/"} 3"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn scrapes_are_read_whole_with_get_or_head_and_any_query() {
+        let parse = |text: &str| Scrape::parse(text.as_bytes());
+        assert_eq!(parse("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Scrape::Metrics { head_only: false });
+        assert_eq!(parse("HEAD /metrics HTTP/1.0\r\n\r\n"), Scrape::Metrics { head_only: true });
+        assert_eq!(parse("GET /metrics?x=1&y HTTP/1.1\r\n\r\n"), Scrape::Metrics { head_only: false });
+        assert_eq!(parse("GET / HTTP/1.1\r\n\r\n"), Scrape::OtherPath);
+        assert_eq!(parse("POST /metrics HTTP/1.1\r\n\r\n"), Scrape::OtherMethod);
+        assert_eq!(parse("GET /metrics\r\n\r\n"), Scrape::Malformed);
+        assert_eq!(parse("\u{ff}\u{fe} /metrics HTTP/1.1\r\n\r\n"), Scrape::OtherMethod);
+        assert_eq!(parse(""), Scrape::Malformed);
+    }
+
+    #[tokio::test]
+    async fn a_request_in_several_segments_is_answered_and_head_gets_no_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let stats = Arc::new(ListenerStats::default());
+        tokio::spawn(serve(listener, Shared::default(), Listeners::default(), stats.clone()));
+        let mut split = TcpStream::connect(at).await.unwrap();
+        for part in ["GE", "T /metr", "ics HTTP/1.1\r\n", "Host: x\r\n", "\r\n"] {
+            split.write_all(part.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut answer = String::new();
+        split.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.contains("redirector_region_state"), "{answer}");
+
+        let mut head = TcpStream::connect(at).await.unwrap();
+        head.write_all(b"HEAD /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        head.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("\r\n\r\n"), "{answer}");
     }
 }

@@ -100,6 +100,12 @@ impl Verifier {
         Message::request(seq, timestamp_ns(now)).encode(self.key.as_ref())
     }
 
+    /// Forgets the request made last: it could not be sent, so its missing
+    /// reply is no miss.
+    pub fn withdraw_last(&mut self) {
+        self.in_flight.pop_back();
+    }
+
     /// Checks a datagram received at `now`; counts it either way.
     pub fn accept(
         &mut self,
@@ -324,6 +330,17 @@ mod tests {
             Ok(50 * MS)
         );
         assert_eq!(v.counters().expired, 1);
+    }
+
+    #[test]
+    fn a_withdrawn_request_neither_expires_nor_takes_a_reply() {
+        let mut v = Verifier::new(agent(), None, 1);
+        let answered = reply(&v.request(Duration::ZERO), None);
+        let unsent = reply(&v.request(MS), None);
+        v.withdraw_last();
+        assert_eq!(v.accept(agent(), &unsent, 2 * MS), Err(Rejection::UnexpectedSequence(2)));
+        assert!(v.accept(agent(), &answered, 2 * MS).is_ok());
+        assert_eq!(v.expire(Duration::from_secs(1), MS), 0);
     }
 
     #[test]

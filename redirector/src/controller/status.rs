@@ -34,16 +34,23 @@ impl<D: Dataplane> Controller<D> {
                     checks: health
                         .checks()
                         .iter()
-                        .map(|c| CheckView {
-                            kind: c.kind,
-                            target: c.target.clone(),
-                            last_ok: c.last.as_ref().map(|p| p.outcome == Outcome::Success),
-                            last_latency_ms: c.last.as_ref().map(|p| p.latency.as_secs_f64() * 1e3),
-                            last_error: c.last.as_ref().and_then(|p| match &p.outcome {
-                                Outcome::Success => None,
-                                other => Some(other.to_string()),
-                            }),
-                            since_unix_ms: self.unix_ms(c.since),
+                        .map(|c| {
+                            // A local error newer than the last real result
+                            // is what the operator needs to see now.
+                            let local = c.last_local.as_ref().filter(|l| c.last.as_ref().is_none_or(|p| l.at > p.at));
+                            CheckView {
+                                kind: c.kind,
+                                target: c.target.clone(),
+                                last_ok: c.last.as_ref().map(|p| p.outcome == Outcome::Success),
+                                last_latency_ms: c.last.as_ref().map(|p| p.latency.as_secs_f64() * 1e3),
+                                last_error: match (local, c.last.as_ref().map(|p| &p.outcome)) {
+                                    (Some(l), _) => Some(format!("{} (not counted against the region)", l.outcome)),
+                                    (None, Some(Outcome::Success) | None) => None,
+                                    (None, Some(other)) => Some(other.to_string()),
+                                },
+                                local_errors: c.local_errors,
+                                since_unix_ms: self.unix_ms(c.since),
+                            }
                         })
                         .collect(),
                     pps: load.pps,
