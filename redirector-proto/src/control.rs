@@ -142,6 +142,18 @@ pub enum EventKind {
     Service,
 }
 
+impl EventKind {
+    /// As JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Region => "region",
+            EventKind::Saturation => "saturation",
+            EventKind::Switch => "switch",
+            EventKind::Service => "service",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub unix_ms: u64,
@@ -190,6 +202,13 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"command":"set-active","region":"region2","service":null}"#);
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn event_kinds_are_named_as_json_spells_them() {
+        for kind in [EventKind::Region, EventKind::Saturation, EventKind::Switch, EventKind::Service] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{}\"", kind.name()));
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tracing::warn;
 
 use crate::{
     config::{Check, Config},
-    controller::{HeartbeatNews, ProbeReport},
+    controller::{unix_ms, HeartbeatNews, ProbeReport},
     health::Probe,
 };
 
@@ -159,7 +159,7 @@ impl Checker {
     async fn heartbeat(self, agent: SocketAddr, key: Option<Key>) {
         // Sequence numbers from the wall clock: replies to a previous run
         // can never match a request of this one.
-        let first_seq = crate::daemon::unix_ms().saturating_mul(1_000_000);
+        let first_seq = unix_ms().saturating_mul(1_000_000);
         let mut verifier = Verifier::new(agent, key, first_seq);
         let mut socket: Option<UdpSocket> = None;
         let mut ticker = self.ticker();

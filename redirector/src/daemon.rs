@@ -13,7 +13,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context, Result};
@@ -30,7 +30,7 @@ use crate::{
     checkers::{Checkers, Keys},
     config::Config,
     control_server,
-    controller::{Controller, MonotonicClock},
+    controller::{unix_ms, Controller, MonotonicClock},
     dataplane::{check_services, flow_table, service_specs, BpfDataplane, FlowEventLogger, LoadOptions},
     listener::ListenerStats,
     metrics,
@@ -57,12 +57,6 @@ pub fn check_config(path: &Path) -> Result<String> {
         config.services.len(),
         config.interfaces.len()
     ))
-}
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub async fn run(options: Options) -> Result<()> {

@@ -207,15 +207,7 @@ impl Collector for SnapshotCollector {
             None,
             MetricType::Counter,
         )?;
-        let r = &snap.heartbeat_rejections;
-        for (reason, n) in [
-            ("malformed", r.malformed),
-            ("bad_version", r.bad_version),
-            ("unauthenticated", r.unauthenticated),
-            ("wrong_source", r.wrong_source),
-            ("unexpected_sequence", r.unexpected_sequence),
-            ("expired", r.expired),
-        ] {
+        for (reason, n) in snap.heartbeat_rejections.rejections() {
             ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
 

@@ -72,10 +72,11 @@ pub fn status(status: &Status) {
 }
 
 pub fn events(events: Vec<Event>) {
-    let mut table = table(&["time", "subject", "what", "why", "map write"]);
+    let mut table = table(&["time", "kind", "subject", "what", "why", "map write"]);
     for e in events {
         table.add_row(vec![
             clock(e.unix_ms),
+            e.kind.name().to_string(),
             e.subject,
             e.what,
             e.why,
@@ -91,7 +92,7 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-/// Local wall-clock time of a Unix timestamp in ms, as HH:MM:SS.mmm (UTC).
+/// The UTC time of day of a Unix timestamp in ms, as HH:MM:SS.mmmZ.
 fn clock(unix_ms: u64) -> String {
     if unix_ms == 0 {
         return "-".into();

@@ -27,6 +27,32 @@ pub struct Counters {
     pub unexpected_sequence: u64,
 }
 
+impl Counters {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Counters) {
+        self.accepted += other.accepted;
+        self.expired += other.expired;
+        self.malformed += other.malformed;
+        self.bad_version += other.bad_version;
+        self.unauthenticated += other.unauthenticated;
+        self.wrong_source += other.wrong_source;
+        self.unexpected_sequence += other.unexpected_sequence;
+    }
+
+    /// Replies rejected (and requests expired), by reason as metrics label
+    /// them.
+    pub fn rejections(&self) -> [(&'static str, u64); 6] {
+        [
+            ("malformed", self.malformed),
+            ("bad_version", self.bad_version),
+            ("unauthenticated", self.unauthenticated),
+            ("wrong_source", self.wrong_source),
+            ("unexpected_sequence", self.unexpected_sequence),
+            ("expired", self.expired),
+        ]
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
     WrongSource(SocketAddr),

@@ -1,7 +1,8 @@
-//! Selection tables waiting out the bank-reuse grace. A service's table
-//! flips banks at most once per grace; a table decided sooner waits here,
-//! the latest decision replacing an earlier one, and is written when the
-//! controller is woken at [`Flips::next_due`]. Nothing sleeps.
+//! Selection tables on their way to the data plane. A service's table
+//! flips banks at most once per bank-reuse grace: a table decided sooner
+//! waits here, the latest decision replacing an earlier one, and is written
+//! when the controller is woken at [`Flips::next_due`]. A table whose write
+//! failed waits here too, to be tried again. Nothing sleeps.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,9 +16,10 @@ use crate::{
 
 #[derive(Default)]
 pub(super) struct Flips {
-    /// When each service's table last flipped, by address: the data
-    /// plane's key, which a reload may give another id.
-    last: HashMap<ServiceAddr, Duration>,
+    /// When each service id's table last flipped. By id, as the data
+    /// plane's banks are (`SELECTION[id × 2 + bank]`): kept across reloads,
+    /// which may give an id to another service.
+    last: HashMap<u32, Duration>,
     /// By service id.
     pending: BTreeMap<u32, Pending>,
 }
@@ -29,6 +31,8 @@ pub(super) struct Pending {
     pub trigger: Duration,
     /// The event that announced it, by sequence number.
     pub event: Option<u64>,
+    /// Not before this (a failed write is retried later).
+    pub not_before: Duration,
 }
 
 impl Flips {
@@ -53,9 +57,9 @@ impl Flips {
     pub fn due(&mut self, now: Duration) -> Vec<(u32, Pending)> {
         let ready: Vec<u32> = self
             .pending
-            .keys()
-            .copied()
-            .filter(|s| self.free_at(&self.pending[s].addr) <= now)
+            .iter()
+            .filter(|(&s, p)| self.free_at(s, p) <= now)
+            .map(|(&s, _)| s)
             .collect();
         ready
             .into_iter()
@@ -63,20 +67,22 @@ impl Flips {
             .collect()
     }
 
-    pub fn flipped(&mut self, addr: ServiceAddr, at: Duration) {
-        self.last.insert(addr, at);
+    pub fn flipped(&mut self, service: u32, at: Duration) {
+        self.last.insert(service, at);
     }
 
-    pub fn any_pending(&self) -> bool {
-        !self.pending.is_empty()
+    /// The services whose next table waits.
+    pub fn waiting(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pending.keys().copied()
     }
 
     /// When the first waiting table may be written.
     pub fn next_due(&self) -> Option<Duration> {
-        self.pending.values().map(|p| self.free_at(&p.addr)).min()
+        self.pending.iter().map(|(&s, p)| self.free_at(s, p)).min()
     }
 
-    fn free_at(&self, addr: &ServiceAddr) -> Duration {
-        self.last.get(addr).map_or(Duration::ZERO, |&at| at + BANK_REUSE_GRACE)
+    fn free_at(&self, service: u32, pending: &Pending) -> Duration {
+        let grace = self.last.get(&service).map_or(Duration::ZERO, |&at| at + BANK_REUSE_GRACE);
+        grace.max(pending.not_before)
     }
 }

@@ -9,15 +9,18 @@
 //! The order of writes, the invariants the data plane relies on:
 //! - a new or re-keyed service selects nowhere until its first decision
 //!   (`set_services`), and every decision that changes what a service's new
-//!   flows take rewrites its table;
+//!   flows take rewrites its table, unless the table is already live;
 //! - a service's table flips at most once per
 //!   [`BANK_REUSE_GRACE`](crate::dataplane::BANK_REUSE_GRACE): a flip
 //!   decided sooner waits (it is not slept on) and the latest table wins;
-//! - region states are written after the selections decided with them, so
-//!   flows re-steered off a region marked down find the new table;
-//! - nothing is written while a region is pending after a start or reload
-//!   but what the rules force: the data plane keeps its last state, and a
-//!   restart moves no flow.
+//!   a write that fails is tried again;
+//! - single-region tables (failover) are written before the Maglev tables
+//!   of weighted services decided with them, and logging waits for both;
+//! - a region is written down only once no live table of a service whose
+//!   next table waits still selects it, so flows re-steered off it find
+//!   the new table; up and draining are written at once;
+//! - nothing is written for a region while it is pending after a start:
+//!   the data plane keeps its last state, and a restart moves no flow.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -31,38 +34,25 @@ use tracing::{error, info};
 
 use crate::{
     config::Config,
-    dataplane::{
-        check_services, flow_table::Sweep, service_specs, Dataplane, Selection, Stats,
-    },
+    dataplane::{check_services, flow_table::Sweep, service_specs, Dataplane, Selection, Stats},
     health::{Probe, RegionHealth},
-    maglev,
-    metrics,
+    maglev, metrics,
     policy::{Decision, Event, EventKind, Load, Policy, Subject},
 };
 
+mod clock;
 mod flips;
 mod status;
 #[cfg(test)]
 mod tests;
 
+pub use clock::{unix_ms, Clock, MonotonicClock};
 use flips::{Flips, Pending};
 
 /// Events kept for `redirectorctl events`.
 const EVENT_LOG: usize = 1000;
-
-/// The daemon's time: since a fixed origin (its start).
-pub trait Clock: Send {
-    fn now(&self) -> Duration;
-}
-
-/// `CLOCK_MONOTONIC` since the daemon started.
-pub struct MonotonicClock(pub std::time::Instant);
-
-impl Clock for MonotonicClock {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
+/// A table whose write failed is tried again after this.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// One probe of one check, as a checker reports it.
 #[derive(Clone, Debug)]
@@ -101,6 +91,21 @@ struct Logged {
     map_write: Option<Duration>,
 }
 
+/// A table the data plane took.
+struct Written {
+    service: u32,
+    /// From the input that led to it.
+    took: Duration,
+    /// The event that announced it, if logged already.
+    event: Option<u64>,
+}
+
+/// What the data plane holds, read back at a start or reload.
+struct Live {
+    selections: Vec<Selection>,
+    regions: Vec<Option<RegionState>>,
+}
+
 pub struct Controller<D: Dataplane> {
     config: Config,
     dataplane: D,
@@ -112,10 +117,9 @@ pub struct Controller<D: Dataplane> {
     policy: Policy,
     /// What REGIONS holds, as far as this process knows.
     written: Vec<Option<RegionState>>,
+    /// Each service's live table, by id.
+    live: Vec<Selection>,
     flips: Flips,
-    /// Per service: each region's share of the selection table last
-    /// written, in percent.
-    table_shares: Vec<Vec<(u8, f64)>>,
     switches: Vec<u64>,
     last_map_write: Option<Duration>,
     traffic: Traffic,
@@ -139,13 +143,14 @@ impl<D: Dataplane> Controller<D> {
             let mode = dataplane.attach(interface)?;
             info!("{interface}: XDP {mode:?}");
         }
+        let live = write_services(&mut dataplane, &config)?;
         let now = clock.now();
         let mut controller = Controller {
             health: config.regions.iter().map(|r| RegionHealth::new(r, now)).collect(),
             policy: Policy::new(&config),
             written: Vec::new(),
+            live: Vec::new(),
             flips: Flips::default(),
-            table_shares: vec![Vec::new(); config.services.len()],
             switches: vec![0; config.services.len()],
             last_map_write: None,
             traffic: Traffic::default(),
@@ -160,25 +165,21 @@ impl<D: Dataplane> Controller<D> {
             clock,
             origin_unix_ms,
         };
-        controller.adopt()?;
+        controller.adopt(live);
         controller.publish();
         Ok(controller)
     }
 
-    /// Writes the config's services, then reads back what each selects and
-    /// what REGIONS holds. A service the data plane did not hold under the
-    /// same address and id selects nowhere, so its policy writes it.
-    fn adopt(&mut self) -> Result<()> {
-        self.dataplane.set_services(&service_specs(&self.config))?;
-        for service in &self.config.services {
-            let live = self.dataplane.selection(&service.addr)?;
-            if let Some(region) = live.single() {
+    /// Starts the policy from what the data plane holds: a service whose
+    /// table gives every slot to one region keeps it until the rules move it.
+    fn adopt(&mut self, live: Live) {
+        for (service, selection) in self.config.services.iter().zip(&live.selections) {
+            if let Some(region) = selection.single() {
                 self.policy.adopt(service.id, (region != NO_REGION).then_some(region));
             }
-            self.table_shares[service.id as usize] = maglev::shares(live.slots());
         }
-        self.written = self.config.regions.iter().map(|r| self.dataplane.region_state(r.id).ok()).collect();
-        Ok(())
+        self.live = live.selections;
+        self.written = live.regions;
     }
 
     pub fn config(&self) -> &Config {
@@ -212,14 +213,14 @@ impl<D: Dataplane> Controller<D> {
             }
         }
         if let Some(transition) = region.record(report.check, report.probe) {
-            let event = Event::region(region.name(), &transition);
+            let event = Event::region(report.region as u8, &transition);
             self.decide(trigger, vec![event]);
         }
     }
 
     /// When the controller wants [`Controller::on_deadline`] even if no
     /// input comes: a preempt delay or flap-limit window ends, or a table
-    /// flip waits out the bank-reuse grace.
+    /// waits out the bank-reuse grace or a retry.
     pub fn next_deadline(&self) -> Option<Duration> {
         [self.policy.next_deadline(), self.flips.next_due()].into_iter().flatten().min()
     }
@@ -229,83 +230,98 @@ impl<D: Dataplane> Controller<D> {
         self.decide(now, Vec::new());
     }
 
-    /// Runs the policy and writes what changed: selections first (those
-    /// within the bank-reuse grace wait), then region states once no
-    /// selection waits. `trigger` is when the input that led here arrived;
-    /// `causes` are the events it made, recorded with the policy's own after
-    /// the writes, as is all logging.
+    /// Runs the policy and writes what changed: selections first, then
+    /// region states; then, the writes done, it logs and records `causes`
+    /// (the events of the input that led here, which arrived at `trigger`)
+    /// and the policy's own events.
     fn decide(&mut self, trigger: Duration, causes: Vec<Event>) {
         let now = self.clock.now();
         let conditions: Vec<_> = self.health.iter().map(RegionHealth::condition).collect();
         let evaluation = self.policy.evaluate(now, &conditions);
-        // Each table is written as soon as it is built: a failover's
-        // single-region fill does not wait for a weighted service's Maglev
-        // build (~1.7 ms).
+        // A single-region table is a fill, a weighted one a Maglev build
+        // (~1.7 ms): each is written as soon as it is built, the cheap ones
+        // first, so a failover does not wait behind a rebalance.
+        let mut changed: Vec<&Decision> = evaluation.decisions.iter().filter(|d| d.changed).collect();
+        changed.sort_by_key(|d| d.share.len() > 1);
         let mut written = Vec::new();
-        for decision in evaluation.decisions.iter().filter(|d| d.changed) {
+        for decision in changed {
+            let selection = self.selection(decision);
+            if self.live[decision.service as usize] == selection {
+                continue;
+            }
             let pending = Pending {
                 addr: self.config.services[decision.service as usize].addr,
-                selection: self.selection(decision),
+                selection,
                 trigger,
                 event: None,
+                not_before: Duration::ZERO,
             };
             self.flips.decide(decision.service, pending);
-            written.extend(self.write_due_flips(now));
+            written.extend(self.write_due_tables(now));
         }
-        // Tables decided earlier whose grace ended.
-        written.extend(self.write_due_flips(now));
+        // Tables decided earlier whose grace (or retry delay) is over.
+        written.extend(self.write_due_tables(now));
         self.write_region_states();
+
+        for w in &written {
+            self.note_written(w);
+        }
         for event in causes.into_iter().chain(evaluation.events) {
-            let service = match &event.subject {
-                Subject::Service(name) if event.kind == EventKind::Switch => {
-                    self.config.services.iter().position(|s| s.name == *name)
-                }
+            let switched = match event.subject {
+                Subject::Service(service) if event.kind == EventKind::Switch => Some(service),
                 _ => None,
             };
             let seq = self.record(event);
-            match service.map(|s| (s, written.iter().find(|(w, _)| *w == s as u32))) {
-                Some((_, Some(&(_, took)))) => self.set_map_write(seq, took),
-                Some((s, None)) => self.flips.announced(s as u32, seq),
-                None => {}
+            if let Some(service) = switched {
+                match written.iter().find(|w| w.service == service) {
+                    Some(w) => self.set_map_write(seq, w.took),
+                    None => self.flips.announced(service, seq),
+                }
             }
         }
         self.publish();
     }
 
-    /// Flips the tables whose grace is over; returns each service written
-    /// with its input → map write time.
-    fn write_due_flips(&mut self, now: Duration) -> Vec<(u32, Duration)> {
+    /// Flips the tables that may be written now. Nothing but the writes:
+    /// their bookkeeping and logging come after (`note_written`).
+    fn write_due_tables(&mut self, now: Duration) -> Vec<Written> {
         let mut written = Vec::new();
-        for (service, pending) in self.flips.due(now) {
-            let result = self.dataplane.set_selection(&pending.addr, &pending.selection);
-            let took = self.clock.now().saturating_sub(pending.trigger);
-            let config = &self.config.services[service as usize];
-            match result {
+        for (service, mut pending) in self.flips.due(now) {
+            match self.dataplane.set_selection(&pending.addr, &pending.selection) {
                 Ok(()) => {
-                    self.flips.flipped(pending.addr, self.clock.now());
-                    let shares = maglev::shares(pending.selection.slots());
-                    let to: Vec<String> = shares
-                        .iter()
-                        .map(|&(r, pct)| format!("{} {pct:.1} %", self.config.regions[r as usize].name))
-                        .collect();
-                    info!(
-                        "service {}: new flows → {}; decision → map write {:.0} µs",
-                        config.name,
-                        if to.is_empty() { "nowhere".to_string() } else { to.join(", ") },
-                        took.as_secs_f64() * 1e6
-                    );
-                    self.table_shares[service as usize] = shares;
-                    self.switches[service as usize] += 1;
-                    self.last_map_write = Some(took);
-                    if let Some(seq) = pending.event {
-                        self.set_map_write(seq, took);
-                    }
-                    written.push((service, took));
+                    let at = self.clock.now();
+                    self.flips.flipped(service, at);
+                    written.push(Written { service, took: at.saturating_sub(pending.trigger), event: pending.event });
+                    self.live[service as usize] = pending.selection;
                 }
-                Err(e) => error!("service {}: writing the selection failed: {e:#}", config.name),
+                Err(e) => {
+                    let name = &self.config.services[service as usize].name;
+                    error!("service {name}: writing the selection failed, trying again in {RETRY:?}: {e:#}");
+                    pending.not_before = now + RETRY;
+                    self.flips.decide(service, pending);
+                }
             }
         }
         written
+    }
+
+    fn note_written(&mut self, w: &Written) {
+        let shares = maglev::shares(self.live[w.service as usize].slots());
+        let to: Vec<String> = shares
+            .iter()
+            .map(|&(r, pct)| format!("{} {pct:.1} %", self.config.regions[r as usize].name))
+            .collect();
+        info!(
+            "service {}: new flows → {}; decision → map write {:.0} µs",
+            self.config.services[w.service as usize].name,
+            if to.is_empty() { "nowhere".to_string() } else { to.join(", ") },
+            w.took.as_secs_f64() * 1e6
+        );
+        self.switches[w.service as usize] += 1;
+        self.last_map_write = Some(w.took);
+        if let Some(seq) = w.event {
+            self.set_map_write(seq, w.took);
+        }
     }
 
     /// The logged event `seq`, if still kept, gets its map write time.
@@ -331,19 +347,20 @@ impl<D: Dataplane> Controller<D> {
         Selection::from_slots(&slots).expect("maglev fills every slot with a known region")
     }
 
-    /// Region states, once every selection decided before is live.
+    /// Region states as health and drain say. Down waits while a service
+    /// whose next table waits still selects the region in its live one.
     fn write_region_states(&mut self) {
-        if self.flips.any_pending() {
-            return;
-        }
         for (region, health) in self.config.regions.iter().zip(&self.health) {
             let Some(state) = health.condition().status().dataplane_state() else { continue };
-            let slot = &mut self.written[region.id as usize];
-            if *slot == Some(state) {
+            if self.written[region.id as usize] == Some(state) {
+                continue;
+            }
+            let still_selected = || self.flips.waiting().any(|s| self.live[s as usize].slots().contains(&region.id));
+            if state == RegionState::Down && still_selected() {
                 continue;
             }
             match self.dataplane.set_region_state(region.id, state) {
-                Ok(()) => *slot = Some(state),
+                Ok(()) => self.written[region.id as usize] = Some(state),
                 Err(e) => error!("region {}: writing its state failed: {e:#}", region.name),
             }
         }
@@ -352,13 +369,21 @@ impl<D: Dataplane> Controller<D> {
     /// Logs `event` and keeps it for `redirectorctl events`; returns its
     /// sequence number.
     fn record(&mut self, event: Event) -> u64 {
-        info!("{}: {} → {} ({})", event.subject, event.from, event.to, event.reason);
+        info!("{}: {} → {} ({})", self.subject_name(event.subject), event.from, event.to, event.reason);
         self.log.push_back(Logged { event, map_write: None });
         if self.log.len() > EVENT_LOG {
             self.log.pop_front();
             self.log_base += 1;
         }
         self.log_base + self.log.len() as u64 - 1
+    }
+
+    /// "region region1", "service web".
+    fn subject_name(&self, subject: Subject) -> String {
+        match subject {
+            Subject::Region(r) => format!("region {}", self.config.regions[r as usize].name),
+            Subject::Service(s) => format!("service {}", self.config.services[s as usize].name),
+        }
     }
 
     /// A load sample: counters and pps from the data plane, active flows
@@ -401,63 +426,63 @@ impl<D: Dataplane> Controller<D> {
 
     /// An operator's request. `reload` and `detach` involve the daemon's
     /// files and tasks: it handles them with [`Controller::reload`] and
-    /// [`Controller::detach`].
+    /// [`Controller::detach`], and they are refused here.
     pub fn handle(&mut self, request: Request) -> Response {
-        let received = self.clock.now();
-        let now = received;
+        let now = self.clock.now();
         let result = match request {
             Request::Status => return Response::Status(self.status()),
             Request::Events => return Response::Events { events: self.events() },
             Request::SetActive { region: Some(region), service } => self
                 .policy
                 .set_active(now, &region, service.as_deref())
-                .map(|events| (format!("new flows go to {region}"), events))
-                .map_err(|e| e.to_string()),
+                .map(|events| (format!("new flows go to {region}"), events)),
             Request::SetActive { region: None, service } => self
                 .policy
                 .set_auto(now, service.as_deref())
-                .map(|events| ("new flows follow the policy again".to_string(), events))
-                .map_err(|e| e.to_string()),
-            Request::Weight { region, weight, service } => self
-                .policy
-                .set_weight(now, &region, weight, service.as_deref())
-                .map(|events| {
-                    let services: Vec<String> = events.iter().map(|e| e.subject.to_string()).collect();
+                .map(|events| ("new flows follow the policy again".to_string(), events)),
+            Request::Weight { region, weight, service } => {
+                self.policy.set_weight(now, &region, weight, service.as_deref()).map(|events| {
+                    let services: Vec<String> = events.iter().map(|e| self.subject_name(e.subject)).collect();
                     (format!("weight of {region} = {weight} in {}", services.join(", ")), events)
                 })
-                .map_err(|e| e.to_string()),
+            }
             Request::Drain { region } => self.set_drained(&region, true, now),
             Request::Undrain { region } => self.set_drained(&region, false, now),
             Request::Reload | Request::Detach => {
-                return Response::Error { message: "handled by the daemon".into() };
+                return Response::Error { message: "reload and detach are the daemon's".into() };
             }
         };
         match result {
             Ok((message, events)) => {
-                self.decide(received, events);
+                self.decide(now, events);
                 Response::Done { message }
             }
-            Err(message) => Response::Error { message },
+            Err(e) => Response::Error { message: e.to_string() },
         }
     }
 
-    fn set_drained(&mut self, region: &str, drained: bool, now: Duration) -> Result<(String, Vec<Event>), String> {
-        let index = self.config.regions.iter().position(|r| r.name == region).ok_or_else(|| {
-            let known: Vec<&str> = self.config.regions.iter().map(|r| r.name.as_str()).collect();
-            format!("unknown region {region:?} (known: {})", known.join(", "))
-        })?;
-        Ok(match self.health[index].set_drained(drained, now) {
-            Some(transition) => (format!("region {region}: {}", transition.to), vec![Event::region(region, &transition)]),
-            None => (format!("region {region}: already {}", self.health[index].condition()), Vec::new()),
+    fn set_drained(
+        &mut self,
+        region: &str,
+        drained: bool,
+        now: Duration,
+    ) -> Result<(String, Vec<Event>), crate::policy::PolicyError> {
+        let id = self.policy.region_id(region)?;
+        let health = &mut self.health[id as usize];
+        Ok(match health.set_drained(drained, now) {
+            Some(transition) => (format!("region {region}: {}", transition.to), vec![Event::region(id, &transition)]),
+            None => (format!("region {region}: already {}", health.condition()), Vec::new()),
         })
     }
 
     /// Takes `config` in place of the running one. Everything that can be
-    /// refused is checked before anything changes. Regions keep their
-    /// health when their checks are unchanged; the services are written
-    /// and adopted as at a start, so a service whose address or id changed
-    /// gets its table written by its first decision. Returns a summary;
-    /// the daemon restarts the checkers for [`Controller::generation`].
+    /// refused, and every data plane write that can fail, comes before any
+    /// state changes: a reload refused leaves the controller as it was.
+    /// Regions keep their health when their checks are unchanged, services
+    /// their switch counts by name; the services are written and adopted as
+    /// at a start, so a service whose address or id changed gets its table
+    /// written. Returns a summary; the daemon restarts the checkers for the
+    /// new [`Controller::generation`].
     pub fn reload(&mut self, config: Config) -> Result<String> {
         check_services(&service_specs(&config))?;
         for (old, new) in self.config.regions.iter().zip(&config.regions) {
@@ -480,13 +505,13 @@ impl<D: Dataplane> Controller<D> {
         for interface in &config.interfaces {
             self.dataplane.check_interface(interface)?;
         }
-
         for interface in config.interfaces.iter().filter(|i| !self.config.interfaces.contains(i)) {
             self.dataplane.attach(interface)?;
         }
         for interface in self.config.interfaces.iter().filter(|i| !config.interfaces.contains(i)) {
             self.dataplane.detach(interface)?;
         }
+        let live = write_services(&mut self.dataplane, &config)?;
 
         let now = self.clock.now();
         self.health = config
@@ -498,17 +523,23 @@ impl<D: Dataplane> Controller<D> {
                 _ => RegionHealth::new(region, now),
             })
             .collect();
-        // Selections decided for the old services are moot: the new ones
+        // Tables decided for the old services are moot: the new ones
         // start from what the data plane holds.
         self.flips.forget_pending();
         self.policy = Policy::new(&config);
-        self.switches.resize(config.services.len(), 0);
-        self.table_shares = vec![Vec::new(); config.services.len()];
+        self.switches = config
+            .services
+            .iter()
+            .map(|s| {
+                let old = self.config.services.iter().position(|o| o.name == s.name);
+                old.map_or(0, |i| self.switches[i])
+            })
+            .collect();
         self.agent_reports.resize(config.regions.len(), None);
         self.heartbeat_counters = checks_of(&config);
         self.generation += 1;
         self.config = config;
-        self.adopt()?;
+        self.adopt(live);
         self.decide(now, Vec::new());
         Ok(format!(
             "{} regions, {} services",
@@ -524,6 +555,19 @@ impl<D: Dataplane> Controller<D> {
         }
         self.dataplane.remove_pins()
     }
+}
+
+/// Makes the data plane hold `config`'s services (a new or re-keyed one
+/// selecting nowhere), then reads back what it holds.
+fn write_services<D: Dataplane>(dataplane: &mut D, config: &Config) -> Result<Live> {
+    dataplane.set_services(&service_specs(config))?;
+    let selections = config
+        .services
+        .iter()
+        .map(|s| dataplane.selection(&s.addr))
+        .collect::<Result<_>>()?;
+    let regions = config.regions.iter().map(|r| dataplane.region_state(r.id).ok()).collect();
+    Ok(Live { selections, regions })
 }
 
 /// One slot per check of every region.

@@ -5,7 +5,7 @@
 use redirector_proto::control::{self, CheckView, RegionView, ServiceView, Status};
 
 use super::Controller;
-use crate::{dataplane::Dataplane, health::Outcome, metrics};
+use crate::{dataplane::Dataplane, health::Outcome, maglev, metrics};
 
 impl<D: Dataplane> Controller<D> {
     fn unix_ms(&self, at: std::time::Duration) -> u64 {
@@ -70,8 +70,8 @@ impl<D: Dataplane> Controller<D> {
             .services
             .iter()
             .zip(self.policy.snapshot())
-            .zip(&self.table_shares)
-            .map(|((service, policy), shares)| ServiceView {
+            .zip(&self.live)
+            .map(|((service, policy), live)| ServiceView {
                 name: service.name.clone(),
                 vip: service.addr.vip.to_string(),
                 port: service.addr.port,
@@ -79,7 +79,7 @@ impl<D: Dataplane> Controller<D> {
                 policy: policy.policy,
                 active: named(&policy.share).into_iter().map(|(name, _)| name).collect(),
                 weights: named(&policy.weights),
-                new_flow_shares: shares.iter().map(|&(r, pct)| (self.region_name(r), pct)).collect(),
+                new_flow_shares: maglev::shares(live.slots()).into_iter().map(|(r, pct)| (self.region_name(r), pct)).collect(),
                 set_active: policy.set_active.map(|r| self.region_name(r)),
                 note: policy.note,
             })
@@ -105,7 +105,7 @@ impl<D: Dataplane> Controller<D> {
                 control::Event {
                     unix_ms: self.unix_ms(e.at),
                     kind: e.kind,
-                    subject: e.subject.to_string(),
+                    subject: self.subject_name(e.subject),
                     what: format!("{} → {}", e.from, e.to),
                     why: e.reason.clone(),
                     map_write_us: logged.map_write.map(|took| took.as_secs_f64() * 1e6),
@@ -118,12 +118,7 @@ impl<D: Dataplane> Controller<D> {
     pub(super) fn publish(&mut self) {
         let mut rejected = redirector_proto::heartbeat::Counters::default();
         for c in self.heartbeat_counters.iter().flatten() {
-            rejected.malformed += c.malformed;
-            rejected.bad_version += c.bad_version;
-            rejected.unauthenticated += c.unauthenticated;
-            rejected.wrong_source += c.wrong_source;
-            rejected.unexpected_sequence += c.unexpected_sequence;
-            rejected.expired += c.expired;
+            rejected.add(c);
         }
         let snapshot = metrics::Snapshot {
             status: self.status(),

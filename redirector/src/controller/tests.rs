@@ -10,7 +10,7 @@ use redirector_proto::{
     model::RegionStatus,
 };
 
-use super::*;
+use super::{RETRY, *};
 use crate::{
     config::ServiceAddr,
     dataplane::{
@@ -272,6 +272,122 @@ fn drain_and_undrain_write_the_region_state_and_move_new_flows() {
         Response::Error { message: "unknown region \"region9\" (known: region1, region2, region3)".into() }
     );
     assert_eq!(rig.writes(), []);
+    rig.clock.advance(20 * MS);
+    let done = rig.ctl(Request::Undrain { region: "region2".into() });
+    assert_eq!(done, Response::Done { message: "region region2: up".into() });
+    assert_eq!(
+        rig.writes(),
+        [Write::Selection(web, Selection::all(R2)), Write::RegionState(R2, RegionState::Up)]
+    );
+}
+
+/// web (failover) and api (weighted over three regions, listed first, so
+/// its id is lower).
+const API: &str = "[[service]]\nname = \"api\"\nvip = \"10.9.0.2\"\nport = 443\nprotocol = \"tcp\"\npolicy = \"weighted\"\nregions = [\"region1\", \"region2\", \"region3\"]\n";
+
+#[test]
+fn a_failover_table_is_written_before_the_maglev_tables_decided_with_it() {
+    let mut rig = Rig::settled(config(&format!("{API}{WEB}")));
+    let (api, web) = (rig.addr("api"), rig.addr("web"));
+    rig.writes();
+    rig.round([true, false, true]);
+    rig.round([true, false, true]);
+    let writes = rig.writes();
+    let order: Vec<ServiceAddr> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Selection(addr, _) => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, [web, api], "{writes:?}");
+    assert_eq!(writes.last(), Some(&Write::RegionState(R2, RegionState::Down)));
+}
+
+#[test]
+fn a_table_whose_write_failed_is_written_again_and_its_region_waits_for_it() {
+    let mut rig = Rig::settled(config(WEB));
+    let web = rig.addr("web");
+    rig.writes();
+    rig.dataplane().failing_selections = 1;
+    rig.round([true, false, true]);
+    rig.round([true, false, true]);
+    assert_eq!(rig.writes(), [], "the table failed; region2 stays up while web still selects it");
+    let retry = rig.controller.next_deadline().expect("a retry is due");
+    assert_eq!(retry, rig.clock.now() + RETRY);
+    rig.clock.set(retry);
+    rig.controller.on_deadline();
+    assert_eq!(
+        rig.writes(),
+        [Write::Selection(web, Selection::all(R1)), Write::RegionState(R2, RegionState::Down)]
+    );
+}
+
+#[test]
+fn a_region_coming_up_is_written_at_once_even_while_a_table_waits() {
+    let mut rig = Rig::settled(config(WEB));
+    let web = rig.addr("web");
+    rig.clock.advance(20 * MS);
+    rig.ctl(Request::Drain { region: "region2".into() });
+    let flipped = rig.clock.now();
+    rig.writes();
+    rig.clock.advance(MS);
+    rig.set_active("region3");
+    rig.clock.advance(MS);
+    rig.ctl(Request::Undrain { region: "region2".into() });
+    assert_eq!(rig.writes(), [Write::RegionState(R2, RegionState::Up)], "no table to wait for: up is harmless");
+    rig.clock.set(flipped + BANK_REUSE_GRACE);
+    rig.controller.on_deadline();
+    assert_eq!(rig.writes(), [Write::Selection(web, Selection::all(R3))]);
+}
+
+#[test]
+fn a_weighted_table_adopted_at_a_restart_is_not_rewritten() {
+    let mut first = Rig::settled(config(API));
+    let api = first.addr("api");
+    let live = first.live("api");
+    assert_eq!(live.single(), None, "a Maglev table over three regions");
+    let mut rig = Rig::start_on(config(API), |dp| {
+        dp.services.insert(api, (0, live.clone()));
+        for r in [R1, R2, R3] {
+            dp.regions.insert(r, RegionState::Up);
+        }
+    });
+    rig.writes();
+    rig.round([true; 3]);
+    rig.round([true; 3]);
+    assert_eq!(rig.writes(), [], "the same table is live already");
+    assert_eq!(rig.controller.status().services[0].new_flow_shares.len(), 3);
+}
+
+#[test]
+fn a_reload_whose_data_plane_write_fails_changes_nothing_and_checkers_keep_counting() {
+    let mut rig = Rig::settled(config(&format!("{WEB}{DNS}")));
+    rig.writes();
+    let generation = rig.controller.generation();
+    rig.dataplane().failing_services = true;
+    let err = rig.controller.reload(config(DNS)).unwrap_err().to_string();
+    assert!(err.contains("the fake was told to fail"), "{err}");
+    assert_eq!(rig.controller.generation(), generation, "the old checkers are still the ones");
+    assert_eq!(rig.controller.config().services.len(), 2);
+    rig.round([true, false, true]);
+    rig.round([true, false, true]);
+    assert_eq!(rig.controller.status().regions[1].state, RegionStatus::Down, "their results still count");
+}
+
+#[test]
+fn switch_counts_follow_their_service_across_a_reload_that_renumbers_services() {
+    let mut rig = Rig::settled(config(&format!("{WEB}{DNS}")));
+    rig.clock.advance(20 * MS);
+    rig.set_active("region1");
+    let before: Vec<(String, u64)> = rig.controller.metrics().lock().unwrap().switches.clone();
+    assert_eq!(before, [("web".to_string(), 2), ("dns".to_string(), 1)]);
+    rig.clock.advance(20 * MS);
+    rig.controller.reload(config(&format!("{DNS}{PING}"))).unwrap();
+    let after = rig.controller.metrics().lock().unwrap().switches.clone();
+    // dns, re-keyed from id 1 to 0, kept its count and had its table
+    // written again; ping, new at id 1, had its first.
+    assert_eq!(after, [("dns".to_string(), 2), ("ping".to_string(), 1)]);
 }
 
 #[test]

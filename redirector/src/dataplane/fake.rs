@@ -60,6 +60,10 @@ pub struct FakeDataplane {
     pub stats: Stats,
     /// Every write, with when it came.
     pub writes: Vec<(Duration, Write)>,
+    /// So many next `set_selection` calls fail.
+    pub failing_selections: u32,
+    /// The next `set_services` call fails.
+    pub failing_services: bool,
 }
 
 impl FakeDataplane {
@@ -72,6 +76,8 @@ impl FakeDataplane {
             interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
             stats: Stats::default(),
             writes: Vec::new(),
+            failing_selections: 0,
+            failing_services: false,
         }
     }
 
@@ -93,6 +99,9 @@ impl FakeDataplane {
 impl Dataplane for FakeDataplane {
     fn set_services(&mut self, services: &[ServiceSpec]) -> Result<()> {
         check_services(services)?;
+        if std::mem::take(&mut self.failing_services) {
+            bail!("SERVICES: no memory (the fake was told to fail)");
+        }
         for s in services {
             let kept = self.services.get(&s.addr).is_some_and(|(id, _)| *id == s.id);
             if !kept {
@@ -116,6 +125,10 @@ impl Dataplane for FakeDataplane {
         let Some((_, live)) = self.services.get_mut(service) else {
             bail!("service {service} is not in the data plane");
         };
+        if self.failing_selections > 0 {
+            self.failing_selections -= 1;
+            bail!("SELECTION: no memory (the fake was told to fail)");
+        }
         *live = selection.clone();
         self.log(Write::Selection(*service, selection.clone()));
         Ok(())

@@ -71,7 +71,7 @@ impl Policy {
                 }
                 state.saturated = !state.saturated;
                 state.since = Some(now);
-                events.push(saturation_event(now, &region.config.name, measure, state.saturated, value, marks));
+                events.push(saturation_event(now, region.config.id, measure, state.saturated, value, marks));
             }
         }
         events
@@ -93,7 +93,7 @@ impl Policy {
 
 fn saturation_event(
     now: Duration,
-    region: &str,
+    region: u8,
     measure: Measure,
     saturated: bool,
     value: f64,
@@ -108,7 +108,7 @@ fn saturation_event(
     Event {
         at: now,
         kind: EventKind::Saturation,
-        subject: Subject::Region(region.to_string()),
+        subject: Subject::Region(region),
         from: format!("{name} {from}"),
         to: format!("{name} {to}"),
         reason,

@@ -1,25 +1,17 @@
 //! What the policy and the regions' health report: `redirectorctl events`
 //! and the log.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 pub use redirector_proto::control::EventKind;
 
 use crate::health::Transition;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an event is about, by id; named where it is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
-    Region(String),
-    Service(String),
-}
-
-impl fmt::Display for Subject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Subject::Region(name) => write!(f, "region {name}"),
-            Subject::Service(name) => write!(f, "service {name}"),
-        }
-    }
+    Region(u8),
+    Service(u32),
 }
 
 /// For a switch, `from` and `to` are the regions taking new flows before
@@ -36,11 +28,11 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn region(name: &str, transition: &Transition) -> Event {
+    pub fn region(region: u8, transition: &Transition) -> Event {
         Event {
             at: transition.at,
             kind: EventKind::Region,
-            subject: Subject::Region(name.to_string()),
+            subject: Subject::Region(region),
             from: transition.from.to_string(),
             to: transition.to.to_string(),
             reason: transition.reason.clone(),

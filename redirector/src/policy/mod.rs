@@ -476,7 +476,7 @@ impl ServiceState {
         Event {
             at: ctx.now,
             kind,
-            subject: Subject::Service(self.config.name.clone()),
+            subject: Subject::Service(self.config.id),
             from: ctx.label(from),
             to: ctx.label(&self.active),
             reason,

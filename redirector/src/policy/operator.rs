@@ -159,7 +159,7 @@ impl Policy {
             .collect())
     }
 
-    fn region_id(&self, name: &str) -> Result<u8, PolicyError> {
+    pub fn region_id(&self, name: &str) -> Result<u8, PolicyError> {
         self.regions
             .iter()
             .position(|r| r.config.name == name)
@@ -205,7 +205,7 @@ impl Policy {
         Event {
             at: now,
             kind: EventKind::Service,
-            subject: Subject::Service(s.config.name.clone()),
+            subject: Subject::Service(s.config.id),
             from: active.clone(),
             to: active,
             reason,

@@ -105,7 +105,7 @@ impl Lab {
     fn web_events(&self) -> impl DoubleEndedIterator<Item = &Event> {
         self.events
             .iter()
-            .filter(|e| e.subject == Subject::Service("web".into()))
+            .filter(|e| e.subject == Subject::Service(0))
     }
 
     fn last_reason(&self) -> &str {
@@ -154,14 +154,14 @@ fn failover_is_immediate_and_failback_preempts() {
     let e = lab.web_events().next_back().unwrap();
     assert_eq!(
         (
-            e.subject.to_string(),
+            e.subject,
             e.from.as_str(),
             e.to.as_str(),
             e.reason.as_str(),
             e.at
         ),
         (
-            "service web".to_string(),
+            Subject::Service(0),
             "region2",
             "region1",
             "failover: region2 down",
@@ -565,8 +565,8 @@ fn region_events_show_health_and_drain() {
         },
         reason: "tcp 10.1.0.2:80: 3 misses in a row, last: timeout".into(),
     };
-    let e = Event::region("region1", &t);
-    assert_eq!(e.subject.to_string(), "region region1");
+    let e = Event::region(R1, &t);
+    assert_eq!((e.subject, e.kind), (Subject::Region(R1), EventKind::Region));
     assert_eq!(
         (e.from.as_str(), e.to.as_str()),
         ("up, draining", "down, draining")
@@ -684,8 +684,8 @@ fn pps_spills_past_the_high_watermark_and_returns_below_the_low_after_the_dwell(
     }
     assert!(moves <= 2, "{moves} moves in 2 s with a 1 s dwell");
     let region_events: Vec<&Event> =
-        lab.events.iter().filter(|e| e.subject == Subject::Region("region2".into())).collect();
-    assert_eq!(region_events[0].to, "pps saturated");
+        lab.events.iter().filter(|e| e.subject == Subject::Region(R2)).collect();
+    assert_eq!((region_events[0].kind, region_events[0].to.as_str()), (EventKind::Saturation, "pps saturated"));
     assert_eq!(region_events[0].reason, "pps 1200 above its high watermark 1000");
 }
 
