@@ -7,6 +7,7 @@
 //! run where no XDP program is loaded, depend on this crate and not on the
 //! gateway's.
 pub mod control;
+pub mod file;
 pub mod heartbeat;
 pub mod model;
 pub mod probe;

@@ -14,8 +14,13 @@ use tokio::{
 
 use crate::listener::{self, ListenerStats};
 
-/// A request and where its answer goes.
-pub type Call = (Request, oneshot::Sender<Response>);
+/// A request, where its answer goes, and word that the answer reached the
+/// client (so a daemon that exits after answering waits for it).
+pub struct Call {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+    pub delivered: oneshot::Receiver<()>,
+}
 
 /// Binds the socket. A socket left by a dead daemon is replaced; one a live
 /// daemon answers on is not.
@@ -52,10 +57,11 @@ async fn answer(conn: UnixStream, calls: mpsc::Sender<Call>) {
     if reader.read_until(b'\n', &mut line).await.is_err() || line.is_empty() {
         return;
     }
+    let (delivered_tx, delivered) = oneshot::channel();
     let response = match parse(&line) {
         Ok(request) => {
             let (reply, answer) = oneshot::channel();
-            if calls.send((request, reply)).await.is_err() {
+            if calls.send(Call { request, reply, delivered }).await.is_err() {
                 return;
             }
             match answer.await {
@@ -67,7 +73,9 @@ async fn answer(conn: UnixStream, calls: mpsc::Sender<Call>) {
     };
     let mut text = serde_json::to_string(&response).unwrap_or_default();
     text.push('\n');
-    let _ = write.write_all(text.as_bytes()).await;
+    if write.write_all(text.as_bytes()).await.is_ok() && write.flush().await.is_ok() {
+        let _ = delivered_tx.send(());
+    }
 }
 
 /// A request line, or why it is none.

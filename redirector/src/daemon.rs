@@ -31,7 +31,7 @@ use crate::{
     config::Config,
     control_server,
     controller::{unix_ms, Controller, MonotonicClock},
-    dataplane::{check_services, flow_table, service_specs, BpfDataplane, FlowEventLogger, LoadOptions},
+    dataplane::{self, check_services, flow_table, service_specs, BpfDataplane, FlowEventLogger, LoadOptions},
     listener::ListenerStats,
     metrics,
 };
@@ -45,11 +45,16 @@ pub struct Options {
     pub detach_on_exit: bool,
 }
 
-/// `redirectord --check-config`: everything `reload` checks before applying.
-pub fn check_config(path: &Path) -> Result<String> {
+/// `redirectord --check-config`: everything `reload` checks before
+/// applying. `on_this_host`: the interfaces must exist here too (not with
+/// `--offline`, which checks a file meant for another machine).
+pub fn check_config(path: &Path, on_this_host: bool) -> Result<String> {
     let config = Config::load(path)?;
     Keys::load(&config)?;
     check_services(&service_specs(&config))?;
+    for (i, interface) in config.interfaces.iter().enumerate().filter(|_| on_this_host) {
+        dataplane::ifindex(interface).with_context(|| format!("{}: interfaces[{i}]", path.display()))?;
+    }
     Ok(format!(
         "{}: ok ({} regions, {} services, {} interfaces)",
         path.display(),
@@ -123,7 +128,7 @@ pub async fn run(options: Options) -> Result<()> {
         let deadline = controller.next_deadline().map(|d| tokio::time::Instant::from_std(origin + d));
         tokio::select! {
             Some(report) = probe_rx.recv() => controller.on_probe(report),
-            Some((request, reply)) = call_rx.recv() => {
+            Some(control_server::Call { request, reply, delivered }) = call_rx.recv() => {
                 let response = match request {
                     Request::Reload => match reload(&mut controller, &options.config) {
                         Ok((message, keys)) => {
@@ -143,6 +148,8 @@ pub async fn run(options: Options) -> Result<()> {
                 };
                 let _ = reply.send(response);
                 if detached {
+                    // The answer first: redirectorctl waits for it.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), delivered).await;
                     break;
                 }
             }
@@ -217,11 +224,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn check_config_on_this_host_needs_its_interfaces() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/redirector.toml");
+        let err = format!("{:#}", check_config(&example, true).unwrap_err());
+        assert!(err.ends_with("interfaces[0]: no interface named \"veth-client\""), "{err}");
+    }
+
+    #[test]
     fn shipped_example_configs_are_valid() {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         for entry in fs::read_dir(examples).unwrap() {
             let path = entry.unwrap().path();
-            check_config(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            check_config(&path, false).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
     }
 }

@@ -58,6 +58,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and cut short ends this process quietly,
+    // as it does any Unix filter, rather than failing a write.
+    // SAFETY: resetting a signal's disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

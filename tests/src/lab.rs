@@ -459,6 +459,22 @@ impl Lab {
         }
     }
 
+    /// Waits (at most `limit`) for redirectord to exit by itself.
+    pub fn daemon_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let daemon = self.daemon.as_mut().context("redirectord was not started")?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = daemon.exited()? {
+                self.daemon = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("redirectord still runs after {limit:?}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Process::pid)
     }

@@ -261,3 +261,53 @@ fn agent_killed_while_http_lives_takes_its_region_down() {
     let heartbeat = region2.checks.iter().find(|c| c.kind == CheckKind::Heartbeat).unwrap();
     assert_eq!((http.last_ok, heartbeat.last_ok), (Some(true), Some(false)));
 }
+
+#[test]
+fn detach_answers_then_the_daemon_exits_and_the_program_is_off_every_interface() {
+    let mut lab = lab(LabOptions::default());
+    let out = lab.ctl(&["detach"]).unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(stdout.starts_with("detached from every interface"), "{stdout}");
+    assert!(lab.daemon_exit(Duration::from_secs(5)).unwrap().success());
+    assert!(!lab.pins.0.exists(), "pins removed");
+    let links = lab.topo.gateway.exec("ip", &["-details", "link", "show"]).unwrap();
+    assert!(!links.contains("prog/xdp"), "{links}");
+}
+
+#[test]
+fn status_into_a_pipe_closed_early_ends_quietly() {
+    let lab = lab(LabOptions::default());
+    let ctl = redirector_tests::lab::binary("redirectorctl").unwrap();
+    // `true` closes the pipe before redirectorctl has its answer to write.
+    for reader in ["true", "head -c 1 >/dev/null"] {
+        let script = format!("{} --socket {} status | {reader}", ctl.display(), lab.socket().display());
+        let out = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "| {reader}: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_looks_up_the_interfaces_on_this_host_unless_offline() {
+    let lab = lab(LabOptions::default());
+    let redirectord = redirector_tests::lab::binary("redirectord").unwrap();
+    let config = lab.config_path();
+    let in_gateway = lab
+        .topo
+        .gateway
+        .command(redirectord.to_str().unwrap())
+        .args(["--check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(in_gateway.status.success(), "{}", String::from_utf8_lossy(&in_gateway.stderr));
+    let on_host = std::process::Command::new(&redirectord).args(["--check-config", config.to_str().unwrap()]).output().unwrap();
+    let message = String::from_utf8_lossy(&on_host.stderr);
+    assert!(!on_host.status.success());
+    assert!(message.contains("interfaces[0]: no interface named \"veth-client\""), "{message}");
+    let offline = std::process::Command::new(&redirectord)
+        .args(["--check-config", config.to_str().unwrap(), "--offline"])
+        .output()
+        .unwrap();
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+}

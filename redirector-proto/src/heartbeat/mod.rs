@@ -33,7 +33,7 @@
 //! is alive but sees its service fail takes the region down too.
 
 use std::{
-    fmt, fs,
+    fmt,
     path::{Path, PathBuf},
 };
 
@@ -46,6 +46,9 @@ pub const MESSAGE_LEN: usize = 64;
 pub const VERSION: u8 = 1;
 /// HMAC-SHA256 takes any key length; a short one is a weak one.
 pub const MIN_KEY_LEN: usize = 16;
+/// A key file longer than this is not a key (HMAC hashes keys over 64
+/// bytes down anyway).
+pub const MAX_KEY_FILE: u64 = 4096;
 const MAGIC: [u8; 4] = *b"RDHB";
 const FLAG_MAC: u8 = 1;
 const SIGNED_LEN: usize = 32;
@@ -146,7 +149,7 @@ impl Key {
     /// The file's bytes, less trailing whitespace, so that a key written
     /// with `echo` or `base64` works on both ends.
     pub fn load(path: &Path) -> Result<Key, KeyError> {
-        let mut bytes = fs::read(path).map_err(|source| KeyError::Read {
+        let mut bytes = crate::file::read_small(path, MAX_KEY_FILE).map_err(|source| KeyError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -468,6 +471,7 @@ mod tests {
 
     #[test]
     fn keys_load_from_a_file_without_trailing_whitespace() {
+        use std::fs;
         let dir = std::env::temp_dir().join(format!("redirector-hb-key-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("hb.key");
@@ -478,6 +482,10 @@ mod tests {
         fs::write(&path, "short  \n").unwrap();
         let e = Key::load(&path).unwrap_err();
         assert!(matches!(e, KeyError::TooShort { len: 5, .. }), "{e}");
+        fs::write(&path, vec![b'k'; MAX_KEY_FILE as usize + 1]).unwrap();
+        let e = Key::load(&path).unwrap_err();
+        assert_eq!(e.to_string(), format!("heartbeat key {}: longer than 4096 bytes", path.display()));
+        assert!(matches!(Key::load(Path::new("/dev/zero")), Err(KeyError::Read { .. })));
         fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(Key::load(&path), Err(KeyError::Read { .. })));
     }

@@ -12,9 +12,14 @@ struct Cli {
     /// The configuration file (TOML).
     #[arg(long, value_name = "PATH", required_unless_present = "check_config")]
     config: Option<PathBuf>,
-    /// Validate the configuration and exit: non-zero with the line and reason.
+    /// Validate the configuration and exit: non-zero with the line and
+    /// reason. Its interfaces must exist on this host.
     #[arg(long, value_name = "PATH", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// With --check-config: check the file alone, for another host (its
+    /// interfaces are not looked up here).
+    #[arg(long, requires = "check_config")]
+    offline: bool,
     /// Log each new flow and re-steer from the data plane (for diagnosis).
     #[arg(long)]
     log_flow_events: bool,
@@ -31,7 +36,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     if let Some(path) = cli.check_config {
-        return match daemon::check_config(&path) {
+        return match daemon::check_config(&path, !cli.offline) {
             Ok(message) => {
                 println!("{message}");
                 ExitCode::SUCCESS
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    raise_descriptor_limit();
     let options = daemon::Options {
         config: cli.config.expect("required by clap"),
         log_flow_events: cli.log_flow_events,
@@ -53,6 +59,23 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The soft limit on open descriptors up to the hard one (systemd's default
+/// soft limit is 1 024): the checks open a socket per probe, and clients of
+/// the control socket and /metrics are capped, so descriptors stay for the
+/// probes either way; this leaves headroom for many checks.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("raising the open-file limit: {}", std::io::Error::last_os_error());
+            }
         }
     }
 }

@@ -97,6 +97,9 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+/// A config file longer than this is refused unread.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
+
 /// Where maps and links are pinned unless `pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/redirector";
 
@@ -375,11 +378,13 @@ impl std::error::Error for ConfigError {
 }
 
 impl Config {
+    /// Reads `path`, which must be a regular file of at most
+    /// [`MAX_CONFIG_FILE`] bytes of UTF-8, and checks it whole.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let read = |source| ConfigError::Read { path: path.to_path_buf(), source };
+        let bytes = redirector_proto::file::read_small(path, MAX_CONFIG_FILE).map_err(read)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))?;
         Config::parse(&text, &path.display().to_string())
     }
 

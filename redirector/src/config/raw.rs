@@ -60,7 +60,7 @@ pub(super) struct RawBalance {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRegion {
     pub(super) name: Spanned<String>,
-    pub(super) address: Ipv4Addr,
+    pub(super) address: Spanned<Ipv4Addr>,
     #[serde(default)]
     pub(super) priority: u32,
     pub(super) checks: Spanned<Vec<RawCheck>>,

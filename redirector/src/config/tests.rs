@@ -226,6 +226,22 @@ fn addresses_must_be_ipv4() {
 }
 
 #[test]
+fn addresses_are_hosts_and_probed_ports_are_ports() {
+    let vip = |to: &str| refused(&lab_with(r#"vip = "10.2.0.2""#, &format!("vip = {to:?}")));
+    assert_eq!(vip("0.0.0.0"), "lab.toml:30: service \"web\".vip: 0.0.0.0 is the unspecified address, not a host's");
+    assert_eq!(
+        vip("255.255.255.255"),
+        "lab.toml:30: service \"web\".vip: 255.255.255.255 is the broadcast address, not a host's"
+    );
+    let region = refused(&lab_with(r#"address = "10.1.0.2""#, r#"address = "224.0.0.1""#));
+    assert_eq!(region, "lab.toml:18: region \"region1\".address: 224.0.0.1 is a multicast address, not a host's");
+    let port = refused(&lab_with(r#"address = "10.2.0.2:7946""#, r#"address = "10.2.0.2:0""#));
+    assert_eq!(port, "lab.toml:26: region \"region2\".checks[0].address: 10.2.0.2:0: port 0 is no port to probe");
+    let unspecified = refused(&lab_with(r#"address = "10.2.0.2:7946""#, r#"address = "0.0.0.0:7946""#));
+    assert!(unspecified.contains("0.0.0.0 is the unspecified address"), "{unspecified}");
+}
+
+#[test]
 fn a_syntax_error_names_its_line() {
     let message = refused(&lab_with("fall = 3", "fall = "));
     assert!(message.starts_with("lab.toml:6: "), "{message}");
@@ -721,4 +737,25 @@ fn load_names_a_missing_file() {
             .starts_with("/nonexistent/redirector.toml: "),
         "{err}"
     );
+}
+
+#[test]
+fn load_refuses_what_is_not_a_small_regular_file_of_text() {
+    assert_eq!(
+        Config::load(Path::new("/dev/zero")).unwrap_err().to_string(),
+        "/dev/zero: not a regular file"
+    );
+    let dir = std::env::temp_dir().join(format!("redirector-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.toml");
+    std::fs::write(&big, vec![b'#'; MAX_CONFIG_FILE as usize + 1]).unwrap();
+    assert_eq!(
+        Config::load(&big).unwrap_err().to_string(),
+        format!("{}: longer than 1048576 bytes", big.display())
+    );
+    let binary = dir.join("binary.toml");
+    std::fs::write(&binary, b"interfaces = [\"\xff\"]").unwrap();
+    let err = Config::load(&binary).unwrap_err().to_string();
+    assert!(err.contains("invalid utf-8"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

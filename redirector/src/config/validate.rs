@@ -1,7 +1,14 @@
 //! From the file as written to the model: every check of the config, each
 //! error naming the file, the line and the key.
 
-use std::{collections::HashMap, fmt, ops::Range, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::Range,
+    path::PathBuf,
+    time::Duration,
+};
 
 use redirector_common::{MAX_REGIONS, MAX_SERVICES};
 use toml::Spanned;
@@ -201,6 +208,31 @@ impl Source<'_> {
         Ok(raw.get_ref().iter().map(|n| n.get_ref().clone()).collect())
     }
 
+    /// An address a host can have: not 0.0.0.0, broadcast or multicast.
+    fn unicast(&self, addr: &Spanned<Ipv4Addr>, key: &str) -> Result<Ipv4Addr, ConfigError> {
+        let ip = *addr.get_ref();
+        let what = if ip.is_unspecified() {
+            "the unspecified address"
+        } else if ip.is_broadcast() {
+            "the broadcast address"
+        } else if ip.is_multicast() {
+            "a multicast address"
+        } else {
+            return Ok(ip);
+        };
+        Err(self.error(addr.span(), key, format!("{ip} is {what}, not a host's")))
+    }
+
+    /// An address and port a probe can reach: a host's address, a port.
+    fn endpoint(&self, addr: &Spanned<SocketAddrV4>, key: &str) -> Result<SocketAddrV4, ConfigError> {
+        let endpoint = *addr.get_ref();
+        self.unicast(&Spanned::new(addr.span(), *endpoint.ip()), key)?;
+        if endpoint.port() == 0 {
+            return Err(self.error(addr.span(), key, format!("{endpoint}: port 0 is no port to probe")));
+        }
+        Ok(endpoint)
+    }
+
     /// Refuses a name seen before, naming the line of the first one.
     fn unique(
         &self,
@@ -351,7 +383,7 @@ impl Source<'_> {
             regions.push(RegionConfig {
                 id: i as u8,
                 name: r.name.get_ref().clone(),
-                address: r.address,
+                address: self.unicast(&r.address, &format!("{prefix}.address"))?,
                 priority: r.priority,
                 health: located.settings(),
                 checks: self.checks(&r.checks, &prefix)?,
@@ -446,22 +478,16 @@ impl Source<'_> {
                 format!("a {kind_name} check needs {name}"),
             )
         };
+        let address = || -> Result<SocketAddrV4, ConfigError> {
+            let address = raw.address.as_ref().ok_or_else(|| missing("address"))?;
+            self.endpoint(address, &format!("{key}.address"))
+        };
         Ok(match kind {
             CheckKind::Heartbeat => Check::Heartbeat {
-                address: *raw
-                    .address
-                    .as_ref()
-                    .ok_or_else(|| missing("address"))?
-                    .get_ref(),
+                address: address()?,
                 key_file: raw.key_file.as_ref().map(|k| k.get_ref().clone()),
             },
-            CheckKind::Tcp => Check::Tcp {
-                address: *raw
-                    .address
-                    .as_ref()
-                    .ok_or_else(|| missing("address"))?
-                    .get_ref(),
-            },
+            CheckKind::Tcp => Check::Tcp { address: address()? },
             CheckKind::Http => {
                 let url = raw.url.as_ref().ok_or_else(|| missing("url"))?;
                 let expect_status = match &raw.expect_status {
@@ -672,7 +698,7 @@ impl Source<'_> {
             (_, Some(p)) => *p.get_ref(),
         };
         Ok(ServiceAddr {
-            vip: *s.vip.get_ref(),
+            vip: self.unicast(&s.vip, &format!("{prefix}.vip"))?,
             port,
             protocol,
         })
