@@ -120,7 +120,13 @@ impl Responder {
                     }
                     _ => &mut c.malformed,
                 } += 1;
-                debug!("heartbeat request from {from} dropped: {e}");
+                debug!("heartbeat request from {from} refused: {e}");
+                // A daemon with another key (or none) learns why at once.
+                if let Some(refusal) = heartbeat::refusal(request, &e) {
+                    if self.socket.send_to(&refusal, from).await.is_err() {
+                        c.send_errors += 1;
+                    }
+                }
             }
         }
     }
@@ -128,7 +134,7 @@ impl Responder {
 
 #[cfg(test)]
 mod tests {
-    use redirector_proto::heartbeat::{Report, ServiceCheck, Verifier};
+    use redirector_proto::heartbeat::{Refusal, Rejection, Report, ServiceCheck, Verifier};
 
     use super::*;
 
@@ -223,12 +229,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_keyed_responder_ignores_requests_without_the_key() {
+    async fn a_keyed_responder_refuses_requests_without_the_key_and_drops_garbage() {
         let (responder, agent) = responder(Some(key())).await;
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut unkeyed = Verifier::new(agent, None, 100);
         let mut keyed = Verifier::new(agent, Some(key()), 200);
-        let (reply, counters) = exchange(responder, async {
+        let ((refusal, reply), counters) = exchange(responder, async {
             client
                 .send_to(&unkeyed.request(Duration::ZERO), agent)
                 .await
@@ -241,11 +247,15 @@ mod tests {
                 .send_to(&keyed.request(Duration::ZERO), agent)
                 .await
                 .unwrap();
-            // Loopback keeps order: the first reply is to the last request.
+            // Loopback keeps order: a refusal of the unkeyed request, no
+            // answer to the garbage, then the keyed request's reply.
+            let (from, refused) = receive(&client).await;
+            let refusal = unkeyed.accept(from, &refused, Duration::ZERO);
             let (from, reply) = receive(&client).await;
-            keyed.accept(from, &reply, Duration::ZERO)
+            (refusal, keyed.accept(from, &reply, Duration::ZERO))
         })
         .await;
+        assert_eq!(refusal, Err(Rejection::Refused(Refusal::MissingMac)));
         assert_eq!(reply.map(|a| a.seq), Ok(200));
         assert_eq!(
             counters,

@@ -174,8 +174,12 @@ impl Checker {
             tokio::select! {
                 _ = ticker.tick() => {
                     let now = self.origin.elapsed();
-                    for _ in 0..verifier.expire(now, self.timeout) {
-                        let missed = ProbeResult { outcome: Outcome::Timeout, latency: self.timeout };
+                    for refused in verifier.expire(now, self.timeout) {
+                        let outcome = match refused {
+                            Some(why) => Outcome::Failure(format!("no reply but a refusal: {why}")),
+                            None => Outcome::Timeout,
+                        };
+                        let missed = ProbeResult { outcome, latency: self.timeout };
                         let news = HeartbeatNews { report: None, counters: verifier.counters() };
                         if !self.send(missed, Some(news)).await {
                             return;

@@ -439,7 +439,14 @@ impl Lab {
 
     pub fn restore_agent(&mut self, region: u8) -> Result<()> {
         let key = self.options.heartbeat_key.then(|| self.key_path());
-        let agent = self.start_agent(region, key.as_deref())?;
+        self.replace_agent(region, key.as_deref())
+    }
+
+    /// Region `region`'s agent (killed first, if running) started with
+    /// `key`, whatever the lab's.
+    pub fn replace_agent(&mut self, region: u8, key: Option<&Path>) -> Result<()> {
+        self.kill_agent(region)?;
+        let agent = self.start_agent(region, key)?;
         self.agents[region as usize - 1] = Some(agent);
         Ok(())
     }

@@ -227,13 +227,39 @@ fn spoofed_heartbeats_do_not_keep_a_dead_region_up() {
 
     let region2 = lab.status().unwrap().regions.into_iter().find(|r| r.name == "region2").unwrap();
     assert_eq!(region2.state, RegionStatus::Down);
+    let rejected = unauthenticated(&lab);
+    assert!(rejected >= 3, "{rejected} replies rejected as unauthenticated");
+}
+
+/// The unauthenticated count of /metrics.
+fn unauthenticated(lab: &Lab) -> u64 {
     let metrics = lab.metrics().unwrap();
-    let rejected: u64 = metrics
+    metrics
         .lines()
         .find_map(|l| l.strip_prefix(r#"redirector_heartbeat_rejected_total{reason="unauthenticated"} "#))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no unauthenticated counter in\n{metrics}"));
-    assert!(rejected >= 3, "{rejected} replies rejected as unauthenticated");
+        .unwrap_or_else(|| panic!("no unauthenticated counter in\n{metrics}"))
+}
+
+#[test]
+fn an_agent_without_our_key_or_with_another_refuses_by_name_and_is_counted() {
+    let mut lab = lab(LabOptions { heartbeat: true, heartbeat_key: true, ..Default::default() });
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    let other = lab.dir.join("other.key");
+    std::fs::write(&other, "another-key-of-at-least-16-bytes").unwrap();
+    for (key, why) in [(None, "the agent has no key and the request had a MAC"), (Some(other.as_path()), "the agent's key is another")] {
+        let before = unauthenticated(&lab);
+        lab.replace_agent(2, key).unwrap();
+        lab.wait_active("region1", Duration::from_secs(2)).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        let status = lab.status().unwrap();
+        let heartbeat = status.regions[1].checks.iter().find(|c| c.kind == CheckKind::Heartbeat).unwrap();
+        let error = heartbeat.last_error.clone().unwrap_or_default();
+        assert!(error.contains(why), "{error}");
+        assert!(unauthenticated(&lab) >= before + 3, "{} refusals counted", unauthenticated(&lab) - before);
+        lab.restore_agent(2).unwrap();
+        lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    }
 }
 
 #[test]

@@ -9,12 +9,13 @@
 //! |-------:|-----:|--------------------------------------------------------|
 //! |      0 |    4 | magic `RDHB`                                           |
 //! |      4 |    1 | version, 1                                             |
-//! |      5 |    1 | kind: 1 request, 2 reply                               |
+//! |      5 |    1 | kind: 1 request, 2 reply, 3 refused                    |
 //! |      6 |    1 | flags: bit 0 = the MAC field is set; others 0          |
 //! |      7 |    1 | 0                                                      |
 //! |      8 |    8 | sequence number                                        |
 //! |     16 |    8 | timestamp (ns): the daemon's clock; a reply echoes it  |
-//! |     24 |    1 | reply: agent's service check, 0 none, 1 ok, 2 failed   |
+//! |     24 |    1 | reply: agent's service check, 0 none, 1 ok, 2 failed;  |
+//! |        |      | refused: why, 1 no MAC, 2 a MAC but no key, 3 bad MAC  |
 //! |     25 |    1 | 0                                                      |
 //! |     26 |    2 | reply: CPU utilisation, permille (0..=1000)            |
 //! |     28 |    4 | reply: active connections                              |
@@ -25,8 +26,14 @@
 //! reflected back as a reply.
 //!
 //! Both ends have the same key or none: a MAC where none is expected is
-//! refused like a missing one, so a key configured on one end only shows up
-//! at once as a dead region with a rising `unauthenticated` counter.
+//! refused like a missing one. The agent answers a request it cannot
+//! authenticate with a `refused` message: unsigned, echoing the request's
+//! sequence number and timestamp, saying why, and no larger than the
+//! request, so it amplifies nothing and tells nothing but that the keys
+//! differ. The daemon counts it as `unauthenticated` and the request still
+//! times out (a refusal, which anyone on the path could forge, never fails
+//! a probe sooner), its probe saying the agent refused the key. A key
+//! configured on one end only thus shows up at once, by name.
 //!
 //! The heartbeat check succeeds when an accepted reply arrives in time and
 //! the agent does not report its own service check failed: an agent that
@@ -67,6 +74,49 @@ impl Kind {
             Kind::Request => 1,
             Kind::Reply => 2,
         }
+    }
+}
+
+/// The wire kind of a refusal (see the module's doc).
+const KIND_REFUSED: u8 = 3;
+
+/// Why an agent refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The agent has a key; the request carried no MAC.
+    MissingMac,
+    /// The request carried a MAC; the agent has no key.
+    UnexpectedMac,
+    /// The MAC does not verify under the agent's key.
+    BadMac,
+}
+
+impl Refusal {
+    fn of(error: &DecodeError) -> Option<Refusal> {
+        match error {
+            DecodeError::MissingMac => Some(Refusal::MissingMac),
+            DecodeError::UnexpectedMac => Some(Refusal::UnexpectedMac),
+            DecodeError::BadMac => Some(Refusal::BadMac),
+            _ => None,
+        }
+    }
+
+    fn wire(self) -> u8 {
+        match self {
+            Refusal::MissingMac => 1,
+            Refusal::UnexpectedMac => 2,
+            Refusal::BadMac => 3,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::MissingMac => "the agent has a key and the request had no MAC",
+            Refusal::UnexpectedMac => "the agent has no key and the request had a MAC",
+            Refusal::BadMac => "the agent's key is another",
+        })
     }
 }
 
@@ -297,8 +347,7 @@ fn authenticate(b: &[u8; MESSAGE_LEN], key: Option<&Key>) -> Result<(), DecodeEr
     }
 }
 
-/// The agent's side: the reply to a request, or why there is none (the
-/// agent stays silent then: an unauthenticated sender learns nothing).
+/// The agent's side: the reply to a request, or why there is none.
 pub fn answer(
     request: &[u8],
     key: Option<&Key>,
@@ -314,8 +363,59 @@ pub fn answer(
     Ok(reply.encode(key))
 }
 
+/// The agent's side, when [`answer`] failed with `error`: the refusal to
+/// send back, if `error` is about the key and the request is framed as
+/// one (nothing is sent for anything else).
+pub fn refusal(request: &[u8], error: &DecodeError) -> Option<[u8; MESSAGE_LEN]> {
+    let why = Refusal::of(error)?;
+    let b: &[u8; MESSAGE_LEN] = request.try_into().ok()?;
+    if b[0..4] != MAGIC || b[4] != VERSION || b[5] != Kind::Request.wire() {
+        return None;
+    }
+    let mut r = [0u8; MESSAGE_LEN];
+    r[0..4].copy_from_slice(&MAGIC);
+    r[4] = VERSION;
+    r[5] = KIND_REFUSED;
+    r[8..24].copy_from_slice(&b[8..24]);
+    r[24] = why.wire();
+    Some(r)
+}
+
+/// A refusal's sequence number, echoed timestamp and reason; an error if
+/// `bytes` is not a refusal.
+pub fn decode_refusal(bytes: &[u8]) -> Result<(u64, u64, Refusal), DecodeError> {
+    let b: &[u8; MESSAGE_LEN] = bytes.try_into().map_err(|_| DecodeError::Length(bytes.len()))?;
+    if b[0..4] != MAGIC {
+        return Err(DecodeError::Magic);
+    }
+    if b[4] != VERSION {
+        return Err(DecodeError::Version(b[4]));
+    }
+    if b[5] != KIND_REFUSED {
+        return Err(DecodeError::Kind(b[5]));
+    }
+    if b[6..8] != [0, 0] || b[25..].iter().any(|&x| x != 0) {
+        return Err(DecodeError::Field("reserved"));
+    }
+    let why = match b[24] {
+        1 => Refusal::MissingMac,
+        2 => Refusal::UnexpectedMac,
+        3 => Refusal::BadMac,
+        _ => return Err(DecodeError::Field("refusal")),
+    };
+    let word = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    Ok((word(8), word(16), why))
+}
+
+/// Whether `bytes` says it is a refusal (framing only; decoding checks
+/// the rest).
+pub fn is_refusal(bytes: &[u8]) -> bool {
+    bytes.len() == MESSAGE_LEN && bytes[0..4] == MAGIC && bytes[5] == KIND_REFUSED
+}
+
 mod verifier;
 pub use verifier::{Accepted, Counters, Rejection, Verifier};
+
 
 #[cfg(test)]
 mod tests {
@@ -440,6 +540,30 @@ mod tests {
         b[24] = 0;
         b[25] = 1;
         assert_eq!(decode(&b), DecodeError::Field("reserved"));
+    }
+
+    #[test]
+    fn a_request_refused_for_its_key_gets_an_unsigned_refusal_echoing_it() {
+        let plain = Message::request(7, 99).encode(None);
+        let error = answer(&plain, Some(&key(1)), report()).unwrap_err();
+        let refused = refusal(&plain, &error).unwrap();
+        assert!(is_refusal(&refused));
+        assert_eq!(decode_refusal(&refused), Ok((7, 99, Refusal::MissingMac)));
+        assert_eq!(refused[6], 0, "unsigned");
+        let signed = Message::request(8, 100).encode(Some(&key(2)));
+        for (agent_key, why) in [(None, Refusal::UnexpectedMac), (Some(&key(1)), Refusal::BadMac)] {
+            let error = answer(&signed, agent_key, report()).unwrap_err();
+            assert_eq!(decode_refusal(&refusal(&signed, &error).unwrap()), Ok((8, 100, why)));
+        }
+        // Nothing is sent for what is not a request of ours.
+        assert_eq!(refusal(&plain[..10], &DecodeError::MissingMac), None);
+        assert_eq!(refusal(&plain, &DecodeError::Magic), None);
+        let reply = Message { kind: Kind::Reply, ..Message::request(1, 1) }.encode(None);
+        assert_eq!(refusal(&reply, &DecodeError::MissingMac), None, "no refusal bounced off a reply");
+        let mut bad = refused;
+        bad[24] = 9;
+        assert_eq!(decode_refusal(&bad), Err(DecodeError::Field("refusal")));
+        assert_eq!(decode_refusal(&plain), Err(DecodeError::Kind(1)));
     }
 
     #[test]

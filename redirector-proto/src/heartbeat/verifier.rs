@@ -4,7 +4,7 @@
 
 use std::{collections::VecDeque, fmt, net::SocketAddr, time::Duration};
 
-use super::{DecodeError, Key, Kind, Message, Report, MESSAGE_LEN};
+use super::{decode_refusal, is_refusal, DecodeError, Key, Kind, Message, Refusal, Report, MESSAGE_LEN};
 
 /// Requests a verifier remembers when its caller stops expiring them.
 const MAX_OUTSTANDING: usize = 64;
@@ -59,6 +59,8 @@ pub enum Rejection {
     Malformed(DecodeError),
     BadVersion(u8),
     Unauthenticated(DecodeError),
+    /// The agent refused our request for its key.
+    Refused(Refusal),
     UnexpectedSequence(u64),
 }
 
@@ -70,6 +72,7 @@ impl fmt::Display for Rejection {
                 write!(f, "heartbeat reply refused: {e}")
             }
             Rejection::BadVersion(v) => write!(f, "heartbeat reply refused: version {v}"),
+            Rejection::Refused(why) => write!(f, "the agent refused the request: {why}"),
             Rejection::UnexpectedSequence(seq) => {
                 write!(f, "heartbeat reply {seq} answers no request in flight")
             }
@@ -88,6 +91,8 @@ pub struct Accepted {
 struct InFlight {
     seq: u64,
     sent_at: Duration,
+    /// The agent refused it; it still expires as any unanswered request.
+    refused: Option<Refusal>,
 }
 
 /// The daemon's side of one agent: numbers requests and takes only
@@ -122,7 +127,7 @@ impl Verifier {
         if self.in_flight.len() == MAX_OUTSTANDING {
             self.in_flight.pop_front();
         }
-        self.in_flight.push_back(InFlight { seq, sent_at: now });
+        self.in_flight.push_back(InFlight { seq, sent_at: now, refused: None });
         Message::request(seq, timestamp_ns(now)).encode(self.key.as_ref())
     }
 
@@ -146,20 +151,25 @@ impl Verifier {
             Err(Rejection::WrongSource(_)) => &mut c.wrong_source,
             Err(Rejection::Malformed(_)) => &mut c.malformed,
             Err(Rejection::BadVersion(_)) => &mut c.bad_version,
-            Err(Rejection::Unauthenticated(_)) => &mut c.unauthenticated,
+            Err(Rejection::Unauthenticated(_) | Rejection::Refused(_)) => &mut c.unauthenticated,
             Err(Rejection::UnexpectedSequence(_)) => &mut c.unexpected_sequence,
         } += 1;
         verdict
     }
 
     /// Gives up on requests sent more than `timeout` before `now`; returns
-    /// how many, each a missed probe. A reply to one of them is refused.
-    pub fn expire(&mut self, now: Duration, timeout: Duration) -> usize {
-        let before = self.in_flight.len();
-        self.in_flight
-            .retain(|r| now.saturating_sub(r.sent_at) <= timeout);
-        let expired = before - self.in_flight.len();
-        self.counters.expired += expired as u64;
+    /// one entry per request given up, each a missed probe, with the
+    /// agent's refusal if it refused it. A reply to one of them is refused.
+    pub fn expire(&mut self, now: Duration, timeout: Duration) -> Vec<Option<Refusal>> {
+        let mut expired = Vec::new();
+        self.in_flight.retain(|r| {
+            let late = now.saturating_sub(r.sent_at) > timeout;
+            if late {
+                expired.push(r.refused);
+            }
+            !late
+        });
+        self.counters.expired += expired.len() as u64;
         expired
     }
 
@@ -175,6 +185,16 @@ impl Verifier {
     ) -> Result<Accepted, Rejection> {
         if from != self.agent {
             return Err(Rejection::WrongSource(from));
+        }
+        if is_refusal(bytes) {
+            let (seq, timestamp, why) = decode_refusal(bytes).map_err(Rejection::Malformed)?;
+            let request = self
+                .in_flight
+                .iter_mut()
+                .find(|r| r.seq == seq && timestamp_ns(r.sent_at) == timestamp)
+                .ok_or(Rejection::UnexpectedSequence(seq))?;
+            request.refused = Some(why);
+            return Err(Rejection::Refused(why));
         }
         let reply =
             Message::decode(bytes, self.key.as_ref(), Kind::Reply).map_err(|e| match e {
@@ -342,11 +362,11 @@ mod tests {
         let late = reply(&v.request(Duration::ZERO), None);
         let on_time = reply(&v.request(100 * MS), None);
         assert_eq!(
-            v.expire(100 * MS, 100 * MS),
+            v.expire(100 * MS, 100 * MS).len(),
             0,
             "exactly the timeout is still in time"
         );
-        assert_eq!(v.expire(150 * MS, 100 * MS), 1);
+        assert_eq!(v.expire(150 * MS, 100 * MS), [None]);
         assert_eq!(
             v.accept(agent(), &late, 150 * MS),
             Err(Rejection::UnexpectedSequence(1))
@@ -366,7 +386,23 @@ mod tests {
         v.withdraw_last();
         assert_eq!(v.accept(agent(), &unsent, 2 * MS), Err(Rejection::UnexpectedSequence(2)));
         assert!(v.accept(agent(), &answered, 2 * MS).is_ok());
-        assert_eq!(v.expire(Duration::from_secs(1), MS), 0);
+        assert!(v.expire(Duration::from_secs(1), MS).is_empty());
+    }
+
+    #[test]
+    fn a_refusal_is_counted_unauthenticated_and_named_when_its_request_expires() {
+        let mut v = Verifier::new(agent(), Some(key(1)), 1);
+        let request = v.request(Duration::ZERO);
+        let plain_agent_error = super::super::answer(&request, None, report()).unwrap_err();
+        let refused = super::super::refusal(&request, &plain_agent_error).unwrap();
+        assert_eq!(v.accept(agent(), &refused, MS), Err(Rejection::Refused(Refusal::UnexpectedMac)));
+        assert_eq!(v.counters().unauthenticated, 1);
+        assert!(v.expire(50 * MS, 100 * MS).is_empty(), "a refusal does not end the request early");
+        assert_eq!(v.expire(150 * MS, 100 * MS), [Some(Refusal::UnexpectedMac)]);
+        // A refusal of nothing in flight, or from elsewhere, is only counted.
+        assert_eq!(v.accept(agent(), &refused, 151 * MS), Err(Rejection::UnexpectedSequence(1)));
+        let elsewhere: SocketAddr = "10.9.9.9:7946".parse().unwrap();
+        assert_eq!(v.accept(elsewhere, &refused, 151 * MS), Err(Rejection::WrongSource(elsewhere)));
     }
 
     #[test]
