@@ -432,6 +432,23 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops what the gateway itself sends to region `n` (its health
+    /// checks, heartbeats included), nothing else: clients still get through.
+    pub fn block_probes(&self, region: u8) -> Result<()> {
+        let rules = format!(
+            "add table inet redirector_probes; \
+             add chain inet redirector_probes input {{ type filter hook input priority 0; policy accept; }}; \
+             add rule inet redirector_probes input ip saddr 10.{region}.0.1 drop"
+        );
+        self.region_ns(region).exec("nft", &[&rules])?;
+        Ok(())
+    }
+
+    pub fn unblock_probes(&self, region: u8) -> Result<()> {
+        self.region_ns(region).exec("nft", &["delete table inet redirector_probes"])?;
+        Ok(())
+    }
+
     pub fn lift_black_hole(&self, region: u8) -> Result<()> {
         self.region_ns(region).exec("nft", &["delete table inet redirector_lab"])?;
         Ok(())

@@ -337,3 +337,47 @@ fn check_config_looks_up_the_interfaces_on_this_host_unless_offline() {
         .unwrap();
     assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
 }
+
+/// With every region's checks failing (keep-last), the data plane still
+/// sends new connections to the last region and re-steers each of their
+/// packets off it; the connections that closed meanwhile must not stay
+/// counted once the regions are back.
+#[test]
+fn connections_that_came_and_went_while_every_region_was_down_are_not_counted_after_recovery() {
+    let lab = lab(LabOptions { heartbeat: true, sample_ms: 200, ..Default::default() });
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    for region in 1..=3 {
+        lab.block_probes(region).unwrap();
+    }
+    redirector_tests::lab::wait_for(Duration::from_secs(3), || {
+        let status = lab.status()?;
+        anyhow::ensure!(status.regions.iter().all(|r| r.state == RegionStatus::Down), "not all down yet");
+        Ok(())
+    })
+    .unwrap();
+    let vip = lab.vip();
+    // Whichever region took new flows last keeps them (keep-last).
+    let answered = lab
+        .topo
+        .client
+        .on_thread(|| Ok((0..500).filter(|_| redirector_tests::client::get(vip, Duration::from_secs(1)).is_ok()).count()))
+        .unwrap();
+    assert_eq!(answered, 500, "keep-last: every connection answered");
+    for region in 1..=3 {
+        lab.unblock_probes(region).unwrap();
+    }
+    redirector_tests::lab::wait_for(Duration::from_secs(5), || {
+        for region in lab.status()?.regions {
+            anyhow::ensure!(region.state == RegionStatus::Up, "{} {}", region.name, region.state);
+            let agent = region.agent_connections.unwrap_or(u32::MAX) as u64;
+            anyhow::ensure!(
+                region.active_flows == agent,
+                "{}: {} active flows, the agent counts {agent}",
+                region.name,
+                region.active_flows
+            );
+        }
+        Ok(())
+    })
+    .unwrap();
+}

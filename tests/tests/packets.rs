@@ -280,6 +280,37 @@ fn closed_tcp_flow_is_re_selected_by_a_new_syn_but_a_retransmitted_syn_is_not() 
     assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 80).bytes());
 }
 
+/// Every region down, `all_down = keep-last`: new flows still go to the
+/// last region, and each of their packets is re-steered (re-pinned) off
+/// it. Closing must survive that, or the flow stays "active" for ever and
+/// a new SYN on its tuple is held to the old region.
+#[test]
+fn a_flow_that_closes_while_its_region_is_down_stays_closed() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    gw.dataplane.set_region_state(R1.id, RegionState::Down).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_031, 80));
+    let mut fin = from_client(VIP, L4::tcp(40_031, 80));
+    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+        *f = true;
+    }
+    let last_ack = from_client(VIP, L4::tcp(40_031, 80));
+    for frame in [&syn, &fin, &last_ack] {
+        let out = gw.run(&frame.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(frame, R1, 80).bytes());
+    }
+    let flows = original_flows(&gw);
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].1.flags & FLOW_FIN_SEEN, FLOW_FIN_SEEN, "closed, though re-pinned twice since");
+    let sweep = gw.dataplane.flow_table().unwrap().sweep(monotonic_ns()).unwrap();
+    assert_eq!(sweep.active[R1.id as usize], 0, "a closed flow is not active");
+
+    gw.dataplane.set_region_state(R1.id, RegionState::Up).unwrap();
+    gw.select(R2.id).unwrap();
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 80).bytes());
+}
+
 #[test]
 fn fin_from_the_region_marks_the_clients_entry_closed() {
     let mut gw = Gateway::new().unwrap();

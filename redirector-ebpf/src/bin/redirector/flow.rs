@@ -40,7 +40,9 @@ pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
 }
 
 /// Pins the flow to `region_id` at `backend` (new, or moved off a down
-/// region), with the reply twin that answers from the VIP.
+/// region), with the reply twin that answers from the VIP. `flags`: the
+/// `FLOW_*_SEEN` bits it starts with, so a flow that closed stays closed
+/// when moved.
 #[inline(always)]
 pub fn pin(
     key: &FlowKey,
@@ -48,6 +50,7 @@ pub fn pin(
     region_id: u8,
     backend: &Backend,
     next_hop: NextHop,
+    flags: u8,
     now: u64,
 ) {
     let mut flow = Flow {
@@ -57,7 +60,7 @@ pub fn pin(
         service_id,
         region_id,
         direction: FLOW_ORIGINAL,
-        flags: 0,
+        flags,
         _pad: [0; 5],
         next_hop,
     };

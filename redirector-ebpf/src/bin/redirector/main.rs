@@ -52,6 +52,8 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     let now = now_ns();
 
     // Established flows first: one lookup carries all they need.
+    // A flow re-steered off a down region keeps what it saw of its close.
+    let mut carried_flags = 0;
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         if unsafe { (*flow).direction } == FLOW_REPLY {
             return to_client(ctx, &pkt, &key, flow, now);
@@ -62,6 +64,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             }
             stats::count_reason(Reason::ReSteered);
             log_flow_event(ctx, &key, "re-steered off a down region");
+            carried_flags = unsafe { (*flow).flags };
         }
     }
 
@@ -72,7 +75,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         _pad: 0,
     };
     match unsafe { SERVICES.get(&service_key) } {
-        Some(service) => new_flow(ctx, &pkt, &key, service, now),
+        Some(service) => new_flow(ctx, &pkt, &key, service, carried_flags | pkt.tcp_close_flags(), now),
         None => (xdp_action::XDP_PASS, Reason::PassNotService),
     }
 }
@@ -91,9 +94,10 @@ fn to_region(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> (u32,
 }
 
 /// Client → VIP, first packet (or re-steered off a down region): pick a
-/// region, pin the flow both ways, rewrite toward it.
+/// region, pin the flow both ways with `flags` (what the flow saw of its
+/// close), rewrite toward it.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service, now: u64) -> (u32, Reason) {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service, flags: u8, now: u64) -> (u32, Reason) {
     let Some(region_id) = select::select_region(service, key) else {
         return (xdp_action::XDP_DROP, Reason::DropNoRegion);
     };
@@ -104,7 +108,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service, no
     stats::count_traffic(service.id, region_id, pkt.len, direction);
     rewrite::rewrite_end(pkt, End::Destination, backend.addr, backend.port);
     let hop = forward::resolve(ctx, pkt);
-    flow::pin(key, service.id as u16, region_id, backend, hop.unwrap_or_default(), now);
+    flow::pin(key, service.id as u16, region_id, backend, hop.unwrap_or_default(), flags, now);
     log_flow_event(ctx, key, "new flow");
     match hop {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
