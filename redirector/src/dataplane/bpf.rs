@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use super::{
     check_region_id, check_services,
     flow_table::FlowTable,
-    pins::{ensure_bpffs, ifindex, link_pin, list_link_pins, remove_link_pin},
+    pins::{check_outlives_process, ensure_bpffs, ifindex, link_pin, list_link_pins, remove_link_pin},
     AttachMode, Dataplane, Selection, ServiceSpec, Stats,
 };
 use crate::config::{ServiceAddr, DEFAULT_PIN_PATH};
@@ -86,6 +86,7 @@ impl BpfDataplane {
     /// with their contents; missing ones are created and pinned.
     pub fn load(options: &LoadOptions) -> Result<Self> {
         ensure_bpffs(&options.pin_path)?;
+        check_outlives_process(&options.pin_path)?;
         let log_flow_events = u8::from(options.log_flow_events);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&options.pin_path)

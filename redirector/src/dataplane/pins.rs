@@ -4,14 +4,15 @@
 
 use std::{
     ffi::CString,
-    fs,
-    os::unix::ffi::OsStrExt,
+    fs, io,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 use aya::programs::links::PinnedLink;
 use redirector_common::map_names;
+use tracing::warn;
 
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -114,4 +115,54 @@ pub fn remove_pins(pin_path: &Path) -> Result<()> {
         fs::remove_dir(pin_path).with_context(|| format!("removing {}", pin_path.display()))?;
     }
     Ok(())
+}
+
+/// Refuses a pin path on a bpffs that only this process's mount namespace
+/// sees: its pins, and the XDP links with them, would die with the
+/// process, and a restart would build the data plane anew instead of
+/// adopting it. That is what `ip netns exec` does (it gives the process a
+/// private /sys, where the daemon then mounts a bpffs of its own).
+///
+/// The pin directory must be the same (device and inode) seen from the
+/// parent process's root, which outlives this one (systemd, a shell);
+/// from PID 1's when the parent's cannot be read. When neither can be
+/// read, it says so and goes on.
+pub(super) fn check_outlives_process(pin_path: &Path) -> Result<()> {
+    let ours = fs::metadata(pin_path).with_context(|| format!("reading {}", pin_path.display()))?;
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() }.to_string();
+    let own = namespace("self");
+    if own.is_some() && own == namespace(&parent) {
+        return Ok(());
+    }
+    let relative = pin_path.strip_prefix("/").unwrap_or(pin_path);
+    for pid in [parent.as_str(), "1"] {
+        let view = Path::new("/proc").join(pid).join("root").join(relative);
+        match fs::metadata(&view) {
+            Ok(theirs) if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) => return Ok(()),
+            Ok(_) => bail!(private(pin_path, pid)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(private(pin_path, pid)),
+            Err(_) => continue,
+        }
+    }
+    warn!(
+        "cannot tell whether {} outlives this process's mount namespace (neither its parent's nor \
+         PID 1's root can be read): if redirectord runs in a mount namespace of its own, its pins \
+         die with it",
+        pin_path.display()
+    );
+    Ok(())
+}
+
+fn private(pin_path: &Path, pid: &str) -> String {
+    format!(
+        "pin path {} is on a bpffs that only this process's mount namespace sees (process {pid} \
+         sees another there): the pins and XDP links would die with redirectord, and a restart \
+         would build the data plane anew instead of adopting it. Run redirectord in the host's \
+         mount namespace: `nsenter --net=/var/run/netns/NAME redirectord ...` instead of `ip netns \
+         exec NAME redirectord ...`, which mounts a private /sys; in a container, bind-mount the \
+         host's /sys/fs/bpf",
+        pin_path.display()
+    )
 }
