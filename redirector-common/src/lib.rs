@@ -18,8 +18,25 @@ pub const SELECTION_SLOTS: usize = 65_537;
 /// A selection slot holding this sends new flows nowhere: they are dropped
 /// and counted under [`Reason::DropNoRegion`].
 pub const NO_REGION: u8 = u8::MAX;
-/// Capacity of the flow table (both directions share it).
+/// Capacity of the flow table of established flows (both directions share
+/// it) unless the config's `flow_table_size` says otherwise.
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
+/// The table of TCP flows whose handshake is not complete holds this
+/// fraction of the established table: a SYN flood churns it alone.
+pub const NEW_FLOWS_DIVISOR: u32 = 4;
+/// ... and at least this many entries.
+pub const MIN_NEW_FLOWS: u32 = 4_096;
+
+/// Capacity of the table of new TCP flows for an established table of
+/// `flow_table_size` entries.
+pub const fn new_flow_table_size(flow_table_size: u32) -> u32 {
+    let quarter = flow_table_size / NEW_FLOWS_DIVISOR;
+    if quarter > MIN_NEW_FLOWS {
+        quarter
+    } else {
+        MIN_NEW_FLOWS
+    }
+}
 /// Capacity of the egress device map (interfaces the program redirects to).
 pub const MAX_INTERFACES: u32 = 64;
 
@@ -39,17 +56,19 @@ pub mod map_names {
     pub const REGIONS: &str = "REGIONS";
     pub const SELECTION: &str = "SELECTION";
     pub const FLOWS: &str = "FLOWS";
+    pub const NEW_FLOWS: &str = "NEW_FLOWS";
     pub const EGRESS: &str = "EGRESS";
     pub const REGION_COUNTERS: &str = "REGION_COUNTERS";
     pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
     pub const REASONS: &str = "REASONS";
     /// Every map above: what a pin directory holds.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         SERVICES,
         BACKENDS,
         REGIONS,
         SELECTION,
         FLOWS,
+        NEW_FLOWS,
         EGRESS,
         REGION_COUNTERS,
         SERVICE_COUNTERS,
@@ -189,6 +208,9 @@ pub const FLOW_REPLY: u8 = 1;
 pub const FLOW_FIN_SEEN: u8 = 1;
 /// `Flow::flags`: a RST was seen (either way).
 pub const FLOW_RST_SEEN: u8 = 2;
+/// `Flow::flags`, a new TCP flow's original entry: the region answered the
+/// SYN; `Flow::handshake` holds the acknowledgement that completes it.
+pub const FLOW_ANSWERED: u8 = 4;
 /// The TCP connection is over: a new SYN on this tuple is a new flow.
 pub const FLOW_CLOSED: u8 = FLOW_FIN_SEEN | FLOW_RST_SEEN;
 
@@ -220,9 +242,14 @@ pub struct Flow {
     pub region_id: u8,
     /// [`FLOW_ORIGINAL`] or [`FLOW_REPLY`].
     pub direction: u8,
-    /// `FLOW_*_SEEN` bits.
+    /// `FLOW_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// A new TCP flow's original entry, once the region answered its SYN:
+    /// the acknowledgement number (host order) the client's ACK must carry
+    /// to complete the handshake and move the flow to the established
+    /// table. 0 otherwise.
+    pub handshake: u32,
     /// Cached next hop, asked of the FIB again whenever `last_seen_ns` is
     /// refreshed, so routes and neighbours that change apply within
     /// `LAST_SEEN_GRANULARITY_NS`.
@@ -290,10 +317,18 @@ pub enum Reason {
     /// An established flow moved off a down region (also counted as
     /// Forwarded/dropped by what follows).
     ReSteered,
+    /// A new TCP flow completed its handshake and moved to the established
+    /// table (also counted by what follows).
+    Promoted,
+    /// A TCP packet other than a SYN to a service, of no flow either table
+    /// knows (an entry evicted, or a connection older than the gateway): it
+    /// takes the region the selection gives its hash, as a new flow would,
+    /// and is tracked as a new flow (also counted by what follows).
+    MidstreamNoFlow,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::ReSteered as u32 + 1;
+    pub const COUNT: u32 = Reason::MidstreamNoFlow as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::Forwarded,
         Reason::Replied,
@@ -309,6 +344,8 @@ impl Reason {
         Reason::DropNoBackend,
         Reason::DropRedirectFailed,
         Reason::ReSteered,
+        Reason::Promoted,
+        Reason::MidstreamNoFlow,
     ];
 
     /// Stable name for metrics and the CLI.
@@ -328,6 +365,8 @@ impl Reason {
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropRedirectFailed => "drop_redirect_failed",
             Reason::ReSteered => "re_steered",
+            Reason::Promoted => "promoted",
+            Reason::MidstreamNoFlow => "midstream_no_flow",
         }
     }
 }
@@ -390,6 +429,7 @@ mod tests {
         assert_eq!(size_of::<Region>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 40);
+        assert_eq!(core::mem::offset_of!(Flow, handshake), 20);
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<SelectionTable>(), SELECTION_SLOTS);
     }

@@ -24,6 +24,9 @@ pub const TCP_IDLE_TIMEOUT_NS: u64 = 300_000_000_000;
 /// A closed TCP flow's entries go this long after their last packet: late
 /// retransmissions and the final ACKs still find them.
 pub const CLOSED_FLOW_LINGER_NS: u64 = 30_000_000_000;
+/// A new TCP flow (in the table of new flows) whose handshake has not
+/// completed after this long without a packet is gone.
+pub const HANDSHAKE_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// What an entry's protocol, flags and idle time say about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,11 +62,33 @@ pub fn life(protocol: u8, flags: u8, idle_ns: u64) -> Life {
     }
 }
 
+/// The life of a new TCP flow's entry (the table of new flows): as an
+/// established one's, but it expires [`HANDSHAKE_TIMEOUT_NS`] after its
+/// last packet if the handshake never completes.
+#[inline(always)]
+pub fn handshake_life(flags: u8, idle_ns: u64) -> Life {
+    match life(IPPROTO_TCP, flags, idle_ns) {
+        Life::Live if idle_ns > HANDSHAKE_TIMEOUT_NS => Life::Expired,
+        other => other,
+    }
+}
+
 /// Whether a packet keeps its original entry's region, or opens the flow
 /// anew. `opener`: the packet is a TCP SYN without ACK.
 #[inline(always)]
 pub fn keeps_region(protocol: u8, flags: u8, idle_ns: u64, opener: bool) -> bool {
-    match life(protocol, flags, idle_ns) {
+    region_kept(protocol, life(protocol, flags, idle_ns), opener)
+}
+
+/// [`keeps_region`] for an entry of the table of new flows.
+#[inline(always)]
+pub fn handshake_keeps_region(flags: u8, idle_ns: u64, opener: bool) -> bool {
+    region_kept(IPPROTO_TCP, handshake_life(flags, idle_ns), opener)
+}
+
+#[inline(always)]
+fn region_kept(protocol: u8, life: Life, opener: bool) -> bool {
+    match life {
         Life::Live => true,
         Life::Reopenable | Life::Expired => protocol == IPPROTO_TCP && !opener,
     }
@@ -107,6 +132,16 @@ mod tests {
             assert_eq!(at(protocol, 0, 5 * S, 35 * S), (Life::Live, true, true));
             assert_eq!(at(protocol, 0, 5 * S, 35 * S + 1), (Life::Expired, false, false));
         }
+    }
+
+    #[test]
+    fn a_new_tcp_flow_whose_handshake_never_completes_expires_after_its_timeout() {
+        assert_eq!(handshake_life(0, 30 * S), Life::Live);
+        assert_eq!(handshake_life(0, 30 * S + 1), Life::Expired);
+        assert_eq!(handshake_life(FLOW_RST_SEEN, S), Life::Reopenable, "refused: a new SYN re-selects");
+        assert!(handshake_keeps_region(0, 31 * S, false), "its late ACK still goes where its SYN went");
+        assert!(!handshake_keeps_region(0, 31 * S, true), "a SYN after the timeout re-selects");
+        assert!(handshake_keeps_region(0, S, true), "a retransmitted SYN keeps its region");
     }
 
     #[test]

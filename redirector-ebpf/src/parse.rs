@@ -145,6 +145,29 @@ impl Packet {
         }
     }
 
+    /// A SYN-ACK's sequence number (host order): a region answering a SYN.
+    #[inline(always)]
+    pub fn tcp_synack_seq(&self) -> Option<u32> {
+        match self.l4 {
+            L4::Tcp(tcp) => unsafe {
+                ((*tcp).syn() != 0 && (*tcp).ack() != 0).then(|| u32::from_be_bytes((*tcp).seq))
+            },
+            _ => None,
+        }
+    }
+
+    /// An ACK's acknowledgement number (host order), if the packet is an
+    /// ACK without SYN.
+    #[inline(always)]
+    pub fn tcp_ack_number(&self) -> Option<u32> {
+        match self.l4 {
+            L4::Tcp(tcp) => unsafe {
+                ((*tcp).ack() != 0 && (*tcp).syn() == 0).then(|| u32::from_be_bytes((*tcp).ack_seq))
+            },
+            _ => None,
+        }
+    }
+
     /// `FLOW_FIN_SEEN` / `FLOW_RST_SEEN` bits this packet carries.
     #[inline(always)]
     pub fn tcp_close_flags(&self) -> u8 {

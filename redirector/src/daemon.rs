@@ -71,6 +71,7 @@ pub async fn run(options: Options) -> Result<()> {
     let mut dataplane = BpfDataplane::load(&LoadOptions {
         pin_path: config.pin_path.clone(),
         log_flow_events: options.log_flow_events,
+        flow_table_size: config.flow_table_size,
     })?;
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(poll_flow_events(logger));

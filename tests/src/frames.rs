@@ -21,6 +21,9 @@ pub enum L4 {
         ack: bool,
         fin: bool,
         rst: bool,
+        /// Sequence and acknowledgement numbers (the latter sent with ACK).
+        seq: u32,
+        ack_no: u32,
     },
     Udp {
         src_port: u16,
@@ -46,6 +49,8 @@ impl L4 {
             ack: true,
             fin: false,
             rst: false,
+            seq: 1000,
+            ack_no: 2000,
         }
     }
 
@@ -57,6 +62,36 @@ impl L4 {
             ack: false,
             fin: false,
             rst: false,
+            seq: 1000,
+            ack_no: 0,
+        }
+    }
+
+    /// A region's answer to a SYN, its own sequence number `seq`.
+    pub fn tcp_synack(src_port: u16, dst_port: u16, seq: u32) -> Self {
+        L4::Tcp {
+            src_port,
+            dst_port,
+            syn: true,
+            ack: true,
+            fin: false,
+            rst: false,
+            seq,
+            ack_no: 1001,
+        }
+    }
+
+    /// An ACK of `ack_no`.
+    pub fn tcp_ack(src_port: u16, dst_port: u16, ack_no: u32) -> Self {
+        L4::Tcp {
+            src_port,
+            dst_port,
+            syn: false,
+            ack: true,
+            fin: false,
+            rst: false,
+            seq: 1001,
+            ack_no,
         }
     }
 
@@ -142,13 +177,15 @@ impl Frame {
                         ack,
                         fin,
                         rst,
+                        seq,
+                        ack_no,
                     } => {
-                        let mut b = step.tcp(*src_port, *dst_port, 1000, 64_000);
+                        let mut b = step.tcp(*src_port, *dst_port, *seq, 64_000);
                         if *syn {
                             b = b.syn();
                         }
                         if *ack {
-                            b = b.ack(2000);
+                            b = b.ack(*ack_no);
                         }
                         if *fin {
                             b = b.fin();

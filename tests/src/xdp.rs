@@ -150,6 +150,17 @@ impl Gateway {
     }
 
     pub fn with_flow_event_log(log_flow_events: bool) -> Result<Self> {
+        Self::with_options(LoadOptions { log_flow_events, ..LoadOptions::default() })
+    }
+
+    /// With flow tables of `flow_table_size` entries (new flows': a
+    /// quarter of it).
+    pub fn with_flow_table_size(flow_table_size: u32) -> Result<Self> {
+        Self::with_options(LoadOptions { flow_table_size, ..LoadOptions::default() })
+    }
+
+    /// `options.pin_path` is replaced by a directory of the gateway's own.
+    fn with_options(options: LoadOptions) -> Result<Self> {
         require_root();
         let ns = Netns::new(&unique_name("rdt-pkt"))?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
@@ -181,10 +192,7 @@ impl Gateway {
 
         let inside = ns.enter()?;
         let pins = PinDir::unique();
-        let mut dataplane = BpfDataplane::load(&LoadOptions {
-            pin_path: pins.0.clone(),
-            log_flow_events,
-        })?;
+        let mut dataplane = BpfDataplane::load(&LoadOptions { pin_path: pins.0.clone(), ..options })?;
         for iface in ["cli", "r1", "r2", "r3"] {
             dataplane.attach(iface)?;
         }

@@ -100,7 +100,8 @@ fn new_tcp_flow_goes_to_the_selected_region_and_is_tracked_both_ways() {
     let out = gw.run(&syn.bytes(), "cli").unwrap();
 
     assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
-    let flows = gw.dataplane.flows().unwrap();
+    assert!(gw.dataplane.flows().unwrap().is_empty(), "not established before its handshake completes");
+    let flows = gw.dataplane.new_flows().unwrap();
     assert_eq!(flows.len(), 2, "original and reply entries: {flows:?}");
     let original = flows.iter().find(|(_, f)| f.direction == FLOW_ORIGINAL).unwrap();
     let reply = flows.iter().find(|(_, f)| f.direction == FLOW_REPLY).unwrap();
@@ -125,10 +126,131 @@ impl WithSrc for redirector_common::FlowKey {
     }
 }
 
+/// The original entries of both tables, new flows' and established ones'.
 fn original_flows(gw: &Gateway) -> Vec<(FlowKey, Flow)> {
     let mut flows = gw.dataplane.flows().unwrap();
+    flows.extend(gw.dataplane.new_flows().unwrap());
     flows.retain(|(_, f)| f.direction == FLOW_ORIGINAL);
     flows
+}
+
+/// A TCP connection through the gateway to `region`, its handshake
+/// completed: the flow is established.
+fn handshake(gw: &Gateway, region: RegionLink, client_port: u16) {
+    let syn = from_client(VIP, L4::tcp_syn(client_port, 80));
+    let out = gw.run(&syn.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&syn, region, 80).bytes());
+    let mut synack = reply_from(region, &syn, 80);
+    synack.l4 = L4::tcp_synack(80, client_port, 7_000);
+    let out = gw.run(&synack.bytes(), region.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, VIP, 80).bytes());
+    let ack = from_client(VIP, L4::tcp_ack(client_port, 80, 7_001));
+    let out = gw.run(&ack.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&ack, region, 80).bytes());
+}
+
+#[test]
+fn the_clients_ack_of_the_regions_syn_ack_moves_the_flow_to_the_established_table() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    handshake(&gw, R1, 40_032);
+    assert!(gw.dataplane.new_flows().unwrap().is_empty(), "moved");
+    let flows = gw.dataplane.flows().unwrap();
+    assert_eq!(flows.len(), 2, "original and reply established: {flows:?}");
+    assert!(flows.iter().all(|(_, f)| f.handshake == 0 && f.flags == 0), "{flows:?}");
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 1);
+    // And it carries on from there, both ways.
+    let data = from_client(VIP, L4::tcp(40_032, 80));
+    let out = gw.run(&data.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&data, R1, 80).bytes());
+    let answer = reply_from(R1, &data, 80);
+    let out = gw.run(&answer.bytes(), R1.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, VIP, 80).bytes());
+}
+
+/// A client reusing its port after a closed, established connection: the
+/// new connection's packets must all go to its new region, not find the
+/// old connection's entries.
+#[test]
+fn a_port_reused_after_a_closed_connection_follows_its_new_region_through_the_handshake() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    handshake(&gw, R1, 40_037);
+    let mut fin = from_client(VIP, L4::tcp(40_037, 80));
+    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+        *f = true;
+    }
+    gw.run(&fin.bytes(), "cli").unwrap();
+    gw.select(R2.id).unwrap();
+    handshake(&gw, R2, 40_037);
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 2);
+    let flows = original_flows(&gw);
+    assert_eq!((flows.len(), flows[0].1.region_id), (1, R2.id), "{flows:?}");
+}
+
+#[test]
+fn an_ack_that_does_not_acknowledge_the_syn_ack_leaves_the_flow_new() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R1.id).unwrap();
+    let syn = from_client(VIP, L4::tcp_syn(40_033, 80));
+    gw.run(&syn.bytes(), "cli").unwrap();
+    // Blind: no SYN-ACK seen yet, then one acknowledging another number.
+    let blind = from_client(VIP, L4::tcp_ack(40_033, 80, 7_001));
+    let out = gw.run(&blind.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&blind, R1, 80).bytes());
+    let mut synack = reply_from(R1, &syn, 80);
+    synack.l4 = L4::tcp_synack(80, 40_033, 9_000);
+    gw.run(&synack.bytes(), R1.iface).unwrap();
+    let wrong = from_client(VIP, L4::tcp_ack(40_033, 80, 7_001));
+    let out = gw.run(&wrong.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&wrong, R1, 80).bytes());
+    assert!(gw.dataplane.flows().unwrap().is_empty());
+    assert_eq!(gw.dataplane.new_flows().unwrap().len(), 2);
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 0);
+}
+
+/// A SYN flood from spoofed sources, with as many SYNs as the established
+/// table has entries (enough to evict everything from one table shared by
+/// all flows), churns the table of new flows only: an established
+/// connection keeps its entries.
+#[test]
+fn a_syn_flood_does_not_evict_an_established_flow() {
+    const FLOW_TABLE: u32 = 16_384;
+    let mut gw = Gateway::with_flow_table_size(FLOW_TABLE).unwrap();
+    gw.select(R1.id).unwrap();
+    handshake(&gw, R1, 40_034);
+    let capacity = redirector_common::new_flow_table_size(FLOW_TABLE);
+    gw.select(R2.id).unwrap();
+    for i in 0..FLOW_TABLE {
+        let mut syn = from_client(VIP, L4::tcp_syn(1024 + (i % 60_000) as u16, 80));
+        syn.src = Ipv4Addr::from(0x0a80_0000 + i);
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        assert_eq!(out.action, XDP_REDIRECT);
+    }
+    assert!(gw.dataplane.new_flows().unwrap().len() as u32 <= capacity);
+    assert_eq!(gw.dataplane.flows().unwrap().len(), 2, "the established flow's entries are all FLOWS holds");
+    let data = from_client(VIP, L4::tcp(40_034, 80));
+    let out = gw.run(&data.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&data, R1, 80).bytes());
+}
+
+#[test]
+fn a_mid_stream_packet_of_no_known_flow_is_counted_and_steered_as_a_new_flow() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R2.id).unwrap();
+    let lost = from_client(VIP, L4::tcp(40_035, 80));
+    let out = gw.run(&lost.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&lost, R2, 80).bytes());
+    let stats = gw.dataplane.stats().unwrap();
+    assert_eq!((stats.reason(Reason::MidstreamNoFlow), stats.reason(Reason::Forwarded)), (1, 1));
+    assert_eq!(gw.dataplane.new_flows().unwrap().len(), 2, "tracked as new: its answers come back from the VIP");
+    let answer = reply_from(R2, &lost, 80);
+    let out = gw.run(&answer.bytes(), R2.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, VIP, 80).bytes());
+    // Not counted for what is no service's.
+    let other = from_client(R1.addr, L4::tcp(40_036, 22));
+    gw.run(&other.bytes(), "cli").unwrap();
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::MidstreamNoFlow), 1);
 }
 
 fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: Reason) {
@@ -165,8 +287,7 @@ fn established_flow_keeps_its_region_when_selection_changes() {
 fn a_tcp_connection_idle_for_an_hour_resumes_on_its_region_after_a_sweep() {
     let mut gw = Gateway::new().unwrap();
     gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_030, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
+    handshake(&gw, R1, 40_030);
     let hour_ago = monotonic_ns().saturating_sub(3_600_000_000_000);
     for (key, mut flow) in gw.dataplane.flows().unwrap() {
         flow.last_seen_ns = hour_ago;

@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// The data plane loaded in the calling thread's namespace (the gateway)
 /// and attached to every gateway interface.
 fn attached(topo: &Topology, pins: &PinDir) -> BpfDataplane {
-    let mut dp = BpfDataplane::load(&LoadOptions { pin_path: pins.0.clone(), log_flow_events: false }).unwrap();
+    let mut dp = BpfDataplane::load(&LoadOptions { pin_path: pins.0.clone(), ..LoadOptions::default() }).unwrap();
     for iface in topo.gateway_interfaces() {
         assert_eq!(dp.attach(&iface).unwrap(), AttachMode::Native, "{iface}");
     }
@@ -104,7 +104,7 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
     let _servers = [Server::echo(&r1.ns, 80, "region1:").unwrap(), Server::echo(&r2.ns, 80, "region2:").unwrap()];
     let web = ServiceAddr { vip: r2.addr, port: 80, protocol: Protocol::Tcp };
     let pins = PinDir::unique();
-    let options = LoadOptions { pin_path: pins.0.clone(), log_flow_events: false };
+    let options = LoadOptions { pin_path: pins.0.clone(), ..LoadOptions::default() };
     let _inside = topo.gateway.enter().unwrap();
 
     let mut first = attached(&topo, &pins);

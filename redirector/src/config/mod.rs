@@ -6,6 +6,8 @@
 //! pin_path = "/sys/fs/bpf/redirector"                   # default
 //! control_socket = "/run/redirector/control.sock"       # default
 //! metrics_listen = "127.0.0.1:9477"                     # metrics off when absent
+//! flow_table_size = 262144       # default; established flows, both directions (two entries
+//!                                # each); new TCP flows get a table a quarter this size
 //!
 //! [health]               # defaults for every region; a region may override each
 //! interval_ms = 100      # between probes of one check; at least 10
@@ -100,6 +102,11 @@ mod tests;
 /// A config file longer than this is refused unread.
 pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 
+/// The flow table's bounds: the smallest holds a few thousand flows, the
+/// largest 8 M flows (16 M entries, some 2 GB of kernel memory).
+pub const MIN_FLOW_TABLE_SIZE: u32 = 4_096;
+pub const MAX_FLOW_TABLE_SIZE: u32 = 16 * 1024 * 1024;
+
 /// Where maps and links are pinned unless `pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/redirector";
 
@@ -140,6 +147,8 @@ pub struct Config {
     pub pin_path: PathBuf,
     pub control_socket: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// Entries of the established flow table (two per flow).
+    pub flow_table_size: u32,
     pub failover: FailoverSettings,
     pub balance: BalanceSettings,
     /// Position is the region's id in the data plane.

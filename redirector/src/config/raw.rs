@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub(super) pin_path: Option<PathBuf>,
     pub(super) control_socket: Option<PathBuf>,
     pub(super) metrics_listen: Option<SocketAddr>,
+    pub(super) flow_table_size: Option<Spanned<u32>>,
     #[serde(default)]
     pub(super) health: RawHealth,
     #[serde(default)]

@@ -759,3 +759,12 @@ fn load_refuses_what_is_not_a_small_regular_file_of_text() {
     assert!(err.contains("invalid utf-8"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_flow_table_size_is_bounded() {
+    assert_eq!(Config::parse(LAB, "lab.toml").unwrap().flow_table_size, redirector_common::FLOW_TABLE_SIZE);
+    let big = format!("flow_table_size = 1048576\n{LAB}");
+    assert_eq!(Config::parse(&big, "lab.toml").unwrap().flow_table_size, 1 << 20);
+    let tiny = format!("flow_table_size = 100\n{LAB}");
+    assert_eq!(refused(&tiny), "lab.toml:1: flow_table_size: 100 entries: it is 4096 to 16777216");
+}

@@ -17,8 +17,8 @@ use super::{
     raw::{RawBalance, RawCheck, RawConfig, RawFailover, RawHealth, RawRegion, RawService, RawWatermarks},
     BalanceSettings, Check, CheckKind, Config, ConfigError, FailoverSettings, HealthSettings, HttpCheck,
     Measure, PolicyKind, Protocol, RegionConfig, ServiceAddr, ServiceConfig, Watermarks, DEFAULT_BALANCE,
-    DEFAULT_FAILOVER, DEFAULT_HEALTH, DEFAULT_PIN_PATH, DEFAULT_SOCKET, DEFAULT_WEIGHT, MAX_INTERFACE_NAME,
-    MAX_PERCENT, MIN_INTERVAL_MS, MIN_SAMPLE_MS,
+    DEFAULT_FAILOVER, DEFAULT_HEALTH, DEFAULT_PIN_PATH, DEFAULT_SOCKET, DEFAULT_WEIGHT, MAX_FLOW_TABLE_SIZE,
+    MAX_INTERFACE_NAME, MAX_PERCENT, MIN_FLOW_TABLE_SIZE, MIN_INTERVAL_MS, MIN_SAMPLE_MS,
 };
 
 /// `file` only names the text in messages.
@@ -175,11 +175,27 @@ impl Source<'_> {
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             metrics_listen: raw.metrics_listen,
+            flow_table_size: self.flow_table_size(raw.flow_table_size.as_ref())?,
             failover,
             balance,
             regions,
             services,
         })
+    }
+
+    fn flow_table_size(&self, raw: Option<&Spanned<u32>>) -> Result<u32, ConfigError> {
+        let Some(size) = raw else {
+            return Ok(redirector_common::FLOW_TABLE_SIZE);
+        };
+        let value = *size.get_ref();
+        if !(MIN_FLOW_TABLE_SIZE..=MAX_FLOW_TABLE_SIZE).contains(&value) {
+            return Err(self.error(
+                size.span(),
+                "flow_table_size",
+                format!("{value} entries: it is {MIN_FLOW_TABLE_SIZE} to {MAX_FLOW_TABLE_SIZE}"),
+            ));
+        }
+        Ok(value)
     }
 
     fn interfaces(&self, raw: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>, ConfigError> {

@@ -502,6 +502,12 @@ impl<D: Dataplane> Controller<D> {
         if config.pin_path != self.config.pin_path || config.control_socket != self.config.control_socket {
             bail!("pin_path and control_socket take effect at start only");
         }
+        if config.flow_table_size != self.config.flow_table_size {
+            bail!(
+                "flow_table_size takes effect when the data plane is rebuilt (redirectorctl detach, \
+                 then start; established flows are lost)"
+            );
+        }
         for interface in &config.interfaces {
             self.dataplane.check_interface(interface)?;
         }

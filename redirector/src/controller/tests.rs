@@ -486,6 +486,17 @@ fn a_refused_reload_changes_nothing() {
 }
 
 #[test]
+fn a_new_flow_table_size_is_refused_at_reload() {
+    let mut rig = Rig::settled(config(WEB));
+    rig.writes();
+    let mut bigger = config(WEB);
+    bigger.flow_table_size *= 4;
+    let err = rig.controller.reload(bigger).unwrap_err().to_string();
+    assert!(err.starts_with("flow_table_size takes effect when the data plane is rebuilt"), "{err}");
+    assert_eq!(rig.writes(), []);
+}
+
+#[test]
 fn a_reload_attaches_new_interfaces_and_detaches_dropped_ones() {
     let mut rig = Rig::settled(config(WEB));
     rig.writes();

@@ -21,8 +21,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use redirector_common::{
-    backend_index, map_names, selection_index, Backend, Counters, Reason, Region, RegionState,
-    SelectionTable, Service, ServiceKey, MAX_REGIONS, PROGRAM_NAME,
+    backend_index, map_names, new_flow_table_size, selection_index, Backend, Counters, Reason,
+    Region, RegionState, SelectionTable, Service, ServiceKey, FLOW_TABLE_SIZE, MAX_REGIONS,
+    PROGRAM_NAME,
 };
 use tracing::{debug, warn};
 
@@ -70,6 +71,10 @@ pub struct LoadOptions {
     pub pin_path: PathBuf,
     /// Log new flows and re-steers through aya-log (costs per new flow).
     pub log_flow_events: bool,
+    /// Entries of the established flow table; the table of new TCP flows
+    /// takes [`new_flow_table_size`] of it. A table already pinned keeps
+    /// its size.
+    pub flow_table_size: u32,
 }
 
 impl Default for LoadOptions {
@@ -77,6 +82,7 @@ impl Default for LoadOptions {
         Self {
             pin_path: PathBuf::from(DEFAULT_PIN_PATH),
             log_flow_events: false,
+            flow_table_size: FLOW_TABLE_SIZE,
         }
     }
 }
@@ -87,10 +93,13 @@ impl BpfDataplane {
     pub fn load(options: &LoadOptions) -> Result<Self> {
         ensure_bpffs(&options.pin_path)?;
         check_outlives_process(&options.pin_path)?;
+        warn_if_pinned_size_differs(&options.pin_path, options.flow_table_size);
         let log_flow_events = u8::from(options.log_flow_events);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&options.pin_path)
             .override_global("LOG_FLOW_EVENTS", &log_flow_events, true)
+            .map_max_entries(map_names::FLOWS, options.flow_table_size)
+            .map_max_entries(map_names::NEW_FLOWS, new_flow_table_size(options.flow_table_size))
             .load(OBJECT)
             .context("loading the XDP object")?;
         // The logger holds the ring buffer the program writes to: it must
@@ -111,7 +120,10 @@ impl BpfDataplane {
             backends: take_map(&mut ebpf, map_names::BACKENDS)?,
             regions: take_map(&mut ebpf, map_names::REGIONS)?,
             selection: take_map(&mut ebpf, map_names::SELECTION)?,
-            flows: take_map(&mut ebpf, map_names::FLOWS)?,
+            flows: FlowTable::from_maps(
+                take_raw_map(&mut ebpf, map_names::FLOWS)?,
+                take_raw_map(&mut ebpf, map_names::NEW_FLOWS)?,
+            )?,
             egress: take_map(&mut ebpf, map_names::EGRESS)?,
             region_counters: take_map(&mut ebpf, map_names::REGION_COUNTERS)?,
             service_counters: take_map(&mut ebpf, map_names::SERVICE_COUNTERS)?,
@@ -157,9 +169,14 @@ impl BpfDataplane {
         FlowTable::open(&self.pin_path)
     }
 
-    /// Every entry of the flow table, both directions.
+    /// Every entry of the established flow table, both directions.
     pub fn flows(&self) -> Result<Vec<(redirector_common::FlowKey, redirector_common::Flow)>> {
         self.flows.entries()
+    }
+
+    /// Every entry of the table of new TCP flows, both directions.
+    pub fn new_flows(&self) -> Result<Vec<(redirector_common::FlowKey, redirector_common::Flow)>> {
+        self.flows.new_entries()
     }
 
     /// Overwrites a flow entry: tests age entries with it.
@@ -358,8 +375,23 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("the object has no map {name}"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    T::try_from(take_raw_map(ebpf, name)?).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn take_raw_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("the object has no map {name}"))
+}
+
+/// A flow table already pinned is adopted with its size (and its flows):
+/// a new `flow_table_size` takes effect when the data plane is rebuilt.
+fn warn_if_pinned_size_differs(pin_path: &std::path::Path, wanted: u32) {
+    let pinned = aya::maps::MapData::from_pin(pin_path.join(map_names::FLOWS)).ok();
+    let size = pinned.and_then(|map| map.info().ok()).map(|info| info.max_entries());
+    if let Some(size) = size.filter(|&size| size != wanted) {
+        warn!(
+            "the pinned flow table holds {size} entries, not flow_table_size = {wanted}: it is \
+             adopted as it is, with its flows; the new size takes effect once the data plane is \
+             rebuilt (redirectorctl detach, then start)"
+        );
+    }
 }

@@ -16,10 +16,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
+use aya::maps::{HashMap, IterableMap, Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use redirector_common::{
-    lifetime::{life, Life},
+    lifetime::{handshake_life, life, Life},
     map_names, Flow, FlowKey, FLOW_ORIGINAL, MAX_REGIONS,
 };
 use tokio::{
@@ -33,22 +33,109 @@ use tracing::{debug, error, info, warn};
 /// whole or not at all, so this must exceed any bucket's length (a few).
 const BATCH: usize = 4096;
 
-/// A handle on the pinned `FLOWS` map, independent of the loader's.
+/// Handles on the two pinned flow maps (established flows and new TCP
+/// flows), independent of the loader's.
 pub struct FlowTable {
-    map: HashMap<MapData, FlowKey, Flow>,
+    established: FlowMap,
+    new: FlowMap,
 }
+
+/// One flow map, read in batches.
+struct FlowMap(HashMap<MapData, FlowKey, Flow>);
 
 impl FlowTable {
     pub fn open(pin_path: &Path) -> Result<Self> {
-        let path = pin_path.join(map_names::FLOWS);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self::try_from(Map::from_map_data(data)?)?)
+        let open = |name: &str| -> Result<Map> {
+            let path = pin_path.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Self::from_maps(open(map_names::FLOWS)?, open(map_names::NEW_FLOWS)?)
     }
 
+    pub fn from_maps(established: Map, new: Map) -> Result<Self> {
+        Ok(Self {
+            established: FlowMap(HashMap::try_from(established).context("FLOWS")?),
+            new: FlowMap(HashMap::try_from(new).context("NEW_FLOWS")?),
+        })
+    }
+
+    /// Every entry of the established table, both directions.
+    pub fn entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        self.established.entries()
+    }
+
+    /// Every entry of the table of new TCP flows, both directions.
+    pub fn new_entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        self.new.entries()
+    }
+
+    /// Overwrites an entry of the established table: tests age entries
+    /// with it.
+    #[cfg(feature = "test-hooks")]
+    pub fn set(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        Ok(self.established.0.insert(key, flow, 0)?)
+    }
+
+    /// `sweep` now, logged; `None` when the table could not be read.
+    pub fn sweep_logged(&mut self) -> Option<Sweep> {
+        match self.sweep(monotonic_ns()) {
+            Ok(sweep) => {
+                debug!(
+                    "flow tables: {} entries ({} new), {} expired, walked in {:?}",
+                    sweep.entries, sweep.new_entries, sweep.expired, sweep.took
+                );
+                Some(sweep)
+            }
+            Err(e) => {
+                error!("reading flows: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Counts each region's active flows (original entries of established
+    /// flows still live: a half-open TCP flow is not active) and deletes the
+    /// expired entries of both tables, by the data plane's own rule
+    /// ([`redirector_common::lifetime`]).
+    pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
+        let started = Instant::now();
+        let mut active = vec![0u64; MAX_REGIONS as usize];
+        let mut expired = 0;
+        let established = self.established.entries()?;
+        for (key, flow) in &established {
+            match life(key.protocol, flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) {
+                // Already gone if the data plane's LRU evicted it meanwhile.
+                Life::Expired => expired += usize::from(self.established.0.remove(key).is_ok()),
+                Life::Live if flow.direction == FLOW_ORIGINAL => {
+                    if let Some(n) = active.get_mut(flow.region_id as usize) {
+                        *n += 1;
+                    }
+                }
+                Life::Live | Life::Reopenable => {}
+            }
+        }
+        let new = self.new.entries()?;
+        for (key, flow) in &new {
+            if handshake_life(flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) == Life::Expired {
+                expired += usize::from(self.new.0.remove(key).is_ok());
+            }
+        }
+        Ok(Sweep {
+            active,
+            entries: established.len() + new.len(),
+            new_entries: new.len(),
+            expired,
+            took: started.elapsed(),
+        })
+    }
+}
+
+impl FlowMap {
     /// Every entry, both directions, read `BATCH` at a time. Entries added
     /// or removed by the data plane meanwhile may or may not be seen.
     pub fn entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let fd = self.map.map().fd().as_fd().as_raw_fd() as u32;
+        let fd = self.0.map().fd().as_fd().as_raw_fd() as u32;
         let mut keys: Vec<FlowKey> = Vec::with_capacity(BATCH);
         let mut values: Vec<Flow> = Vec::with_capacity(BATCH);
         let mut entries = Vec::new();
@@ -96,69 +183,17 @@ impl FlowTable {
         Ok(entries)
     }
 
-    /// Overwrites an entry: tests age entries with it.
-    #[cfg(feature = "test-hooks")]
-    pub fn set(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
-        Ok(self.map.insert(key, flow, 0)?)
-    }
-
-    /// `sweep` now, logged; `None` when the table could not be read.
-    pub fn sweep_logged(&mut self) -> Option<Sweep> {
-        match self.sweep(monotonic_ns()) {
-            Ok(sweep) => {
-                debug!("flow table: {} entries, {} expired, walked in {:?}", sweep.entries, sweep.expired, sweep.took);
-                Some(sweep)
-            }
-            Err(e) => {
-                error!("reading flows: {e:#}");
-                None
-            }
-        }
-    }
-
-    /// Counts each region's active flows (original entries still live) and
-    /// deletes the expired entries, by the data plane's own rule
-    /// ([`redirector_common::lifetime`]).
-    pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
-        let started = Instant::now();
-        let entries = self.entries()?;
-        let mut active = vec![0u64; MAX_REGIONS as usize];
-        let mut expired = 0;
-        for (key, flow) in &entries {
-            match life(key.protocol, flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) {
-                // Already gone if the data plane's LRU evicted it meanwhile.
-                Life::Expired => expired += usize::from(self.map.remove(key).is_ok()),
-                Life::Live if flow.direction == FLOW_ORIGINAL => {
-                    if let Some(n) = active.get_mut(flow.region_id as usize) {
-                        *n += 1;
-                    }
-                }
-                Life::Live | Life::Reopenable => {}
-            }
-        }
-        Ok(Sweep {
-            active,
-            entries: entries.len(),
-            expired,
-            took: started.elapsed(),
-        })
-    }
 }
 
-impl TryFrom<Map> for FlowTable {
-    type Error = MapError;
-
-    fn try_from(map: Map) -> Result<Self, MapError> {
-        Ok(Self { map: HashMap::try_from(map)? })
-    }
-}
-
-/// One walk of the flow table.
+/// One walk of the flow tables.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sweep {
     /// Per region id.
     pub active: Vec<u64>,
+    /// Both tables, both directions.
     pub entries: usize,
+    /// Of which in the table of new TCP flows.
+    pub new_entries: usize,
     pub expired: usize,
     pub took: Duration,
 }

@@ -1,24 +1,41 @@
-//! The flow table: which region an established flow is pinned to and where
-//! its packets go, and the reply twin that maps the region's answers back to
-//! the VIP.
+//! The flow tables: which region a flow is pinned to and where its packets
+//! go, and the reply twin that maps the region's answers back to the VIP.
+//!
+//! Two tables, so that a SYN flood cannot evict an established connection:
+//! a new TCP flow is pinned in `NEW_FLOWS`, and moves to `FLOWS` (the
+//! established table) only when the client's ACK carries the
+//! acknowledgement of the SYN-ACK its region sent; spoofed sources never
+//! see that SYN-ACK. UDP and ICMP flows, which have no handshake to check,
+//! go to `FLOWS` at once.
 //!
 //! How long an entry holds is [`redirector_common::lifetime`]'s rule, the
-//! one the controller's sweep deletes by. Capacity is bounded by the LRU.
+//! one the controller's sweep deletes by. Capacity is bounded by the LRUs.
 
-use redirector_ebpf::parse::Packet;
-
-use crate::maps::FLOWS;
+use aya_ebpf::maps::LruHashMap;
 use redirector_common::{
-    lifetime::keeps_region, Backend, Flow, FlowKey, NextHop, FLOW_ORIGINAL, FLOW_REPLY,
+    lifetime::{handshake_keeps_region, keeps_region},
+    Backend, Flow, FlowKey, NextHop, FLOW_ANSWERED, FLOW_ORIGINAL, FLOW_REPLY,
     LAST_SEEN_GRANULARITY_NS,
 };
+use redirector_ebpf::parse::Packet;
 
-/// Whether an original entry still holds for this packet, or the packet
-/// opens the flow anew.
+use crate::maps::{FLOWS, NEW_FLOWS};
+
+pub type Table = LruHashMap<FlowKey, Flow>;
+
+/// Whether an original entry of the established table still holds for this
+/// packet, or the packet opens the flow anew.
 #[inline(always)]
 pub fn holds(flow: *const Flow, key: &FlowKey, pkt: &Packet, now: u64) -> bool {
     let (last_seen, flags) = unsafe { ((*flow).last_seen_ns, (*flow).flags) };
     keeps_region(key.protocol, flags, now.wrapping_sub(last_seen), pkt.is_tcp_syn())
+}
+
+/// [`holds`] for an entry of the table of new flows.
+#[inline(always)]
+pub fn handshake_holds(flow: *const Flow, pkt: &Packet, now: u64) -> bool {
+    let (last_seen, flags) = unsafe { ((*flow).last_seen_ns, (*flow).flags) };
+    handshake_keeps_region(flags, now.wrapping_sub(last_seen), pkt.is_tcp_syn())
 }
 
 /// Records what this packet says about the flow: that it is alive, and
@@ -39,12 +56,49 @@ pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
     false
 }
 
-/// Pins the flow to `region_id` at `backend` (new, or moved off a down
-/// region), with the reply twin that answers from the VIP. `flags`: the
-/// `FLOW_*_SEEN` bits it starts with, so a flow that closed stays closed
-/// when moved.
+/// A region's SYN-ACK of sequence number `seq` answered the flow: its
+/// client's ACK of `seq + 1` completes the handshake.
 #[inline(always)]
+pub fn answered(original: *mut Flow, seq: u32) {
+    unsafe {
+        (*original).flags |= FLOW_ANSWERED;
+        (*original).handshake = seq.wrapping_add(1);
+    }
+}
+
+/// Whether this client packet completes the new flow's handshake: the
+/// region answered, and the packet acknowledges its SYN-ACK.
+#[inline(always)]
+pub fn completes_handshake(flow: *const Flow, pkt: &Packet) -> bool {
+    let (flags, expected) = unsafe { ((*flow).flags, (*flow).handshake) };
+    flags & FLOW_ANSWERED != 0 && pkt.tcp_ack_number() == Some(expected)
+}
+
+/// Moves a new flow whose handshake completed, both entries, to the
+/// established table; its original entry there, or None if it could not
+/// move (its reply twin evicted, the table refusing): it stays new.
+#[inline(always)]
+pub fn promote(key: &FlowKey, flow: *const Flow) -> Option<*mut Flow> {
+    let mut original = unsafe { *flow };
+    original.flags &= !FLOW_ANSWERED;
+    original.handshake = 0;
+    let twin = reply_key(key, original.rewrite_addr, original.rewrite_port);
+    let reply = unsafe { *NEW_FLOWS.get(&twin)? };
+    FLOWS.insert(&twin, &reply, 0).ok()?;
+    FLOWS.insert(key, &original, 0).ok()?;
+    let _ = NEW_FLOWS.remove(key);
+    let _ = NEW_FLOWS.remove(&twin);
+    FLOWS.get_ptr_mut(key)
+}
+
+/// Pins the flow in `table` to `region_id` at `backend` (new, or moved off
+/// a down region), with the reply twin that answers from the VIP. `flags`:
+/// the `FLOW_*_SEEN` bits it starts with, so a flow that closed stays
+/// closed when moved.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn pin(
+    table: &Table,
     key: &FlowKey,
     service_id: u16,
     region_id: u8,
@@ -61,27 +115,42 @@ pub fn pin(
         region_id,
         direction: FLOW_ORIGINAL,
         flags,
-        _pad: [0; 5],
+        _pad: 0,
+        handshake: 0,
         next_hop,
     };
     // On a full table the LRU evicts the coldest entry; an insert only fails
     // on allocation failure, and then the flow is re-selected next packet.
-    let _ = FLOWS.insert(key, &flow, 0);
+    let _ = table.insert(key, &flow, 0);
 
-    let reply_key = FlowKey {
-        src_addr: backend.addr,
-        dst_addr: key.src_addr,
-        src_port: backend.port,
-        dst_port: key.src_port,
-        protocol: key.protocol,
-        _pad: [0; 3],
-    };
     flow.direction = FLOW_REPLY;
     flow.rewrite_addr = key.dst_addr;
     flow.rewrite_port = key.dst_port;
     // It leaves toward the client: resolved on its first packet.
     flow.next_hop = NextHop::default();
-    let _ = FLOWS.insert(&reply_key, &flow, 0);
+    let _ = table.insert(&reply_key(key, backend.addr, backend.port), &flow, 0);
+}
+
+/// Removes an original entry of `table` and its reply twin.
+#[inline(always)]
+pub fn forget(table: &Table, key: &FlowKey, original: *const Flow) {
+    let (addr, port) = unsafe { ((*original).rewrite_addr, (*original).rewrite_port) };
+    let _ = table.remove(&reply_key(key, addr, port));
+    let _ = table.remove(key);
+}
+
+/// The key of a flow's reply twin: the region's endpoint answering the
+/// client.
+#[inline(always)]
+fn reply_key(key: &FlowKey, endpoint_addr: u32, endpoint_port: u16) -> FlowKey {
+    FlowKey {
+        src_addr: endpoint_addr,
+        dst_addr: key.src_addr,
+        src_port: endpoint_port,
+        dst_port: key.src_port,
+        protocol: key.protocol,
+        _pad: [0; 3],
+    }
 }
 
 /// The client's flow key as the reply twin `reply` remembers it.

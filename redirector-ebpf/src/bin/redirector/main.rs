@@ -12,7 +12,7 @@ use aya_ebpf::{
     Global,
 };
 use aya_log_ebpf::debug;
-use redirector_common::{Flow, FlowKey, NextHop, Reason, Service, ServiceKey, FLOW_REPLY};
+use redirector_common::{Flow, FlowKey, NextHop, Reason, Service, ServiceKey, FLOW_REPLY, IPPROTO_TCP};
 
 use redirector_ebpf::parse::{self, Packet};
 
@@ -24,7 +24,8 @@ mod select;
 mod stats;
 
 use crate::{
-    maps::{FLOWS, SERVICES},
+    flow::Table,
+    maps::{FLOWS, NEW_FLOWS, SERVICES},
     rewrite::End,
     stats::Direction,
 };
@@ -52,11 +53,14 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     let now = now_ns();
 
     // Established flows first: one lookup carries all they need.
-    // A flow re-steered off a down region keeps what it saw of its close.
+    // A flow re-steered off a down region keeps what it saw of its close,
+    // and an established one stays in the established table.
     let mut carried_flags = 0;
+    let mut table = if key.protocol == IPPROTO_TCP { &NEW_FLOWS } else { &FLOWS };
+    let mut midstream = false;
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         if unsafe { (*flow).direction } == FLOW_REPLY {
-            return to_client(ctx, &pkt, &key, flow, now);
+            return to_client(ctx, &pkt, &key, flow, &FLOWS, now);
         }
         if flow::holds(flow, &key, &pkt, now) {
             if !select::region_is_down(unsafe { (*flow).region_id }) {
@@ -65,6 +69,27 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             stats::count_reason(Reason::ReSteered);
             log_flow_event(ctx, &key, "re-steered off a down region");
             carried_flags = unsafe { (*flow).flags };
+            table = &FLOWS;
+        } else if key.protocol == IPPROTO_TCP {
+            // A SYN reopens the tuple as a new flow: the old one's entries
+            // must not answer for it.
+            flow::forget(&FLOWS, &key, flow);
+        }
+    } else if key.protocol == IPPROTO_TCP {
+        match NEW_FLOWS.get_ptr_mut(&key) {
+            Some(flow) if unsafe { (*flow).direction } == FLOW_REPLY => {
+                return to_client(ctx, &pkt, &key, flow, &NEW_FLOWS, now);
+            }
+            Some(flow) if flow::handshake_holds(flow, &pkt, now) => {
+                if !select::region_is_down(unsafe { (*flow).region_id }) {
+                    return to_region(ctx, &pkt, established(&key, flow, &pkt), now);
+                }
+                stats::count_reason(Reason::ReSteered);
+                log_flow_event(ctx, &key, "re-steered off a down region");
+                carried_flags = unsafe { (*flow).flags };
+            }
+            Some(_) => {}
+            None => midstream = !pkt.is_tcp_syn(),
         }
     }
 
@@ -75,8 +100,29 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         _pad: 0,
     };
     match unsafe { SERVICES.get(&service_key) } {
-        Some(service) => new_flow(ctx, &pkt, &key, service, carried_flags | pkt.tcp_close_flags(), now),
+        Some(service) => {
+            if midstream {
+                stats::count_reason(Reason::MidstreamNoFlow);
+            }
+            new_flow(ctx, &pkt, &key, service, table, carried_flags | pkt.tcp_close_flags(), now)
+        }
         None => (xdp_action::XDP_PASS, Reason::PassNotService),
+    }
+}
+
+/// A new flow's entry, or its entry in the established table if this
+/// packet completes its handshake.
+#[inline(always)]
+fn established(key: &FlowKey, flow: *mut Flow, pkt: &Packet) -> *mut Flow {
+    if !flow::completes_handshake(flow, pkt) {
+        return flow;
+    }
+    match flow::promote(key, flow) {
+        Some(moved) => {
+            stats::count_reason(Reason::Promoted);
+            moved
+        }
+        None => flow,
     }
 }
 
@@ -94,10 +140,18 @@ fn to_region(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> (u32,
 }
 
 /// Client → VIP, first packet (or re-steered off a down region): pick a
-/// region, pin the flow both ways with `flags` (what the flow saw of its
-/// close), rewrite toward it.
+/// region, pin the flow both ways in `table` with `flags` (what the flow
+/// saw of its close), rewrite toward it.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service, flags: u8, now: u64) -> (u32, Reason) {
+fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    key: &FlowKey,
+    service: &Service,
+    table: &Table,
+    flags: u8,
+    now: u64,
+) -> (u32, Reason) {
     let Some(region_id) = select::select_region(service, key) else {
         return (xdp_action::XDP_DROP, Reason::DropNoRegion);
     };
@@ -108,7 +162,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service, fl
     stats::count_traffic(service.id, region_id, pkt.len, direction);
     rewrite::rewrite_end(pkt, End::Destination, backend.addr, backend.port);
     let hop = forward::resolve(ctx, pkt);
-    flow::pin(key, service.id as u16, region_id, backend, hop.unwrap_or_default(), flags, now);
+    flow::pin(table, key, service.id as u16, region_id, backend, hop.unwrap_or_default(), flags, now);
     log_flow_event(ctx, key, "new flow");
     match hop {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
@@ -116,15 +170,21 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &Service, fl
     }
 }
 
-/// Region → client, in reply to a tracked flow: the client sees the VIP.
+/// Region → client, in reply to a flow of `table`: the client sees the
+/// VIP.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut Flow, now: u64) -> (u32, Reason) {
+fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut Flow, table: &Table, now: u64) -> (u32, Reason) {
     let r = unsafe { &*reply };
-    if pkt.tcp_close_flags() != 0 {
-        // The controller counts active flows on original entries: tell the
-        // client's entry too when the region closes the connection.
-        if let Some(original) = FLOWS.get_ptr_mut(&flow::original_key(key, r)) {
+    let synack = pkt.tcp_synack_seq();
+    if pkt.tcp_close_flags() != 0 || synack.is_some() {
+        // The client's entry learns when the region closes the connection
+        // (active flows are counted on original entries) and what its
+        // SYN-ACK said (the client's ACK must acknowledge it).
+        if let Some(original) = table.get_ptr_mut(&flow::original_key(key, r)) {
             flow::touch(original, pkt, now);
+            if let Some(seq) = synack {
+                flow::answered(original, seq);
+            }
         }
     }
     stats::count_traffic(r.service_id as u32, r.region_id, pkt.len, Direction::ToClient);

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use redirector_common::{
-    Backend, Counters, Flow, FlowKey, Region, SelectionTable, Service, ServiceKey, Reason,
-    FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
+    new_flow_table_size, Backend, Counters, Flow, FlowKey, Region, SelectionTable, Service,
+    ServiceKey, Reason, FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
 };
 
 #[map]
@@ -23,8 +23,16 @@ pub static REGIONS: Array<Region> = Array::pinned(MAX_REGIONS, 0);
 #[map]
 pub static SELECTION: Array<SelectionTable> = Array::pinned(MAX_SERVICES * 2, 0);
 
+/// Established flows: TCP once its handshake completed, UDP and ICMP from
+/// their first packet. The loader sizes it (`flow_table_size`).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
+
+/// New TCP flows, until the client's ACK completes the handshake the
+/// region answered: spoofed SYNs churn this table and never reach FLOWS.
+#[map]
+pub static NEW_FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::pinned(new_flow_table_size(FLOW_TABLE_SIZE), 0);
 
 /// Interfaces the program may redirect to, keyed by ifindex.
 #[map]

@@ -128,7 +128,7 @@ fn redirector(topo: &Topology) -> Result<State> {
     let _inside = topo.gateway.enter()?;
     let mut dataplane = BpfDataplane::load(&LoadOptions {
         pin_path: pins.0.clone(),
-        log_flow_events: false,
+        ..LoadOptions::default()
     })?;
     for iface in topo.gateway_interfaces() {
         let mode = dataplane.attach(&iface)?;
