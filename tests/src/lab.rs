@@ -122,6 +122,8 @@ pub struct LabOptions {
     /// Extra keys of region n's `[[region]]`, at index n - 1: weight,
     /// watermarks.
     pub region_keys: Vec<String>,
+    /// `flow_table_size`; the daemon's default when None.
+    pub flow_table_size: Option<u32>,
     /// `[balance] dwell_ms` and `sample_ms`.
     pub dwell_ms: u64,
     pub sample_ms: u64,
@@ -149,6 +151,7 @@ impl Default for LabOptions {
             region_keys: Vec::new(),
             dwell_ms: 1000,
             sample_ms: 1000,
+            flow_table_size: None,
             cgroups: false,
         }
     }
@@ -266,6 +269,9 @@ impl Lab {
         writeln!(text, "pin_path = {:?}", pin_path.display().to_string()).unwrap();
         writeln!(text, "control_socket = {:?}", self.socket().display().to_string()).unwrap();
         writeln!(text, "metrics_listen = {METRICS:?}").unwrap();
+        if let Some(size) = o.flow_table_size {
+            writeln!(text, "flow_table_size = {size}").unwrap();
+        }
         writeln!(
             text,
             "\n[health]\ninterval_ms = {}\nfall = {}\nrise = {}\ntimeout_ms = {}",

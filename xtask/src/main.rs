@@ -58,6 +58,8 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "nftables",
     "util-linux",
+    // The flood test: spoofed SYNs, as an attacker sends them.
+    "hping3",
     // `bench dataplane` runs the reference's switch (userspace datapath,
     // no kernel module) as one of the gateways it measures.
     "openvswitch-switch",
