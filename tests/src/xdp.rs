@@ -137,7 +137,7 @@ pub struct Gateway {
     // go, then we leave the namespace and delete it.
     pub dataplane: BpfDataplane,
     ifindexes: BTreeMap<&'static str, u32>,
-    _pins: PinDir,
+    pins: PinDir,
     _inside: NetnsGuard,
     _ns: Netns,
 }
@@ -219,7 +219,7 @@ impl Gateway {
         Ok(Self {
             dataplane,
             ifindexes,
-            _pins: pins,
+            pins,
             _inside: inside,
             _ns: ns,
         })
@@ -231,6 +231,11 @@ impl Gateway {
             self.dataplane.set_selection(&service, &Selection::all(region))?;
         }
         Ok(())
+    }
+
+    /// Where the gateway's data plane is pinned.
+    pub fn pins(&self) -> &std::path::Path {
+        &self.pins.0
     }
 
     pub fn ifindex(&self, iface: &str) -> u32 {

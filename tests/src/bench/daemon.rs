@@ -34,7 +34,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Flow entries the full-table phase writes: the table's size less a
 /// margin, as the LRU may evict before it is completely full.
-const FULL_TABLE: u32 = FLOW_TABLE_SIZE - FLOW_TABLE_SIZE / 20;
+fn full_table(flow_table_size: u32) -> u32 {
+    flow_table_size - flow_table_size / 20
+}
 
 /// What one phase of the benchmark measured.
 struct Phase {
@@ -94,26 +96,33 @@ fn fill_flow_table(lab: &Lab, entries: u32) -> Result<Vec<f64>> {
     Ok(sweeps)
 }
 
+/// `[--quick] [--flow-table-size N]`
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    let size: u32 = match args.iter().position(|a| a == "--flow-table-size") {
+        Some(i) => args.get(i + 1).context("--flow-table-size N")?.parse().context("--flow-table-size N")?,
+        None => FLOW_TABLE_SIZE,
+    };
     let (window, switches) = if quick { (Duration::from_secs(2), 10) } else { (Duration::from_secs(10), 100) };
     let options = LabOptions {
         heartbeat: true,
         interval_ms: 10,
         timeout_ms: 10,
+        flow_table_size: Some(size),
         ..Default::default()
     };
     let mut lab = Lab::new(&unique_name("rdb"), options)?;
     lab.start_daemon()?;
     let empty = measure(&lab, window, switches)?;
-    let sweeps = fill_flow_table(&lab, FULL_TABLE)?;
+    let full_table = full_table(size);
+    let sweeps = fill_flow_table(&lab, full_table)?;
     let full = measure(&lab, window, switches)?;
 
     let row = |what: &str, value: &dyn Fn(&Phase) -> String| format!("| {what} | {} | {} |\n", value(&empty), value(&full));
     let report = format!(
         "# redirectord: CPU and decision → map write\n\n\
          Machine: {}\n\n\
-         | measure | empty flow table | {FULL_TABLE} flows |\n|---|---:|---:|\n\
+         | measure | empty flow table | {full_table} flow entries (`flow_table_size` {size}) |\n|---|---:|---:|\n\
          {}{}{}{}{}{}{}\n\
          CPU: 3 regions × (HTTP + heartbeat) checks every 10 ms, over {window:?}, with the flow \
          table swept every second (`balance.sample_ms`, the default). One sweep of the full \
@@ -136,6 +145,7 @@ pub fn run(args: &[String]) -> Result<()> {
         sweeps.last().unwrap(),
     );
     println!("{report}");
-    println!("written to {}", write_result("daemon", &report)?.display());
+    let name = if size == FLOW_TABLE_SIZE { "daemon".to_string() } else { format!("daemon-{size}") };
+    println!("written to {}", write_result(&name, &report)?.display());
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod dataplane;
 pub mod failover;
+pub mod flows;
 pub mod lb;
 pub mod xdp;
 

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb] [--quick]`
+//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb|flows] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -10,7 +10,8 @@ fn main() -> ExitCode {
         "failover" => redirector_tests::bench::failover::run(rest),
         "dataplane" => redirector_tests::bench::dataplane::run(rest),
         "lb" => redirector_tests::bench::lb::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb")),
+        "flows" => redirector_tests::bench::flows::run(rest),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb, flows")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
