@@ -420,3 +420,100 @@ fn a_daemon_whose_pins_would_die_with_it_refuses_to_start() {
     assert!(log.contains("only this process's mount namespace sees") && log.contains("nsenter --net="), "{log}");
     assert!(!lab.pins.0.exists(), "nothing pinned where the host sees it");
 }
+
+/// A service on the lab's VIP, served on port 80 by all three regions.
+fn extra_service(name: &str, port: u16, vip: std::net::Ipv4Addr) -> String {
+    format!(
+        "\n[[service]]\nname = {name:?}\nvip = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"\n\
+         regions = [\"region1\", \"region2\", \"region3\"]\ntarget_port = 80\n"
+    )
+}
+
+/// Reloads back to back at 10 ms probes, alternating two configs that
+/// remove, add and re-key services, change one's port, add a check to one
+/// region and reorder another's: after each, every service the previous
+/// config had still answers, and at the end every service steers where
+/// status says, the daemon alive.
+#[test]
+fn reloads_back_to_back_with_probes_in_flight_keep_every_service_steering() {
+    let mut lab = lab(LabOptions { heartbeat: true, interval_ms: 10, timeout_ms: 10, ..Default::default() });
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    let vip = *lab.vip().ip();
+    let base = std::fs::read_to_string(lab.config_path()).unwrap();
+    let a = format!(
+        "{base}{}{}{}",
+        extra_service("s8081", 8081, vip),
+        extra_service("s8082", 8082, vip),
+        extra_service("s8083", 8083, vip)
+    );
+    // Region1 gains a tcp check, region3's checks swap places; s8083 moves
+    // first (every id changes), s8081 goes, s8082 moves to port 8092, s8084
+    // is new.
+    let region1_http = "{ kind = \"http\", url = \"http://10.1.0.2:80/\", expect_status = 200 }";
+    let region3_checks = "checks = [{ kind = \"http\", url = \"http://10.3.0.2:80/\", expect_status = 200 }, { kind = \"heartbeat\", address = \"10.3.0.2:7946\" }]";
+    assert!(base.contains(region1_http) && base.contains(region3_checks), "{base}");
+    let b_base = base
+        .replace(region1_http, &format!("{region1_http}, {{ kind = \"tcp\", address = \"10.1.0.2:80\" }}"))
+        .replace(
+            region3_checks,
+            "checks = [{ kind = \"heartbeat\", address = \"10.3.0.2:7946\" }, { kind = \"http\", url = \"http://10.3.0.2:80/\", expect_status = 200 }]",
+        );
+    let b = format!(
+        "{b_base}{}{}{}",
+        extra_service("s8083", 8083, vip),
+        extra_service("s8082", 8092, vip),
+        extra_service("s8084", 8084, vip)
+    );
+    let ports = |text: &str| -> Vec<u16> {
+        text.lines().filter_map(|l| l.strip_prefix("port = ")).map(|p| p.parse().unwrap()).collect()
+    };
+    std::fs::write(lab.config_path(), &a).unwrap();
+    lab.ctl_ok(&["reload"]).unwrap();
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    thread::sleep(Duration::from_millis(200));
+
+    let mut previous = a.clone();
+    for i in 0..30 {
+        let next = if i % 2 == 0 { &b } else { &a };
+        std::fs::write(lab.config_path(), next).unwrap();
+        lab.ctl_ok(&["reload"]).unwrap();
+        // Services of the config before, which also stand in the new one
+        // on the same port, must not have stopped answering.
+        let kept: Vec<u16> = ports(&previous).into_iter().filter(|p| ports(next).contains(p)).collect();
+        let failed: Vec<u16> = lab
+            .topo
+            .client
+            .on_thread(|| {
+                Ok(kept
+                    .iter()
+                    .copied()
+                    .filter(|&port| redirector_tests::client::get(std::net::SocketAddrV4::new(vip, port), Duration::from_millis(500)).is_err())
+                    .collect())
+            })
+            .unwrap();
+        assert!(failed.is_empty(), "reload {i}: ports {failed:?} stopped answering\n{}", lab.daemon_log());
+        previous = next.clone();
+        thread::sleep(Duration::from_millis(5 + (i as u64 * 7) % 7));
+    }
+
+    redirector_tests::lab::wait_for(Duration::from_secs(3), || {
+        let status = lab.status()?;
+        anyhow::ensure!(status.regions.iter().all(|r| r.state == RegionStatus::Up), "regions not all up");
+        anyhow::ensure!(status.services.iter().all(|s| s.active == ["region2"]), "{:?}", status.services);
+        Ok(())
+    })
+    .unwrap();
+    let answers: Vec<String> = lab
+        .topo
+        .client
+        .on_thread(|| {
+            Ok(ports(&a)
+                .into_iter()
+                .map(|port| redirector_tests::client::get(std::net::SocketAddrV4::new(vip, port), Duration::from_secs(1)).unwrap_or_default())
+                .collect())
+        })
+        .unwrap();
+    assert!(answers.iter().all(|body| *body == redirector_tests::lab::body(2)), "{answers:?}");
+    assert!(lab.daemon_exit(Duration::from_millis(10)).is_err(), "redirectord still runs");
+    assert!(!lab.daemon_log().contains("panicked"), "{}", lab.daemon_log());
+}

@@ -518,6 +518,21 @@ impl<D: Dataplane> Controller<D> {
             self.dataplane.detach(interface)?;
         }
         let live = write_services(&mut self.dataplane, &config)?;
+        // A service the data plane now holds anew (its id changed) takes
+        // the table it had under its name, so it steers on while its
+        // regions' verdicts come in, instead of dropping its new flows.
+        let carried: Vec<Option<Selection>> = config
+            .services
+            .iter()
+            .zip(&live.selections)
+            .map(|(service, now_live)| {
+                let old = self.config.services.iter().find(|o| o.name == service.name)?;
+                let table = &self.live[old.id as usize];
+                let regions_still_served = table.slots().iter().all(|&r| r == NO_REGION || service.regions.contains(&r));
+                (now_live.single() == Some(NO_REGION) && regions_still_served && *table != *now_live)
+                    .then(|| table.clone())
+            })
+            .collect();
 
         let now = self.clock.now();
         self.health = config
@@ -546,6 +561,15 @@ impl<D: Dataplane> Controller<D> {
         self.generation += 1;
         self.config = config;
         self.adopt(live);
+        for (service, table) in carried.into_iter().enumerate() {
+            let Some(table) = table else { continue };
+            if let Some(region) = table.single() {
+                self.policy.adopt(service as u32, Some(region));
+            }
+            let addr = self.config.services[service].addr;
+            let pending = Pending { addr, selection: table, trigger: now, event: None, not_before: Duration::ZERO };
+            self.flips.decide(service as u32, pending);
+        }
         self.decide(now, Vec::new());
         Ok(format!(
             "{} regions, {} services",

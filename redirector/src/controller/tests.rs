@@ -423,6 +423,27 @@ fn a_reload_that_removes_a_service_writes_the_tables_of_the_services_it_re_keyed
 }
 
 #[test]
+fn a_re_keyed_service_keeps_its_table_while_its_regions_await_their_verdicts() {
+    let mut rig = Rig::settled(config(&format!("{WEB}{DNS}")));
+    let dns = rig.addr("dns");
+    assert_eq!(rig.live("dns"), Selection::all(R1));
+    rig.clock.advance(20 * MS);
+    // Without web, dns moves to id 0; region1's checks change, so it is
+    // pending again and no rule may decide dns until it has a verdict.
+    let mut changed = config(DNS);
+    let extra = changed.regions[0].checks[0].clone();
+    changed.regions[0].checks.push(extra);
+    rig.writes();
+    rig.controller.reload(changed).unwrap();
+    assert_eq!(
+        rig.writes(),
+        [Write::Services(vec![dns]), Write::Selection(dns, Selection::all(R1))],
+        "dns's table carried over at once, not left selecting nowhere"
+    );
+    assert_eq!(rig.controller.status().regions[0].state, RegionStatus::Pending);
+}
+
+#[test]
 fn a_reload_that_changes_nothing_of_a_service_leaves_its_table_alone() {
     let mut rig = Rig::settled(config(&format!("{WEB}{DNS}")));
     rig.writes();
