@@ -96,4 +96,57 @@ mod tests {
         let unknown = parse(b"{\"command\":\"reboot\"}").unwrap_err();
         assert!(unknown.starts_with("bad request: unknown variant `reboot`"), "{unknown}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            "[a-z0-9\\-_.\"\\\\é]{0,12}"
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                Just(Request::Status),
+                Just(Request::Events),
+                Just(Request::Reload),
+                Just(Request::Detach),
+                (prop::option::of(name()), prop::option::of(name()))
+                    .prop_map(|(region, service)| Request::SetActive { region, service }),
+                (name(), any::<u32>(), prop::option::of(name()))
+                    .prop_map(|(region, weight, service)| Request::Weight { region, weight, service }),
+                name().prop_map(|region| Request::Drain { region }),
+                name().prop_map(|region| Request::Undrain { region }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            #[test]
+            fn every_request_survives_the_wire(request in request()) {
+                let mut line = serde_json::to_vec(&request).unwrap();
+                line.push(b'\n');
+                prop_assert_eq!(parse(&line), Ok(request));
+            }
+
+            #[test]
+            fn no_line_makes_the_parser_panic(
+                request in request(),
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                noise in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let _ = parse(&noise);
+                let mut line = serde_json::to_vec(&request).unwrap();
+                for (at, byte) in flips {
+                    let i = at.index(line.len());
+                    line[i] ^= byte;
+                }
+                if let Err(message) = parse(&line) {
+                    prop_assert!(message.starts_with("bad request: "), "{}", message);
+                }
+            }
+        }
+    }
 }

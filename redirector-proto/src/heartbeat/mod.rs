@@ -614,3 +614,72 @@ mod tests {
         assert!(matches!(Key::load(&path), Err(KeyError::Read { .. })));
     }
 }
+
+/// Whatever arrives, the decoders answer with a value or an error, never a
+/// panic; what one end encodes, the other decodes as it was.
+#[cfg(test)]
+mod properties {
+    use std::{net::SocketAddr, time::Duration};
+
+    use proptest::prelude::*;
+
+    use super::{tests::key, *};
+
+    fn service() -> impl Strategy<Value = ServiceCheck> {
+        prop_oneof![Just(ServiceCheck::None), Just(ServiceCheck::Ok), Just(ServiceCheck::Failed)]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (any::<bool>(), any::<u64>(), any::<u64>(), service(), 0u16..=1000, any::<u32>()).prop_map(
+            |(reply, seq, timestamp_ns, service, cpu_permille, active_connections)| Message {
+                kind: if reply { Kind::Reply } else { Kind::Request },
+                seq,
+                timestamp_ns,
+                report: Report { service, cpu_permille, active_connections },
+            },
+        )
+    }
+
+    /// A datagram as any sender could make it: anything at all, or a real
+    /// message with bytes flipped, cut or added.
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        let mutated = (message(), any::<bool>(), prop::collection::vec((0usize..MESSAGE_LEN, any::<u8>()), 0..6), 0usize..70)
+            .prop_map(|(m, signed, flips, len)| {
+                let mut bytes = m.encode(signed.then(|| key(1)).as_ref()).to_vec();
+                for (at, byte) in flips {
+                    bytes[at] ^= byte;
+                }
+                bytes.resize(len, 0x5a);
+                bytes
+            });
+        prop_oneof![prop::collection::vec(any::<u8>(), 0..130), mutated]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        #[test]
+        fn what_one_end_encodes_the_other_decodes(m in message(), signed in any::<bool>()) {
+            let k = signed.then(|| key(3));
+            prop_assert_eq!(Message::decode(&m.encode(k.as_ref()), k.as_ref(), m.kind), Ok(m));
+        }
+
+        #[test]
+        fn no_datagram_makes_a_decoder_or_the_verifier_panic(datagrams in prop::collection::vec(datagram(), 1..8)) {
+            let agent: SocketAddr = "10.2.0.2:7946".parse().unwrap();
+            let mut verifier = Verifier::new(agent, Some(key(1)), 1);
+            for (i, bytes) in datagrams.iter().enumerate() {
+                for k in [None, Some(key(1))] {
+                    let _ = Message::decode(bytes, k.as_ref(), Kind::Reply);
+                    if let Err(e) = answer(bytes, k.as_ref(), Report::default()) {
+                        let _ = refusal(bytes, &e);
+                    }
+                }
+                let _ = decode_refusal(bytes);
+                verifier.request(Duration::from_millis(i as u64));
+                let _ = verifier.accept(agent, bytes, Duration::from_millis(i as u64));
+                let _ = verifier.expire(Duration::from_millis(i as u64 * 50), Duration::from_millis(10));
+            }
+        }
+    }
+}

@@ -768,3 +768,37 @@ fn the_flow_table_size_is_bounded() {
     let tiny = format!("flow_table_size = 100\n{LAB}");
     assert_eq!(refused(&tiny), "lab.toml:1: flow_table_size: 100 entries: it is 4096 to 16777216");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Anything at all, or the lab's config with bytes flipped, cut
+        /// or repeated: a config or an error naming the file and a line.
+        #[test]
+        fn no_text_makes_the_loader_panic_and_every_error_names_its_line(
+            noise in "\\PC{0,300}",
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..5),
+        ) {
+            let _ = Config::parse(&noise, "fuzz.toml");
+            let mut text: Vec<char> = LAB.chars().collect();
+            for (at, how, c) in edits {
+                let i = at.index(text.len());
+                match how {
+                    0 => text[i] = c,
+                    1 => { text.remove(i); }
+                    _ => { let repeated = text[i..(i + 12).min(text.len())].to_vec(); text.splice(i..i, repeated); }
+                }
+            }
+            let text: String = text.into_iter().collect();
+            if let Err(e) = Config::parse(&text, "fuzz.toml") {
+                let message = e.to_string();
+                prop_assert!(message.starts_with("fuzz.toml:"), "{}", message);
+            }
+        }
+    }
+}
