@@ -81,13 +81,13 @@ where
                     });
                 }
                 Err(_) => {
-                    if stats.refused.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    if stats.refused.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                         warn!("{name}: {MAX_CONNECTIONS} connections open; refusing more");
                     }
                 }
             },
             Err(e) => {
-                if stats.accept_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                if stats.accept_errors.fetch_add(1, Ordering::Relaxed).is_multiple_of(100) {
                     warn!("{name}: accepting a connection: {e}; retrying");
                 }
                 sleep(ACCEPT_BACKOFF).await;

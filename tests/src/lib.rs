@@ -6,6 +6,7 @@ pub mod client;
 pub mod frames;
 pub mod inns;
 pub mod lab;
+pub mod fuzz;
 pub mod netns;
 pub mod topology;
 pub mod xdp;

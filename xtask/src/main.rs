@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | bench`.
+//! Project tasks: `cargo xtask setup | build | test | lab | fuzz | bench`.
 //!
 //! xtask depends on nothing of the project itself, so it builds on stable
 //! on a fresh machine before the eBPF toolchain exists, and installs it.
@@ -35,6 +35,12 @@ enum Task {
     /// The lab: client, gateway and three regions in namespaces, and a
     /// scripted failover demo. `--keep` leaves it running; `down` removes it.
     Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Differential fuzzing of the XDP program against its reference model:
+    /// `--frames N`, `--seed S`, `--minutes M`, `--record`.
+    Fuzz {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -113,26 +119,27 @@ fn run(cli: Cli) -> Result<()> {
             cmd.args(&args);
             run_command(&mut cmd)
         }
+        Task::Fuzz { args } => {
+            require_root("fuzzing loads the XDP program into a namespace")?;
+            setup(&root)?;
+            run_tests_bin(&root, "fuzz", &args)
+        }
         Task::Bench { which, args } => {
             require_root("the benchmarks load XDP programs and build namespaces")?;
             setup(&root)?;
             // Benchmarks run the project's binaries as processes.
             cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
-            let mut cmd = vec![
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "redirector-tests",
-                "--bin",
-                "bench",
-                "--",
-                which.as_str(),
-            ];
-            cmd.extend(args.iter().map(String::as_str));
-            cargo(&root, &cmd)
+            let args: Vec<String> = std::iter::once(which).chain(args).collect();
+            run_tests_bin(&root, "bench", &args)
         }
     }
+}
+
+/// Runs a binary of the test bed, release build, with `args`.
+fn run_tests_bin(root: &Path, bin: &str, args: &[String]) -> Result<()> {
+    let mut cmd = vec!["run", "--release", "--quiet", "-p", "redirector-tests", "--bin", bin, "--"];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(root, &cmd)
 }
 
 /// What runs in a region (the agent) and what an operator runs (the CLI)

@@ -237,7 +237,8 @@ pub struct Listeners(pub Vec<(&'static str, Arc<ListenerStats>)>);
 
 impl Collector for Listeners {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let figures: [(&str, &str, fn(&ListenerStats) -> u64); 3] = [
+        type Figure = (&'static str, &'static str, fn(&ListenerStats) -> u64);
+        let figures: [Figure; 3] = [
             ("redirector_listener_refused", "Connections closed at once: the listener held its maximum", |s| {
                 s.refused.load(Ordering::Relaxed)
             }),
