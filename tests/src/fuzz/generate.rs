@@ -1,7 +1,7 @@
 //! The fuzzer's steps: mostly frames a gateway sees (clients opening,
 //! using and closing connections to the fixture's services, regions
-//! answering them, handshakes completed or guessed, traffic for no
-//! service), often damaged (VLAN tags, IP options, fragments, truncation,
+//! answering them, handshakes completed or guessed, ICMP errors quoting
+//! them, traffic for no service), often damaged (VLAN tags, IP options, fragments, truncation,
 //! flipped bytes, wrong checksums and lengths, odd flags), mixed with
 //! region state and selection changes.
 //!
@@ -112,8 +112,9 @@ impl Generator {
             0..=21 => self.open(),
             22..=43 if !self.conns.is_empty() => self.client_packet(),
             44..=53 if !self.conns.is_empty() => self.handshake_ack(),
-            54..=84 if !self.conns.is_empty() => self.answer(model),
-            85..=99 => self.noise(),
+            54..=81 if !self.conns.is_empty() => self.answer(model),
+            82..=85 if !self.conns.is_empty() => self.icmp_error(model),
+            86..=99 => self.noise(),
             _ => self.open(),
         };
         if self.chance(10) {
@@ -268,6 +269,31 @@ impl Generator {
             _ => L4::IcmpEcho { request: false, id: conn.port, seq: self.next() as u16 },
         };
         (Frame::new(region.addr, conn.client, l4), region.iface)
+    }
+
+    /// An ICMP error quoting a tracked flow's packet: from the region
+    /// side about a packet sent toward the region, or from the client about
+    /// a reply it could not take.
+    fn icmp_error(&mut self, model: &Model) -> (Frame, &'static str) {
+        let (answer, ingress) = self.answer(model);
+        let (quoted, outer) = if self.chance(50) {
+            // The packet the region got: its answer's addresses and ports
+            // swapped back.
+            let mut toward_region = answer.clone();
+            std::mem::swap(&mut toward_region.src, &mut toward_region.dst);
+            toward_region.l4 = match answer.l4 {
+                L4::Tcp { src_port, dst_port, .. } => L4::tcp(dst_port, src_port),
+                L4::Udp { src_port, dst_port, .. } => L4::udp(dst_port, src_port),
+                other => other,
+            };
+            (toward_region, Frame::new(answer.src, answer.dst, L4::IcmpUnreachable { code: self.below(16) as u8 }))
+        } else {
+            let reply = Frame { src: self.pick(&[VIP, VIP2]), ..answer.clone() };
+            (reply, Frame::new(answer.dst, answer.src, L4::IcmpUnreachable { code: self.below(16) as u8 }))
+        };
+        let bytes = quoted.bytes();
+        let ingress = if outer.src == answer.src { ingress } else { "cli" };
+        (Frame { payload: bytes[quoted.l3_offset()..quoted.l4_offset() + 8].to_vec(), ..outer }, ingress)
     }
 
     /// Traffic for no service: other addresses, ports and protocols.
