@@ -21,7 +21,7 @@ use redirector_proto::control::{Request, Response};
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     time::sleep_until,
 };
 use tracing::{error, info, warn};
@@ -125,6 +125,7 @@ pub async fn run(options: Options) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut detached = false;
     let mut failure = None;
+    let mut held = HeldReplies::default();
     loop {
         let deadline = controller.next_deadline().map(|d| tokio::time::Instant::from_std(origin + d));
         tokio::select! {
@@ -147,12 +148,13 @@ pub async fn run(options: Options) -> Result<()> {
                     },
                     other => controller.handle(other),
                 };
-                let _ = reply.send(response);
                 if detached {
+                    let _ = reply.send(response);
                     // The answer first: redirectorctl waits for it.
                     let _ = tokio::time::timeout(Duration::from_secs(1), delivered).await;
                     break;
                 }
+                held.hold(reply, response);
             }
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => controller.on_deadline(),
             sweep = sweep_rx.recv() => match sweep {
@@ -176,6 +178,7 @@ pub async fn run(options: Options) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+        held.release(controller.tables_pending());
     }
 
     drop(checkers);
@@ -188,6 +191,40 @@ pub async fn run(options: Options) -> Result<()> {
         info!("exiting; the data plane keeps forwarding on its last state");
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Answers to operators' commands whose tables wait for the bank-reuse
+/// grace (a few ms) or a retry: sent once every table is written, so that
+/// a script's next connection after `redirectorctl set-active` already
+/// goes where it said. A write that keeps failing is not waited for
+/// longer than `HELD_AT_MOST`; the answer then says so.
+#[derive(Default)]
+struct HeldReplies(Vec<(oneshot::Sender<Response>, Response, Instant)>);
+
+const HELD_AT_MOST: Duration = Duration::from_secs(1);
+
+impl HeldReplies {
+    fn hold(&mut self, reply: oneshot::Sender<Response>, response: Response) {
+        self.0.push((reply, response, Instant::now()));
+    }
+
+    fn release(&mut self, tables_pending: bool) {
+        let held = std::mem::take(&mut self.0);
+        for (reply, response, since) in held {
+            if !tables_pending {
+                let _ = reply.send(response);
+            } else if since.elapsed() >= HELD_AT_MOST {
+                let _ = reply.send(match response {
+                    Response::Done { message } => Response::Done {
+                        message: format!("{message} (a selection table is not written yet: retried, see the log)"),
+                    },
+                    other => other,
+                });
+            } else {
+                self.0.push((reply, response, since));
+            }
+        }
+    }
 }
 
 /// Re-reads the config and its keys and hands it to the controller;

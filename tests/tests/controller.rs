@@ -3,7 +3,10 @@
 
 use std::{thread, time::Duration};
 
-use redirector_proto::model::{CheckKind, RegionStatus};
+use redirector_proto::{
+    control::{self, Request, Response},
+    model::{CheckKind, RegionStatus},
+};
 
 use redirector_tests::{
     client::{Measurement, Options},
@@ -52,6 +55,30 @@ fn server_killed_moves_new_requests_to_the_next_region_within_a_second_and_back(
 #[test]
 fn set_active_moves_new_requests_within_100_ms_and_auto_gives_them_back() {
     set_active_moves_new_requests_within_100_ms(lab(LabOptions::default()));
+}
+
+/// A command is live when redirectorctl returns, even when the service's
+/// table flipped a moment before and the next flip must wait for the
+/// bank-reuse grace: the answer waits, the next connection goes where the
+/// command said.
+#[test]
+fn a_command_is_live_when_redirectorctl_returns() {
+    let lab = lab(LabOptions::default());
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    let vip = lab.vip();
+    // Straight to the control socket, as redirectorctl sends it: the
+    // commands follow one another well within the grace (5 ms).
+    for (region, expect) in [(Some("region1"), 1), (None, 2), (Some("region3"), 3), (None, 2)] {
+        let request = Request::SetActive { region: region.map(str::to_string), service: None };
+        let response = control::call(&lab.socket(), &request, Duration::from_secs(2)).unwrap();
+        assert!(matches!(response, Response::Done { .. }), "{response:?}");
+        assert_eq!(get(&lab, vip), body(expect), "right after set-active {region:?}");
+    }
+}
+
+/// One request from the client namespace; the body.
+fn get(lab: &Lab, vip: std::net::SocketAddrV4) -> String {
+    lab.topo.client.on_thread(|| redirector_tests::client::get(vip, Duration::from_secs(1))).unwrap()
 }
 
 /// The sweep walks the whole table every sample (here as often as it may:

@@ -225,6 +225,13 @@ impl<D: Dataplane> Controller<D> {
         [self.policy.next_deadline(), self.flips.next_due()].into_iter().flatten().min()
     }
 
+    /// Whether a decided table still waits for its write (the bank-reuse
+    /// grace, or a retry): an operator's command is not live until none
+    /// does.
+    pub fn tables_pending(&self) -> bool {
+        self.flips.waiting().next().is_some()
+    }
+
     pub fn on_deadline(&mut self) {
         let now = self.clock.now();
         self.decide(now, Vec::new());
