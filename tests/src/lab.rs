@@ -30,6 +30,8 @@ use crate::{
 
 pub const HTTP_PORT: u16 = 80;
 pub const AGENT_PORT: u16 = 7946;
+/// The UDP service's port, when the lab has one (`LabOptions::udp_service`).
+pub const UDP_PORT: u16 = 5300;
 /// redirectord's metrics, on the gateway's loopback.
 pub const METRICS: &str = "127.0.0.1:9477";
 
@@ -130,6 +132,9 @@ pub struct LabOptions {
     /// Each region's server runs in a cgroup of its own, which its agent
     /// measures: the CPU policy on one machine (needs `heartbeat`).
     pub cgroups: bool,
+    /// A second service, "stream": UDP on `UDP_PORT` at the same VIP,
+    /// weighted, answered by each region's server.
+    pub udp_service: bool,
 }
 
 impl Default for LabOptions {
@@ -153,6 +158,7 @@ impl Default for LabOptions {
             sample_ms: 1000,
             flow_table_size: None,
             cgroups: false,
+            udp_service: false,
         }
     }
 }
@@ -322,6 +328,15 @@ impl Lab {
             names.join(", ")
         )
         .unwrap();
+        if o.udp_service {
+            writeln!(
+                text,
+                "\n[[service]]\nname = \"stream\"\nvip = \"{}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\npolicy = \"weighted\"\nregions = [{}]",
+                self.vip().ip(),
+                names.join(", ")
+            )
+            .unwrap();
+        }
         text
     }
 
@@ -332,6 +347,9 @@ impl Lab {
     pub fn start_server(&self, region: u8) -> Result<Process> {
         let mut cmd = self.region_ns(region).command(binary("region-http")?.to_str().unwrap());
         cmd.args(["--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", &format!("R{region}")]);
+        if self.options.udp_service {
+            cmd.args(["--udp", &format!("0.0.0.0:{UDP_PORT}")]);
+        }
         self.log_to(&mut cmd, &format!("region-http-r{region}.log"))?;
         if let Some(cgroup) = self.cgroups.get(region as usize - 1) {
             cgroup.run_in(&mut cmd)?;
@@ -474,9 +492,10 @@ impl Lab {
         Ok(())
     }
 
-    /// Sends a process's output to `name` in the lab directory.
+    /// Sends a process's output to `name` in the lab directory, after what
+    /// an earlier run of it wrote there.
     fn log_to(&self, cmd: &mut Command, name: &str) -> Result<()> {
-        let log = fs::File::create(self.dir.join(name))?;
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join(name))?;
         cmd.stdout(log.try_clone()?).stderr(log);
         Ok(())
     }
@@ -502,6 +521,15 @@ impl Lab {
                 bail!("redirectord still runs after {limit:?}");
             }
             thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How redirectord ended, if it ended by itself; None while it runs
+    /// (or was never started).
+    pub fn daemon_exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.daemon.as_mut() {
+            Some(daemon) => daemon.exited(),
+            None => Ok(None),
         }
     }
 

@@ -8,5 +8,6 @@ pub mod inns;
 pub mod lab;
 pub mod fuzz;
 pub mod netns;
+pub mod soak;
 pub mod topology;
 pub mod xdp;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | lab | fuzz | bench`.
+//! Project tasks: `cargo xtask setup | build | test | lab | fuzz | soak | bench`.
 //!
 //! xtask depends on nothing of the project itself, so it builds on stable
 //! on a fresh machine before the eBPF toolchain exists, and installs it.
@@ -41,6 +41,12 @@ enum Task {
     /// Differential fuzzing of the XDP program against its reference model:
     /// `--frames N`, `--seed S`, `--minutes M`, `--record`.
     Fuzz {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The chaos soak: the lab under load, a fault every few seconds,
+    /// invariants checked: `--minutes N` (2), `--seed S`, `--record`.
+    Soak {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -123,6 +129,13 @@ fn run(cli: Cli) -> Result<()> {
             require_root("fuzzing loads the XDP program into a namespace")?;
             setup(&root)?;
             run_tests_bin(&root, "fuzz", &args)
+        }
+        Task::Soak { args } => {
+            require_root("the soak builds namespaces and runs the daemon")?;
+            setup(&root)?;
+            // It runs the project's binaries as processes.
+            cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
+            run_tests_bin(&root, "soak", &args)
         }
         Task::Bench { which, args } => {
             require_root("the benchmarks load XDP programs and build namespaces")?;

@@ -2,7 +2,10 @@
 //! that names its region in every body ("I am DataVM on R1", as in the
 //! reference demo). Keep-alive, so load tools like wrk can reuse connections.
 //!
-//! region-http --listen 0.0.0.0:80 --name R1
+//! region-http --listen 0.0.0.0:80 --name R1 [--udp 0.0.0.0:5300]
+//!
+//! With `--udp`, it also answers each datagram with "R1 " and the datagram:
+//! a UDP service whose answers say which region took them.
 
 use std::net::SocketAddr;
 
@@ -10,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
 };
 
 #[derive(Parser)]
@@ -19,6 +22,8 @@ struct Args {
     listen: SocketAddr,
     #[arg(long)]
     name: String,
+    #[arg(long)]
+    udp: Option<SocketAddr>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -27,6 +32,10 @@ async fn main() -> Result<()> {
     raise_open_files_limit();
     let body: &'static str = Box::leak(format!("I am DataVM on {}\n", args.name).into_boxed_str());
     let listener = bind(args.listen)?;
+    if let Some(addr) = args.udp {
+        let socket = UdpSocket::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tokio::spawn(echo(socket, format!("{} ", args.name)));
+    }
     loop {
         let (conn, _) = listener.accept().await?;
         tokio::spawn(serve(conn, body));
@@ -80,5 +89,16 @@ async fn serve(mut conn: TcpStream, body: &str) {
         if conn.write_all(response.as_bytes()).await.is_err() || close {
             return;
         }
+    }
+}
+
+/// Answers every datagram with `prefix` and the datagram.
+async fn echo(socket: UdpSocket, prefix: String) {
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else { continue };
+        let mut answer = prefix.clone().into_bytes();
+        answer.extend_from_slice(&buf[..len]);
+        let _ = socket.send_to(&answer, from).await;
     }
 }

@@ -1,0 +1,51 @@
+//! `cargo xtask soak [--minutes N] [--seed S] [--record]`: the lab under
+//! load and a fault every few seconds, invariants checked over the run
+//! (root).
+use std::{process::ExitCode, time::Duration};
+
+use clap::Parser;
+use redirector_tests::{
+    bench::{machine, write_result},
+    soak::{soak, SoakOptions},
+};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 2)]
+    minutes: u64,
+    /// Chooses the faults, their regions and timing; a fresh one (printed)
+    /// if not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also write the report to bench/results/soak.md.
+    #[arg(long)]
+    record: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    eprintln!("soak: seed {seed}, {} minutes", args.minutes);
+    let report = match soak(&SoakOptions { duration: Duration::from_secs(args.minutes * 60), seed }) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("soak: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let markdown = format!("{}\nMachine: {}\n", report.markdown(), machine());
+    println!("{markdown}");
+    if args.record {
+        match write_result("soak", &markdown) {
+            Ok(path) => eprintln!("soak: wrote {}", path.display()),
+            Err(e) => eprintln!("soak: {e:#}"),
+        }
+    }
+    if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,300 @@
+//! The chaos soak: the lab under constant load (a new-connection loop,
+//! kept-alive connections, UDP flows) with a fault injected every few
+//! seconds ([`faults`]), and invariants ([`verdict`]) checked over the whole
+//! run: no established flow on a healthy region breaks or moves; every
+//! outage of new requests is explained by a region failure and lasts under
+//! a second; redirectord never panics or dies by itself; nothing is left
+//! behind.
+
+pub mod faults;
+pub mod traffic;
+pub mod verdict;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    net::SocketAddrV4,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use redirector_proto::model::RegionStatus;
+
+use self::{
+    faults::Chaos,
+    traffic::{TrafficLog, Workers},
+    verdict::{during, unexplained, Fault, FaultKind, Trouble},
+};
+use crate::{
+    client::{self, Measurement},
+    fuzz::mix,
+    lab::{wait_for, Lab, LabOptions, UDP_PORT},
+    netns::{run, unique_name},
+};
+
+pub struct SoakOptions {
+    pub duration: Duration,
+    pub seed: u64,
+}
+
+/// Kept-alive connections and how often each asks.
+const KEPT: usize = 10;
+const KEPT_PAUSE: Duration = Duration::from_millis(100);
+/// UDP flows and how often each sends.
+const UDP_FLOWS: usize = 4;
+const UDP_PAUSE: Duration = Duration::from_millis(10);
+/// The longest a region may take to be up again after a repair.
+const RECOVERY: Duration = Duration::from_secs(15);
+/// At the defaults (100 ms probes, fall 3) a region failure must be worked
+/// around within this.
+const MAX_OUTAGE: Duration = Duration::from_secs(1);
+
+pub struct SoakReport {
+    pub seed: u64,
+    pub elapsed: Duration,
+    pub faults: Vec<Fault>,
+    pub new_requests: client::Report,
+    pub kept: TrafficLog,
+    pub udp: TrafficLog,
+    /// Every invariant that did not hold, one line each.
+    pub violations: Vec<String>,
+}
+
+pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
+    let prefix = unique_name("rds");
+    let lab_options = LabOptions {
+        heartbeat: true,
+        heartbeat_key: true,
+        udp_service: true,
+        // Regions fail here ten times a minute, far more often than a flap
+        // limit is meant to allow.
+        max_switches_per_minute: 1000,
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::new(&prefix, lab_options)?;
+    let namespaces = namespace_inodes(&prefix)?;
+    let pins = lab.pins.0.clone();
+    let mut violations = Vec::new();
+    lab.start_daemon()?;
+    lab.wait_active("region2", Duration::from_secs(5))?;
+
+    let vip = lab.vip();
+    let udp_target = SocketAddrV4::new(*vip.ip(), UDP_PORT);
+    let client_ns = lab.topo.client.name().to_string();
+    let limit = options.duration + Duration::from_secs(60);
+    let t0 = Instant::now();
+    let measuring = Measurement::start(
+        &lab.topo.client,
+        vip,
+        client::Options { max_duration: limit, max_requests: u64::MAX, pause: Duration::from_millis(5), ..Default::default() },
+    );
+    let measuring_offset = t0.elapsed();
+    let kept = Workers::kept(&client_ns, vip, KEPT, KEPT_PAUSE, t0, limit);
+    let udp = Workers::udp(&client_ns, udp_target, UDP_FLOWS, UDP_PAUSE, t0, limit);
+
+    let faults = inject_faults(&mut lab, options, t0, &mut violations);
+
+    thread::sleep(Duration::from_secs(2));
+    let mut new_requests = measuring.stop()?;
+    for outage in &mut new_requests.outages {
+        outage.from += measuring_offset;
+        outage.to += measuring_offset;
+    }
+    let (kept, udp) = (kept.stop(), udp.stop());
+    let elapsed = t0.elapsed();
+
+    check_traffic(&faults, &new_requests, &kept, &udp, &mut violations);
+    let log = lab.daemon_log();
+    for line in log.lines().filter(|l| l.contains("panicked")) {
+        violations.push(format!("redirectord panicked: {line}"));
+    }
+    if lab.daemon_pid().is_some() {
+        lab.stop_daemon(libc::SIGTERM)?;
+    }
+    drop(lab);
+    violations.extend(leaks(&prefix, &namespaces, &pins)?);
+    Ok(SoakReport { seed: options.seed, elapsed, faults, new_requests, kept, udp, violations })
+}
+
+/// One fault after another until the soak's time is up, each repaired and
+/// recovered from before the next; what ran when.
+fn inject_faults(lab: &mut Lab, options: &SoakOptions, t0: Instant, violations: &mut Vec<String>) -> Vec<Fault> {
+    let mut chaos = Chaos::new(lab);
+    let mut random = options.seed;
+    let mut next = |n: u64| {
+        random = random.wrapping_add(1);
+        mix(random) % n
+    };
+    let mut faults = Vec::new();
+    thread::sleep(Duration::from_secs(2));
+    while t0.elapsed() + Duration::from_secs(8) < options.duration {
+        let kind = FaultKind::ALL[next(FaultKind::ALL.len() as u64) as usize];
+        // The region taking new flows half the time.
+        let region = [2, 2, 1, 3][next(4) as usize];
+        let hold = Duration::from_millis(match kind {
+            FaultKind::Reload => 0,
+            FaultKind::DaemonKilled => 200 + next(800),
+            _ => 1000 + next(1500),
+        });
+        let start = t0.elapsed();
+        if let Err(e) = chaos.inject(lab, kind, region) {
+            violations.push(format!("{start:.1?}: injecting {} on region{region}: {e:#}", kind.name()));
+        }
+        thread::sleep(hold);
+        if let Err(e) = chaos.repair(lab, kind, region) {
+            violations.push(format!("{:.1?}: repairing {} on region{region}: {e:#}", t0.elapsed(), kind.name()));
+        }
+        let end = t0.elapsed();
+        faults.push(Fault { kind, region: Some(region), start, end });
+        if let Err(e) = recovered(lab) {
+            violations.push(format!("{:.1?} after {} on region{region}: {e:#}", t0.elapsed(), kind.name()));
+        }
+        thread::sleep(Duration::from_millis(500 + next(1000)));
+    }
+    faults
+}
+
+/// Waits until redirectord runs and every region is up again.
+fn recovered(lab: &mut Lab) -> Result<()> {
+    if let Some(status) = lab.daemon_exited()? {
+        let log = lab.daemon_log();
+        lab.start_daemon()?;
+        anyhow::bail!("redirectord exited by itself ({status}); log tail: {}", tail(&log, 5));
+    }
+    wait_for(RECOVERY, || {
+        let status = lab.status()?;
+        let down: Vec<&str> =
+            status.regions.iter().filter(|r| r.state != RegionStatus::Up).map(|r| r.name.as_str()).collect();
+        anyhow::ensure!(down.is_empty(), "regions not up: {down:?}");
+        Ok(())
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
+fn check_traffic(faults: &[Fault], new_requests: &client::Report, kept: &TrafficLog, udp: &TrafficLog, violations: &mut Vec<String>) {
+    let outages: Vec<Trouble> = new_requests
+        .outages
+        .iter()
+        .map(|o| Trouble {
+            from: o.from,
+            to: o.to,
+            region: None,
+            what: format!("new requests failed for {:?} ({} requests)", o.t_un(), o.failed_requests),
+        })
+        .collect();
+    for (outage, trouble) in new_requests.outages.iter().zip(&outages) {
+        if outage.t_un() >= MAX_OUTAGE {
+            violations.push(format!("at {:.1?}: {}: over {MAX_OUTAGE:?}", outage.from, trouble.what));
+        }
+    }
+    for (kind, troubles) in [
+        ("new requests", &outages),
+        ("kept connections", &kept.troubles),
+        ("UDP flows", &udp.troubles),
+        ("UDP flows", &udp.moves),
+    ] {
+        for t in unexplained(faults, troubles) {
+            violations.push(format!(
+                "{kind}, {:.1?} to {:.1?}: {}; no region failure explains it, during: {}",
+                t.from,
+                t.to,
+                t.what,
+                during(faults, t.from, t.to)
+            ));
+        }
+    }
+    // A kept TCP connection answered by another region was re-steered to
+    // one that cannot know it: never right.
+    for t in &kept.moves {
+        violations.push(format!("at {:.1?}: {}", t.from, t.what));
+    }
+}
+
+/// The inode of each of the lab's namespaces: a process still in one after
+/// the lab is gone was left behind.
+fn namespace_inodes(prefix: &str) -> Result<Vec<u64>> {
+    let mut inodes = Vec::new();
+    for entry in fs::read_dir("/run/netns")? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            inodes.push(fs::metadata(entry.path())?.ino());
+        }
+    }
+    Ok(inodes)
+}
+
+/// Namespaces, pins and processes the soak left.
+fn leaks(prefix: &str, namespaces: &[u64], pins: &PathBuf) -> Result<Vec<String>> {
+    let mut leaks = Vec::new();
+    let listed = run("ip", &["netns", "list"])?;
+    leaks.extend(listed.lines().filter(|l| l.starts_with(prefix)).map(|l| format!("namespace left: {l}")));
+    if pins.exists() {
+        leaks.push(format!("pins left: {}", pins.display()));
+    }
+    for entry in fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(link) = fs::read_link(entry.path().join("ns/net")) else { continue };
+        let inode = link.to_string_lossy().trim_start_matches("net:[").trim_end_matches(']').parse::<u64>();
+        if inode.is_ok_and(|i| namespaces.contains(&i)) {
+            let cmdline = fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default().replace('\0', " ");
+            leaks.push(format!("process left in a lab namespace: {pid} {cmdline}"));
+        }
+    }
+    Ok(leaks)
+}
+
+impl SoakReport {
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "Chaos soak, seed {}: {:.0} s, {} faults\n\n| fault | times |\n|---|---:|\n",
+            self.seed,
+            self.elapsed.as_secs_f64(),
+            self.faults.len()
+        );
+        let mut counts: BTreeMap<FaultKind, usize> = BTreeMap::new();
+        for f in &self.faults {
+            *counts.entry(f.kind).or_default() += 1;
+        }
+        for (kind, n) in counts {
+            let _ = writeln!(out, "| {} | {n} |", kind.name());
+        }
+        let r = &self.new_requests;
+        let outages: Vec<String> = r.outages.iter().map(|o| format!("{:?}", o.t_un())).collect();
+        let _ = write!(
+            out,
+            "\n| traffic | flows | answered | lost | breaks or gaps | moves |\n|---|---:|---:|---:|---:|---:|\n\
+             | new connections (one request each) | {} | {} | {} | {} outages, longest {:?} | |\n",
+            r.requests(),
+            r.successes,
+            r.failures,
+            r.outages.len(),
+            r.max_t_un(),
+        );
+        for (name, log) in [("kept-alive HTTP connections", &self.kept), ("UDP flows", &self.udp)] {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} |",
+                log.flows,
+                log.answered,
+                log.lost,
+                log.troubles.len(),
+                log.moves.len()
+            );
+        }
+        let _ = writeln!(out, "\nOutages of new requests: {}", if outages.is_empty() { "none".into() } else { outages.join(", ") });
+        let _ = writeln!(out, "\nInvariants violated: {}", self.violations.len());
+        for v in &self.violations {
+            let _ = writeln!(out, "- {v}");
+        }
+        out
+    }
+}
