@@ -16,7 +16,7 @@ use std::{
     fs,
     net::SocketAddrV4,
     os::unix::fs::MetadataExt,
-    path::PathBuf,
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -46,7 +46,13 @@ const KEPT: usize = 10;
 const KEPT_PAUSE: Duration = Duration::from_millis(100);
 /// UDP flows and how often each sends.
 const UDP_FLOWS: usize = 4;
-const UDP_PAUSE: Duration = Duration::from_millis(10);
+const UDP_PAUSE: Duration = Duration::from_millis(20);
+/// A new request's connect and answer: long enough that two cores shared
+/// by every process of the soak (debug builds in the test run) do not fail
+/// one by being slow, short enough that a region failure worked around in
+/// 0.4 s stays well under `MAX_OUTAGE` (a request sent just before the
+/// switch times out, the next succeeds).
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 /// The longest a region may take to be up again after a repair.
 const RECOVERY: Duration = Duration::from_secs(15);
 /// At the defaults (100 ms probes, fall 3) a region failure must be worked
@@ -77,6 +83,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     };
     let mut lab = Lab::new(&prefix, lab_options)?;
     let namespaces = namespace_inodes(&prefix)?;
+    anyhow::ensure!(namespaces.len() == 5, "the lab's namespaces: found {} of 5", namespaces.len());
     let pins = lab.pins.0.clone();
     let mut violations = Vec::new();
     lab.start_daemon()?;
@@ -90,7 +97,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     let measuring = Measurement::start(
         &lab.topo.client,
         vip,
-        client::Options { max_duration: limit, max_requests: u64::MAX, pause: Duration::from_millis(5), ..Default::default() },
+        client::Options { timeout: REQUEST_TIMEOUT, pause: Duration::from_millis(10), max_duration: limit, max_requests: u64::MAX },
     );
     let measuring_offset = t0.elapsed();
     let kept = Workers::kept(&client_ns, vip, KEPT, KEPT_PAUSE, t0, limit);
@@ -232,7 +239,7 @@ fn namespace_inodes(prefix: &str) -> Result<Vec<u64>> {
 }
 
 /// Namespaces, pins and processes the soak left.
-fn leaks(prefix: &str, namespaces: &[u64], pins: &PathBuf) -> Result<Vec<String>> {
+fn leaks(prefix: &str, namespaces: &[u64], pins: &Path) -> Result<Vec<String>> {
     let mut leaks = Vec::new();
     let listed = run("ip", &["netns", "list"])?;
     leaks.extend(listed.lines().filter(|l| l.starts_with(prefix)).map(|l| format!("namespace left: {l}")));
@@ -271,8 +278,8 @@ impl SoakReport {
         let outages: Vec<String> = r.outages.iter().map(|o| format!("{:?}", o.t_un())).collect();
         let _ = write!(
             out,
-            "\n| traffic | flows | answered | lost | breaks or gaps | moves |\n|---|---:|---:|---:|---:|---:|\n\
-             | new connections (one request each) | {} | {} | {} | {} outages, longest {:?} | |\n",
+            "\n| traffic | flows | answered | lost | late | breaks or gaps | moves |\n|---|---:|---:|---:|---:|---:|---:|\n\
+             | new connections (one request each) | {} | {} | {} | | {} outages, longest {:?} | |\n",
             r.requests(),
             r.successes,
             r.failures,
@@ -282,10 +289,11 @@ impl SoakReport {
         for (name, log) in [("kept-alive HTTP connections", &self.kept), ("UDP flows", &self.udp)] {
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} |",
                 log.flows,
                 log.answered,
                 log.lost,
+                log.late,
                 log.troubles.len(),
                 log.moves.len()
             );

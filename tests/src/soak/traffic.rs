@@ -16,6 +16,10 @@ use std::{
 use anyhow::Result;
 
 use super::verdict::Trouble;
+
+/// How long a UDP flow waits for an answer before it sends the next
+/// datagram.
+const UDP_WAIT: Duration = Duration::from_millis(300);
 use crate::{client::Session, netns::Netns};
 
 /// What a kind of long-lived traffic saw.
@@ -27,6 +31,8 @@ pub struct TrafficLog {
     pub answered: u64,
     /// Requests (datagrams) that got no answer.
     pub lost: u64,
+    /// Datagrams answered only after the next was sent (not lost).
+    pub late: u64,
     /// Breaks and losses, with the region the flow was on.
     pub troubles: Vec<Trouble>,
     /// A flow answered by another region than before, with the region it
@@ -39,6 +45,7 @@ impl TrafficLog {
         self.flows += other.flows;
         self.answered += other.answered;
         self.lost += other.lost;
+        self.late += other.late;
         self.troubles.extend(other.troubles);
         self.moves.extend(other.moves);
     }
@@ -150,23 +157,29 @@ fn udp_flow(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant, stop: 
         socket.connect(target)?;
         Ok(socket)
     })?;
-    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    socket.set_read_timeout(Some(UDP_WAIT))?;
     let mut region = None;
     let mut last_answer = t0.elapsed();
-    let mut losing = false;
+    // Datagrams not answered within UDP_WAIT: lost unless their answer
+    // comes later (then only late).
+    let mut unanswered: Vec<u64> = Vec::new();
     let mut buf = [0u8; 256];
     for seq in 0u64.. {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let _ = socket.send(seq.to_string().as_bytes());
-        // Answers to earlier datagrams that came late are skipped.
         let answer = loop {
             match socket.recv(&mut buf) {
                 Ok(n) => {
                     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    if text.split_whitespace().nth(1) == Some(seq.to_string().as_str()) {
+                    let answered: Option<u64> = text.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+                    if answered == Some(seq) {
                         break Some(text);
+                    }
+                    if let Some(at) = unanswered.iter().position(|&s| Some(s) == answered) {
+                        unanswered.remove(at);
+                        log.late += 1;
                     }
                 }
                 Err(_) => break None,
@@ -176,10 +189,11 @@ fn udp_flow(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant, stop: 
         match answer {
             Some(text) => {
                 let answered_by = region_of(&text);
-                if losing {
-                    let what = format!("UDP flow on {region:?} lost datagrams");
+                if !unanswered.is_empty() {
+                    log.lost += unanswered.len() as u64;
+                    let what = format!("UDP flow on {region:?} lost {} datagrams", unanswered.len());
                     log.troubles.push(Trouble { from: last_answer, to: now, region, what });
-                    losing = false;
+                    unanswered.clear();
                 }
                 if region.is_some() && answered_by != region {
                     let what = format!("UDP flow moved from {region:?} to {answered_by:?}");
@@ -189,15 +203,13 @@ fn udp_flow(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant, stop: 
                 last_answer = now;
                 log.answered += 1;
             }
-            None => {
-                log.lost += 1;
-                losing = true;
-            }
+            None => unanswered.push(seq),
         }
         thread::sleep(pause);
     }
-    if losing {
-        let what = format!("UDP flow on {region:?} lost datagrams until the end");
+    if !unanswered.is_empty() {
+        log.lost += unanswered.len() as u64;
+        let what = format!("UDP flow on {region:?} lost {} datagrams until the end", unanswered.len());
         log.troubles.push(Trouble { from: last_answer, to: t0.elapsed(), region, what });
     }
     Ok(log)
