@@ -135,6 +135,9 @@ pub struct LabOptions {
     /// A second service, "stream": UDP on `UDP_PORT` at the same VIP,
     /// weighted, answered by each region's server.
     pub udp_service: bool,
+    /// Each region's server resets a connection idle this long
+    /// (`region-http --idle-reset-ms`); never when None.
+    pub region_idle_reset: Option<Duration>,
 }
 
 impl Default for LabOptions {
@@ -159,6 +162,7 @@ impl Default for LabOptions {
             flow_table_size: None,
             cgroups: false,
             udp_service: false,
+            region_idle_reset: None,
         }
     }
 }
@@ -349,6 +353,9 @@ impl Lab {
         cmd.args(["--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", &format!("R{region}")]);
         if self.options.udp_service {
             cmd.args(["--udp", &format!("0.0.0.0:{UDP_PORT}")]);
+        }
+        if let Some(idle) = self.options.region_idle_reset {
+            cmd.args(["--idle-reset-ms", &idle.as_millis().to_string()]);
         }
         self.log_to(&mut cmd, &format!("region-http-r{region}.log"))?;
         if let Some(cgroup) = self.cgroups.get(region as usize - 1) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redirector_tests::{
     netns::require_root,
-    soak::{soak, SoakOptions},
+    soak::{soak, verdict::FaultKind, SoakOptions},
 };
 
 #[test]
@@ -13,7 +13,7 @@ fn two_minutes_of_faults_under_load_break_no_invariant() {
     require_root();
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("soak seed {seed} (replay: cargo xtask soak --minutes 2 --seed {seed})");
-    let report = soak(&SoakOptions { duration: Duration::from_secs(120), seed }).expect("soak");
+    let report = soak(&SoakOptions { duration: Duration::from_secs(120), seed, kinds: FaultKind::ALL.to_vec() }).expect("soak");
     println!("{}", report.markdown());
     assert!(report.violations.is_empty(), "seed {seed}:\n{}", report.violations.join("\n"));
     assert!(report.faults.len() >= 20, "only {} faults in two minutes", report.faults.len());

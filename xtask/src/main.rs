@@ -45,7 +45,8 @@ enum Task {
         args: Vec<String>,
     },
     /// The chaos soak: the lab under load, a fault every few seconds,
-    /// invariants checked: `--minutes N` (2), `--seed S`, `--record`.
+    /// invariants checked: `--minutes N` (2), `--seed S`, `--only KIND,...`,
+    /// `--calm` (no faults: the control run), `--record`.
     Soak {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -2,12 +2,19 @@
 //! that names its region in every body ("I am DataVM on R1", as in the
 //! reference demo). Keep-alive, so load tools like wrk can reuse connections.
 //!
-//! region-http --listen 0.0.0.0:80 --name R1 [--udp 0.0.0.0:5300]
+//! region-http --listen 0.0.0.0:80 --name R1 [--udp 0.0.0.0:5300] [--idle-reset-ms N]
 //!
 //! With `--udp`, it also answers each datagram with "R1 " and the datagram:
 //! a UDP service whose answers say which region took them.
+//!
+//! With `--idle-reset-ms`, a connection idle that long is reset, as a
+//! production server's keep-alive timeout would close it. A region cut off
+//! while its clients gave up on their connections otherwise keeps those
+//! sockets established for good, and a client that later reuses one's
+//! port toward this region gets a challenge ACK instead of a SYN-ACK
+//! (RFC 5961) and connects only at its SYN retransmission, a second later.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -24,6 +31,8 @@ struct Args {
     name: String,
     #[arg(long)]
     udp: Option<SocketAddr>,
+    #[arg(long)]
+    idle_reset_ms: Option<u64>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +47,7 @@ async fn main() -> Result<()> {
     }
     loop {
         let (conn, _) = listener.accept().await?;
-        tokio::spawn(serve(conn, body));
+        tokio::spawn(serve(conn, body, args.idle_reset_ms.map(Duration::from_millis)));
     }
 }
 
@@ -62,7 +71,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener> {
     Ok(socket.listen(65_535)?)
 }
 
-async fn serve(mut conn: TcpStream, body: &str) {
+async fn serve(mut conn: TcpStream, body: &str, idle_reset: Option<Duration>) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -71,7 +80,19 @@ async fn serve(mut conn: TcpStream, body: &str) {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
             }
-            match conn.read(&mut chunk).await {
+            let read = match idle_reset {
+                Some(idle) => match tokio::time::timeout(idle, conn.read(&mut chunk)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        // Dropped with a zero linger: a reset, and no
+                        // socket left behind in FIN-WAIT.
+                        let _ = conn.set_zero_linger();
+                        return;
+                    }
+                },
+                None => conn.read(&mut chunk).await,
+            };
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }

@@ -1,4 +1,4 @@
-//! `cargo xtask soak [--minutes N] [--seed S] [--record]`: the lab under
+//! `cargo xtask soak [--minutes N] [--seed S] [--calm | --only KIND,...] [--record]`: the lab under
 //! load and a fault every few seconds, invariants checked over the run
 //! (root).
 use std::{process::ExitCode, time::Duration};
@@ -6,7 +6,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use redirector_tests::{
     bench::{machine, write_result},
-    soak::{soak, SoakOptions},
+    soak::{soak, verdict::FaultKind, SoakOptions},
 };
 
 #[derive(Parser)]
@@ -17,7 +17,14 @@ struct Args {
     /// if not given.
     #[arg(long)]
     seed: Option<u64>,
-    /// Also write the report to bench/results/soak.md.
+    /// The same lab and traffic without faults (the control run).
+    #[arg(long, conflicts_with = "only")]
+    calm: bool,
+    /// Only these kinds of fault (all if not given).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<FaultKind>,
+    /// Also write the report to bench/results/soak.md (soak-calm.md with
+    /// --calm, soak-selected.md with --only).
     #[arg(long)]
     record: bool,
 }
@@ -28,7 +35,17 @@ fn main() -> ExitCode {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
     eprintln!("soak: seed {seed}, {} minutes", args.minutes);
-    let report = match soak(&SoakOptions { duration: Duration::from_secs(args.minutes * 60), seed }) {
+    let record_as = match (args.calm, args.only.is_empty()) {
+        (true, _) => "soak-calm",
+        (false, true) => "soak",
+        (false, false) => "soak-selected",
+    };
+    let kinds = match (args.calm, args.only.is_empty()) {
+        (true, _) => Vec::new(),
+        (false, true) => FaultKind::ALL.to_vec(),
+        (false, false) => args.only,
+    };
+    let report = match soak(&SoakOptions { duration: Duration::from_secs(args.minutes * 60), seed, kinds }) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("soak: {e:#}");
@@ -38,7 +55,7 @@ fn main() -> ExitCode {
     let markdown = format!("{}\nMachine: {}\n", report.markdown(), machine());
     println!("{markdown}");
     if args.record {
-        match write_result("soak", &markdown) {
+        match write_result(record_as, &markdown) {
             Ok(path) => eprintln!("soak: wrote {}", path.display()),
             Err(e) => eprintln!("soak: {e:#}"),
         }

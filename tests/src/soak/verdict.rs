@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// A fault the soak injects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum FaultKind {
     ServerKilled,
     AgentKilled,
