@@ -9,5 +9,8 @@
 pub mod control;
 pub mod file;
 pub mod heartbeat;
+pub mod key;
 pub mod model;
 pub mod probe;
+pub mod sync;
+pub mod wire;

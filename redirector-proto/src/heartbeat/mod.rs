@@ -39,28 +39,20 @@
 //! the agent does not report its own service check failed: an agent that
 //! is alive but sees its service fail takes the region down too.
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-};
+use std::fmt;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
+pub use crate::key::{Key, KeyError, MAX_KEY_FILE, MIN_KEY_LEN};
+use crate::key::check_mac;
+pub use crate::wire::DecodeError;
+use crate::wire::{preamble, FLAG_MAC};
 use crate::probe::Outcome;
 
 pub const MESSAGE_LEN: usize = 64;
 pub const VERSION: u8 = 1;
-/// HMAC-SHA256 takes any key length; a short one is a weak one.
-pub const MIN_KEY_LEN: usize = 16;
-/// A key file longer than this is not a key (HMAC hashes keys over 64
-/// bytes down anyway).
-pub const MAX_KEY_FILE: u64 = 4096;
 const MAGIC: [u8; 4] = *b"RDHB";
-const FLAG_MAC: u8 = 1;
 const SIGNED_LEN: usize = 32;
-
-type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -156,107 +148,6 @@ pub struct Message {
     pub report: Report,
 }
 
-/// A shared HMAC key.
-#[derive(Clone)]
-pub struct Key(Vec<u8>);
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Key(..)")
-    }
-}
-
-#[derive(Debug)]
-pub enum KeyError {
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    TooShort {
-        path: PathBuf,
-        len: usize,
-    },
-}
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyError::Read { path, source } => {
-                write!(f, "heartbeat key {}: {source}", path.display())
-            }
-            KeyError::TooShort { path, len } => write!(
-                f,
-                "heartbeat key {}: {len} bytes, at least {MIN_KEY_LEN} needed",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for KeyError {}
-
-impl Key {
-    /// The file's bytes, less trailing whitespace, so that a key written
-    /// with `echo` or `base64` works on both ends.
-    pub fn load(path: &Path) -> Result<Key, KeyError> {
-        let mut bytes = crate::file::read_small(path, MAX_KEY_FILE).map_err(|source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
-            bytes.pop();
-        }
-        if bytes.len() < MIN_KEY_LEN {
-            return Err(KeyError::TooShort {
-                path: path.to_path_buf(),
-                len: bytes.len(),
-            });
-        }
-        Ok(Key(bytes))
-    }
-
-    fn mac(&self, signed: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(signed);
-        mac
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    Length(usize),
-    Magic,
-    Version(u8),
-    /// Not the kind expected here, or no kind at all.
-    Kind(u8),
-    /// A field out of its range, or a zero byte that is not.
-    Field(&'static str),
-    /// A key is configured and the message carries no MAC.
-    MissingMac,
-    /// No key is configured and the message carries a MAC.
-    UnexpectedMac,
-    BadMac,
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::Length(n) => write!(f, "{n} bytes, a heartbeat is {MESSAGE_LEN}"),
-            DecodeError::Magic => f.write_str("not a heartbeat (bad magic)"),
-            DecodeError::Version(v) => {
-                write!(f, "heartbeat version {v}, this end speaks {VERSION}")
-            }
-            DecodeError::Kind(k) => write!(f, "unexpected message kind {k}"),
-            DecodeError::Field(name) => write!(f, "bad field {name}"),
-            DecodeError::MissingMac => f.write_str("no MAC, and a key is configured"),
-            DecodeError::UnexpectedMac => f.write_str("a MAC, and no key is configured"),
-            DecodeError::BadMac => f.write_str("MAC does not verify"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
 impl Message {
     pub fn request(seq: u64, timestamp_ns: u64) -> Message {
         Message {
@@ -294,16 +185,8 @@ impl Message {
         let b: &[u8; MESSAGE_LEN] = bytes
             .try_into()
             .map_err(|_| DecodeError::Length(bytes.len()))?;
-        if b[0..4] != MAGIC {
-            return Err(DecodeError::Magic);
-        }
-        if b[4] != VERSION {
-            return Err(DecodeError::Version(b[4]));
-        }
-        if b[6] & !FLAG_MAC != 0 {
-            return Err(DecodeError::Field("flags"));
-        }
-        authenticate(b, key)?;
+        let has_mac = preamble(b, MAGIC, VERSION)?;
+        check_mac(key, has_mac, &b[..SIGNED_LEN], &b[SIGNED_LEN..])?;
         if b[5] != expect.wire() {
             return Err(DecodeError::Kind(b[5]));
         }
@@ -330,20 +213,6 @@ impl Message {
                 active_connections: u32::from_be_bytes(b[28..32].try_into().unwrap()),
             },
         })
-    }
-}
-
-fn authenticate(b: &[u8; MESSAGE_LEN], key: Option<&Key>) -> Result<(), DecodeError> {
-    let signed = b[6] & FLAG_MAC != 0;
-    match key {
-        Some(_) if !signed => Err(DecodeError::MissingMac),
-        // Constant-time comparison: no timing oracle on the tag.
-        Some(key) => key
-            .mac(&b[..SIGNED_LEN])
-            .verify_slice(&b[SIGNED_LEN..])
-            .map_err(|_| DecodeError::BadMac),
-        None if signed => Err(DecodeError::UnexpectedMac),
-        None => Ok(()),
     }
 }
 
@@ -385,11 +254,8 @@ pub fn refusal(request: &[u8], error: &DecodeError) -> Option<[u8; MESSAGE_LEN]>
 /// `bytes` is not a refusal.
 pub fn decode_refusal(bytes: &[u8]) -> Result<(u64, u64, Refusal), DecodeError> {
     let b: &[u8; MESSAGE_LEN] = bytes.try_into().map_err(|_| DecodeError::Length(bytes.len()))?;
-    if b[0..4] != MAGIC {
-        return Err(DecodeError::Magic);
-    }
-    if b[4] != VERSION {
-        return Err(DecodeError::Version(b[4]));
+    if preamble(b, MAGIC, VERSION)? {
+        return Err(DecodeError::Field("reserved"));
     }
     if b[5] != KIND_REFUSED {
         return Err(DecodeError::Kind(b[5]));
@@ -416,14 +282,11 @@ pub fn is_refusal(bytes: &[u8]) -> bool {
 mod verifier;
 pub use verifier::{Accepted, Counters, Rejection, Verifier};
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub(crate) fn key(byte: u8) -> Key {
-        Key(vec![byte; 32])
-    }
+    pub(crate) use crate::key::tests::key;
 
     pub(crate) fn report() -> Report {
         Report {
@@ -591,27 +454,6 @@ mod tests {
             Outcome::Failure("the agent's service check failed".into())
         );
         assert_eq!(Report::default().outcome(), Outcome::Success);
-    }
-
-    #[test]
-    fn keys_load_from_a_file_without_trailing_whitespace() {
-        use std::fs;
-        let dir = std::env::temp_dir().join(format!("redirector-hb-key-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("hb.key");
-        fs::write(&path, "0123456789abcdef0123\n").unwrap();
-        let k = Key::load(&path).unwrap();
-        assert_eq!(k.0, b"0123456789abcdef0123");
-        assert_eq!(format!("{k:?}"), "Key(..)", "never printed");
-        fs::write(&path, "short  \n").unwrap();
-        let e = Key::load(&path).unwrap_err();
-        assert!(matches!(e, KeyError::TooShort { len: 5, .. }), "{e}");
-        fs::write(&path, vec![b'k'; MAX_KEY_FILE as usize + 1]).unwrap();
-        let e = Key::load(&path).unwrap_err();
-        assert_eq!(e.to_string(), format!("heartbeat key {}: longer than 4096 bytes", path.display()));
-        assert!(matches!(Key::load(Path::new("/dev/zero")), Err(KeyError::Read { .. })));
-        fs::remove_dir_all(&dir).unwrap();
-        assert!(matches!(Key::load(&path), Err(KeyError::Read { .. })));
     }
 }
 
