@@ -41,6 +41,15 @@ pub enum Request {
     Undrain {
         region: String,
     },
+    /// Take a region down now, whatever its checks say: new flows go
+    /// elsewhere, established flows are re-steered.
+    Down {
+        region: String,
+    },
+    /// Give a region held down back to its checks.
+    Up {
+        region: String,
+    },
     Events,
     Reload,
     /// Take the data plane off every interface and remove its pins; the
@@ -87,6 +96,10 @@ pub struct RegionView {
     /// The load measures ("pps", "flows", "cpu") on which the region is
     /// above its watermarks.
     pub saturated: Vec<String>,
+    /// Down because the operator said so (`redirectorctl down`), whatever
+    /// its checks say.
+    #[serde(default)]
+    pub held_down: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

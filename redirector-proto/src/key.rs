@@ -77,6 +77,12 @@ impl Key {
         Ok(Key(bytes))
     }
 
+    /// Whether `presented` is this key (a bearer token), in a time that
+    /// does not depend on where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        presented.len() == self.0.len() && presented.iter().zip(&self.0).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
     pub(crate) fn mac(&self, signed: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(signed);
@@ -110,6 +116,18 @@ pub(crate) fn check_mac(key: Option<&Key>, has_mac: bool, signed: &[u8], tag: &[
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_presented_token_matches_only_the_key_itself() {
+        let k = key(b'a');
+        assert!(k.matches(&[b'a'; 32]));
+        assert!(!k.matches(&[b'a'; 31]));
+        assert!(!k.matches(&[b'a'; 33]));
+        let mut last = [b'a'; 32];
+        last[31] = b'b';
+        assert!(!k.matches(&last));
+        assert!(!k.matches(b""));
+    }
 
     /// A 32-byte key of one repeated byte.
     pub(crate) fn key(byte: u8) -> Key {

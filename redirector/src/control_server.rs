@@ -118,6 +118,8 @@ mod tests {
                     .prop_map(|(region, weight, service)| Request::Weight { region, weight, service }),
                 name().prop_map(|region| Request::Drain { region }),
                 name().prop_map(|region| Request::Undrain { region }),
+                name().prop_map(|region| Request::Down { region }),
+                name().prop_map(|region| Request::Up { region }),
             ]
         }
 

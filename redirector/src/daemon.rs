@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use redirector_proto::control::{Request, Response};
+use redirector_proto::{
+    control::{Request, Response},
+    key::Key,
+};
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
@@ -27,6 +30,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    alerts,
     checkers::{Checkers, Keys},
     config::Config,
     control_server,
@@ -51,6 +55,7 @@ pub struct Options {
 pub fn check_config(path: &Path, on_this_host: bool) -> Result<String> {
     let config = Config::load(path)?;
     Keys::load(&config)?;
+    alert_token(&config)?;
     check_services(&service_specs(&config))?;
     for (i, interface) in config.interfaces.iter().enumerate().filter(|_| on_this_host) {
         dataplane::ifindex(interface).with_context(|| format!("{}: interfaces[{i}]", path.display()))?;
@@ -64,9 +69,16 @@ pub fn check_config(path: &Path, on_this_host: bool) -> Result<String> {
     ))
 }
 
+/// The alert webhook's bearer token, if `[alerts]` is configured.
+fn alert_token(config: &Config) -> Result<Option<Key>> {
+    let Some(alerts) = &config.alerts else { return Ok(None) };
+    Key::load(&alerts.token_file).map(Some).context("alerts.token_file")
+}
+
 pub async fn run(options: Options) -> Result<()> {
     let config = Config::load(&options.config)?;
     let keys = Keys::load(&config)?;
+    let alert_token = alert_token(&config)?;
     check_services(&service_specs(&config))?;
     let mut dataplane = BpfDataplane::load(&LoadOptions {
         pin_path: config.pin_path.clone(),
@@ -106,12 +118,21 @@ pub async fn run(options: Options) -> Result<()> {
     let control_socket = controller.config().control_socket.clone();
     let (call_tx, mut call_rx) = mpsc::channel(64);
     let control = control_server::bind(&control_socket)?;
-    tokio::spawn(control_server::serve(control, call_tx, control_stats.clone()));
+    let mut listeners = vec![("control", control_stats.clone())];
+    if let (Some(alerts), Some(token)) = (controller.config().alerts.clone(), alert_token) {
+        let listener =
+            TcpListener::bind(alerts.listen).await.with_context(|| format!("alerts: binding {}", alerts.listen))?;
+        let stats = Arc::new(ListenerStats::default());
+        listeners.push(("alerts", stats.clone()));
+        let settings = Arc::new(alerts::Settings { token, label: alerts.label });
+        tokio::spawn(alerts::serve(listener, settings, call_tx.clone(), stats));
+    }
+    tokio::spawn(control_server::serve(control, call_tx, control_stats));
     if let Some(listen) = controller.config().metrics_listen {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("metrics: binding {listen}"))?;
         let metrics_stats = Arc::new(ListenerStats::default());
-        let listeners = metrics::Listeners(vec![("control", control_stats), ("metrics", metrics_stats.clone())]);
-        tokio::spawn(metrics::serve(listener, controller.metrics(), listeners, metrics_stats));
+        listeners.push(("metrics", metrics_stats.clone()));
+        tokio::spawn(metrics::serve(listener, controller.metrics(), metrics::Listeners(listeners), metrics_stats));
     }
     info!(
         "redirectord running: {} regions, {} services, control socket {}",

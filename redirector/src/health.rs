@@ -22,6 +22,10 @@
 //!
 //! Drain is an operator state on top of health: a drained region takes no
 //! new flows while the flows pinned to it continue, unless it goes down.
+//! Held down is the operator's other: the region is down whatever its
+//! checks say (new flows elsewhere, established flows re-steered) until
+//! the operator gives it back to its checks, which go on probing
+//! meanwhile.
 
 use std::{fmt, time::Duration};
 
@@ -147,19 +151,25 @@ impl CheckStatus {
 /// A region's state as the failover policy sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionCondition {
+    /// What the checks say.
     pub health: Health,
     pub drained: bool,
-    /// When this combination of health and drain began.
+    /// Down by the operator's word, whatever `health` says.
+    pub held_down: bool,
+    /// When this combination of health, drain and hold began.
     pub since: Duration,
 }
 
 impl RegionCondition {
     /// May take new flows.
     pub fn eligible(&self) -> bool {
-        self.health == Health::Up && !self.drained
+        self.health == Health::Up && !self.drained && !self.held_down
     }
 
     pub fn status(&self) -> RegionStatus {
+        if self.held_down {
+            return RegionStatus::Down;
+        }
         match (self.health, self.drained) {
             // A dead region's flows must move even if it is being drained.
             (Health::Down, _) => RegionStatus::Down,
@@ -176,11 +186,14 @@ impl fmt::Display for RegionCondition {
         if self.drained {
             f.write_str(", draining")?;
         }
+        if self.held_down {
+            f.write_str(", held down by the operator")?;
+        }
         Ok(())
     }
 }
 
-/// A change of a region's health or drain.
+/// A change of a region's health, drain or hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub at: Duration,
@@ -213,9 +226,18 @@ impl RegionHealth {
             condition: RegionCondition {
                 health: Health::Pending,
                 drained: false,
+                held_down: false,
                 since: now,
             },
         }
+    }
+
+    /// This region, drained and held down as `was` (a reload that changed
+    /// its checks keeps what the operator said).
+    pub fn with_operator_state(mut self, was: RegionCondition) -> Self {
+        self.condition.drained = was.drained;
+        self.condition.held_down = was.held_down;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -237,7 +259,7 @@ impl RegionHealth {
         let at = probe.at;
         let why = self.checks.get_mut(check)?.record(probe, self.rise, self.fall)?;
         let health = self.aggregate();
-        (health != self.condition.health).then(|| self.change(at, health, self.condition.drained, why))
+        (health != self.condition.health).then(|| self.change(at, |c| c.health = health, why))
     }
 
     /// The operator's drain; None if it was already so.
@@ -247,8 +269,18 @@ impl RegionHealth {
         } else {
             "drain lifted by the operator"
         };
-        (drained != self.condition.drained)
-            .then(|| self.change(now, self.condition.health, drained, why.into()))
+        (drained != self.condition.drained).then(|| self.change(now, |c| c.drained = drained, why.into()))
+    }
+
+    /// The operator's hold (`redirectorctl down`), or its end (`up`: the
+    /// checks decide again); None if it was already so.
+    pub fn set_held_down(&mut self, held_down: bool, now: Duration) -> Option<Transition> {
+        let why = if held_down {
+            "put down by the operator"
+        } else {
+            "given back to its checks by the operator"
+        };
+        (held_down != self.condition.held_down).then(|| self.change(now, |c| c.held_down = held_down, why.into()))
     }
 
     fn aggregate(&self) -> Health {
@@ -262,19 +294,10 @@ impl RegionHealth {
         }
     }
 
-    fn change(
-        &mut self,
-        at: Duration,
-        health: Health,
-        drained: bool,
-        reason: String,
-    ) -> Transition {
+    fn change(&mut self, at: Duration, update: impl FnOnce(&mut RegionCondition), reason: String) -> Transition {
         let from = self.condition;
-        self.condition = RegionCondition {
-            health,
-            drained,
-            since: at,
-        };
+        update(&mut self.condition);
+        self.condition.since = at;
         Transition {
             at,
             from,
@@ -544,5 +567,35 @@ mod tests {
         );
         assert!(r.condition().eligible());
         assert_eq!(r.condition().status(), RegionStatus::Up);
+    }
+
+    #[test]
+    fn held_down_is_down_whatever_the_checks_say_until_given_back_to_them() {
+        let mut r = region(1);
+        let mut clock = Duration::ZERO;
+        feed(&mut r, 0, &mut clock, &ok(3));
+        assert!(r.condition().eligible());
+
+        let t = r.set_held_down(true, clock).unwrap();
+        assert_eq!((t.reason.as_str(), t.to.to_string()), ("put down by the operator", "up, held down by the operator".into()));
+        assert_eq!(r.condition().status(), RegionStatus::Down, "its flows move");
+        assert!(!r.condition().eligible());
+        assert!(r.set_held_down(true, clock).is_none(), "no change, no transition");
+
+        // The checks go on, and their verdict is the region's once given back.
+        let t = feed(&mut r, 0, &mut clock, &miss(3));
+        assert_eq!(t[0].1.to.to_string(), "down, held down by the operator");
+        let t = r.set_held_down(false, clock).unwrap();
+        assert_eq!((t.reason.as_str(), t.to.to_string()), ("given back to its checks by the operator", "down".into()));
+        assert_eq!(r.condition().status(), RegionStatus::Down, "its checks still fail");
+        feed(&mut r, 0, &mut clock, &ok(3));
+        assert_eq!(r.condition().status(), RegionStatus::Up);
+
+        // Drained and held down: down; the hold lifted: draining again.
+        r.set_drained(true, clock);
+        r.set_held_down(true, clock);
+        assert_eq!(r.condition().status(), RegionStatus::Down);
+        r.set_held_down(false, clock);
+        assert_eq!(r.condition().status(), RegionStatus::Draining);
     }
 }

@@ -7,6 +7,7 @@
 //! plane writes, through the `dataplane::Dataplane` trait). At the edges:
 //! `dataplane` (the BPF maps and links), `checkers` (probes),
 //! `control_server`, `metrics`, and `daemon`, which wires them.
+pub mod alerts;
 pub mod checkers;
 pub mod config;
 pub mod control_server;
@@ -14,6 +15,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod http;
 pub mod listener;
 pub mod maglev;
 pub mod metrics;

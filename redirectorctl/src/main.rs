@@ -46,6 +46,11 @@ enum Command {
     Drain { region: String },
     /// REGION takes new flows again (when healthy).
     Undrain { region: String },
+    /// Take REGION down now, whatever its checks say: new flows go
+    /// elsewhere and its established flows are re-steered.
+    Down { region: String },
+    /// Give REGION, held down, back to its checks.
+    Up { region: String },
     /// Recent state changes, with when and why.
     Events {
         #[arg(long)]
@@ -79,6 +84,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Weight { region, weight, service } => (Request::Weight { region, weight, service }, false),
         Command::Drain { region } => (Request::Drain { region }, false),
         Command::Undrain { region } => (Request::Undrain { region }, false),
+        Command::Down { region } => (Request::Down { region }, false),
+        Command::Up { region } => (Request::Up { region }, false),
         Command::Events { json } => (Request::Events, json),
         Command::Reload => (Request::Reload, false),
         Command::Detach => (Request::Detach, false),

@@ -27,7 +27,7 @@ pub fn status(status: &Status) {
             .join("\n");
         regions.add_row(vec![
             r.name.clone(),
-            r.state.to_string(),
+            if r.held_down { format!("{} (operator)", r.state) } else { r.state.to_string() },
             clock(r.since_unix_ms),
             checks,
             format!("{:.0}", r.pps),

@@ -34,6 +34,10 @@ pub const AGENT_PORT: u16 = 7946;
 pub const UDP_PORT: u16 = 5300;
 /// redirectord's metrics, on the gateway's loopback.
 pub const METRICS: &str = "127.0.0.1:9477";
+/// Where the alert webhook listens (in the gateway's namespace), with
+/// `LabOptions::alerts`, and the bearer token it wants.
+pub const ALERTS: &str = "127.0.0.1:9478";
+pub const ALERT_TOKEN: &str = "lab-alert-token-0123456789";
 
 /// Where the project's binaries were built: beside the running test or
 /// tool (target/<profile>/ or its deps/).
@@ -135,6 +139,8 @@ pub struct LabOptions {
     /// A second service, "stream": UDP on `UDP_PORT` at the same VIP,
     /// weighted, answered by each region's server.
     pub udp_service: bool,
+    /// The alert webhook on [`ALERTS`], token [`ALERT_TOKEN`].
+    pub alerts: bool,
     /// Each region's server resets a connection idle this long
     /// (`region-http --idle-reset-ms`); never when None.
     pub region_idle_reset: Option<Duration>,
@@ -163,6 +169,7 @@ impl Default for LabOptions {
             cgroups: false,
             udp_service: false,
             region_idle_reset: None,
+            alerts: false,
         }
     }
 }
@@ -232,6 +239,9 @@ impl Lab {
         if lab.options.heartbeat_key {
             fs::write(lab.key_path(), "lab-shared-heartbeat-key-0123456789\n")?;
         }
+        if lab.options.alerts {
+            fs::write(lab.alert_token_path(), format!("{ALERT_TOKEN}\n"))?;
+        }
         if lab.options.config_file.is_none() {
             fs::write(lab.config_path(), lab.config(&lab.pins.0))?;
         }
@@ -258,6 +268,10 @@ impl Lab {
 
     pub fn key_path(&self) -> PathBuf {
         self.dir.join("heartbeat.key")
+    }
+
+    pub fn alert_token_path(&self) -> PathBuf {
+        self.dir.join("alerts.token")
     }
 
     /// The VIP: region2's own address, as in the reference setup.
@@ -340,6 +354,10 @@ impl Lab {
                 names.join(", ")
             )
             .unwrap();
+        }
+        if o.alerts {
+            let token = self.alert_token_path().display().to_string();
+            writeln!(text, "\n[alerts]\nlisten = {ALERTS:?}\ntoken_file = {token:?}").unwrap();
         }
         text
     }

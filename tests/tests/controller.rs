@@ -9,8 +9,8 @@ use redirector_proto::{
 };
 
 use redirector_tests::{
-    client::{Measurement, Options},
-    lab::{body, Lab, LabOptions, AGENT_PORT},
+    client::{Measurement, Options, Session},
+    lab::{body, Lab, LabOptions, AGENT_PORT, ALERTS, ALERT_TOKEN},
     netns::{require_root, unique_name, Netns},
 };
 
@@ -74,6 +74,70 @@ fn a_command_is_live_when_redirectorctl_returns() {
         assert!(matches!(response, Response::Done { .. }), "{response:?}");
         assert_eq!(get(&lab, vip), body(expect), "right after set-active {region:?}");
     }
+}
+
+#[test]
+fn down_takes_a_healthy_region_down_now_and_up_gives_it_back_to_its_checks() {
+    let lab = lab(LabOptions::default());
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    let vip = lab.vip();
+    let mut kept = Session::open(&lab.topo.client, vip, Duration::from_secs(1)).unwrap();
+    assert_eq!(kept.get().unwrap(), body(2));
+
+    let said = lab.ctl_ok(&["down", "region2"]).unwrap();
+    assert_eq!(said.trim(), "region region2: up, held down by the operator");
+    assert_eq!(get(&lab, vip), body(1), "new flows at once to the next region");
+    assert!(kept.get().is_err(), "an established flow re-steered off it: region1 knows no such connection");
+    let status = lab.status().unwrap();
+    let region2 = status.regions.iter().find(|r| r.name == "region2").unwrap();
+    assert_eq!((region2.state, region2.held_down), (RegionStatus::Down, true), "in --json too");
+    assert!(lab.ctl_ok(&["status"]).unwrap().contains("down (operator)"));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(&lab, vip), body(1), "its checks pass, and it stays down");
+    assert!(lab.ctl_ok(&["events"]).unwrap().contains("put down by the operator"));
+
+    let said = lab.ctl_ok(&["up", "region2"]).unwrap();
+    assert_eq!(said.trim(), "region region2: up");
+    assert_eq!(get(&lab, vip), body(2));
+    let unknown = lab.ctl(&["down", "region9"]).unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("known: region1, region2, region3"));
+}
+
+/// Alertmanager's webhook payload with one alert about `region`.
+fn alert(status: &str, region: &str) -> String {
+    format!(
+        r#"{{"version":"4","status":"{status}","receiver":"redirector","groupLabels":{{}},"commonLabels":{{}},"alerts":[{{"status":"{status}","labels":{{"alertname":"RegionDegraded","region":"{region}"}},"annotations":{{}},"startsAt":"2026-11-29T10:00:00Z","fingerprint":"1a2b"}}]}}"#
+    )
+}
+
+/// curl's POST to the webhook, as Alertmanager sends it; the HTTP status.
+fn post_alert(lab: &Lab, token: &str, body: &str) -> String {
+    let url = format!("http://{ALERTS}/alerts");
+    let auth = format!("Authorization: Bearer {token}");
+    let args = ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", body, &url];
+    lab.topo.gateway.exec("curl", &args).unwrap()
+}
+
+#[test]
+fn alertmanager_firing_takes_a_region_down_and_resolved_gives_it_back() {
+    let lab = lab(LabOptions { alerts: true, ..Default::default() });
+    lab.wait_active("region2", Duration::from_secs(2)).unwrap();
+    let vip = lab.vip();
+    let held = |lab: &Lab| lab.status().unwrap().regions.iter().find(|r| r.name == "region2").unwrap().held_down;
+
+    assert_eq!(post_alert(&lab, "not-the-token-0123456789", &alert("firing", "region2")), "401");
+    assert_eq!(post_alert(&lab, ALERT_TOKEN, &alert("firing", "region9")), "422");
+    assert_eq!(post_alert(&lab, ALERT_TOKEN, "{\"alerts\":"), "422");
+    assert!(!held(&lab), "nothing refused changed anything");
+    assert_eq!(get(&lab, vip), body(2));
+
+    assert_eq!(post_alert(&lab, ALERT_TOKEN, &alert("firing", "region2")), "200");
+    assert!(held(&lab));
+    assert_eq!(get(&lab, vip), body(1), "new flows moved when the webhook answered");
+    assert_eq!(post_alert(&lab, ALERT_TOKEN, &alert("resolved", "region2")), "200");
+    assert!(!held(&lab));
+    assert_eq!(get(&lab, vip), body(2));
 }
 
 /// One request from the client namespace; the body.

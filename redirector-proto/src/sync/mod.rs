@@ -54,6 +54,8 @@ pub const MAC_LEN: usize = 32;
 /// IP and UDP headers.
 pub const MAX_RECORDS: usize = 56;
 pub const MAX_DATAGRAM: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN + MAC_LEN;
+// With the IPv4 and UDP headers, within a 1 500-byte MTU.
+const _: () = assert!(MAX_DATAGRAM + 28 <= 1500);
 const MAGIC: [u8; 4] = *b"RDFS";
 const FLOW_BITS: u8 = FLOW_FIN_SEEN | FLOW_RST_SEEN | FLOW_ANSWERED;
 

@@ -58,6 +58,11 @@
 //! regions = ["region1", "region2"]
 //! weights = { region1 = 3, region2 = 1 }  # optional: overrides the regions' weight for this service
 //! target_port = 8080             # optional: the regions serve on this port
+//!
+//! [alerts]                       # optional: the Alertmanager webhook (POST /alerts)
+//! listen = "127.0.0.1:9478"      # its own address, not metrics_listen
+//! token_file = "/etc/redirector/alerts.token"   # bearer token, 16 bytes or more
+//! label = "region"               # default: the alert label naming the region
 //! ```
 //!
 //! Check kinds: `heartbeat` {address, key_file?}, `http` {url, expect_status
@@ -138,6 +143,8 @@ pub(crate) const DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
 pub(crate) const MIN_SAMPLE_MS: u64 = 100;
 /// One share each: with no weights written, `weighted` spreads evenly.
 pub(crate) const DEFAULT_WEIGHT: u32 = 1;
+/// The alert label that names a region, unless `[alerts] label` says.
+pub(crate) const DEFAULT_ALERT_LABEL: &str = "region";
 /// cpu watermarks are a percentage of the region's CPU.
 pub(crate) const MAX_PERCENT: u64 = 100;
 
@@ -155,6 +162,17 @@ pub struct Config {
     pub regions: Vec<RegionConfig>,
     /// Position is the service's id in the data plane.
     pub services: Vec<ServiceConfig>,
+    /// The alert webhook, off when None.
+    pub alerts: Option<AlertsSettings>,
+}
+
+/// `[alerts]`: where the webhook listens, its bearer token's file, and the
+/// label that names a region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertsSettings {
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
+    pub label: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

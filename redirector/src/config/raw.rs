@@ -30,6 +30,15 @@ pub(super) struct RawConfig {
     pub(super) region: Vec<RawRegion>,
     #[serde(default)]
     pub(super) service: Vec<RawService>,
+    pub(super) alerts: Option<RawAlerts>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    pub(super) listen: Spanned<SocketAddr>,
+    pub(super) token_file: PathBuf,
+    pub(super) label: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]

@@ -169,6 +169,36 @@ fn an_unknown_key_is_refused_by_name() {
 }
 
 #[test]
+fn the_alert_webhook_is_off_by_default_and_checked_when_configured() {
+    assert_eq!(Config::parse(LAB, "lab.toml").unwrap().alerts, None);
+    let alerts = "\n[alerts]\nlisten = \"127.0.0.1:9478\"\ntoken_file = \"/etc/redirector/alerts.token\"\n";
+    let c = Config::parse(&format!("{LAB}{alerts}"), "lab.toml").unwrap();
+    assert_eq!(
+        c.alerts,
+        Some(AlertsSettings {
+            listen: "127.0.0.1:9478".parse().unwrap(),
+            token_file: "/etc/redirector/alerts.token".into(),
+            label: "region".into(),
+        })
+    );
+    let with = |extra: &str| format!("{LAB}{alerts}{extra}");
+    let text = with("label = \"site\"\n");
+    assert_eq!(Config::parse(&text, "lab.toml").unwrap().alerts.unwrap().label, "site");
+    let text = with("label = \"\"\n");
+    assert!(refused(&text).starts_with(&format!("lab.toml:{}: alerts.label: must name", line_of(&text, "label ="))), "{}", refused(&text));
+    let text = with("lable = \"site\"\n");
+    assert!(refused(&text).starts_with(&format!("lab.toml:{}: alerts.lable: unknown field", line_of(&text, "lable"))), "{}", refused(&text));
+    let text = format!("{LAB}\n[alerts]\nlisten = \"127.0.0.1:9477\"\ntoken_file = \"t\"\n");
+    let message = refused(&text);
+    assert!(
+        message.starts_with(&format!("lab.toml:{}: alerts.listen: is metrics_listen too", line_of(&text, "\nlisten"))),
+        "{message}"
+    );
+    let text = format!("{LAB}\n[alerts]\nlisten = \"127.0.0.1:9478\"\n");
+    assert!(refused(&text).contains("alerts: missing field `token_file`"), "{}", refused(&text));
+}
+
+#[test]
 fn an_unknown_key_inside_a_check_is_refused() {
     let text = lab_with("expect_status = 200", "expect_stauts = 200");
     let message = refused(&text);

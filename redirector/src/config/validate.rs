@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     ops::Range,
     path::PathBuf,
     time::Duration,
@@ -14,9 +14,11 @@ use redirector_common::{MAX_REGIONS, MAX_SERVICES};
 use toml::Spanned;
 
 use super::{
-    raw::{RawBalance, RawCheck, RawConfig, RawFailover, RawHealth, RawRegion, RawService, RawWatermarks},
-    BalanceSettings, Check, CheckKind, Config, ConfigError, FailoverSettings, HealthSettings, HttpCheck,
-    Measure, PolicyKind, Protocol, RegionConfig, ServiceAddr, ServiceConfig, Watermarks, DEFAULT_BALANCE,
+    raw::{
+        RawAlerts, RawBalance, RawCheck, RawConfig, RawFailover, RawHealth, RawRegion, RawService, RawWatermarks,
+    },
+    AlertsSettings, BalanceSettings, Check, CheckKind, Config, ConfigError, FailoverSettings, HealthSettings, HttpCheck,
+    Measure, PolicyKind, Protocol, RegionConfig, ServiceAddr, ServiceConfig, Watermarks, DEFAULT_ALERT_LABEL, DEFAULT_BALANCE,
     DEFAULT_FAILOVER, DEFAULT_HEALTH, DEFAULT_PIN_PATH, DEFAULT_SOCKET, DEFAULT_WEIGHT, MAX_FLOW_TABLE_SIZE,
     MAX_INTERFACE_NAME, MAX_PERCENT, MIN_FLOW_TABLE_SIZE, MIN_INTERVAL_MS, MIN_SAMPLE_MS,
 };
@@ -166,6 +168,7 @@ impl Source<'_> {
         let balance = self.balance(&raw.balance)?;
         let regions = self.regions(&raw.region, &health)?;
         let services = self.services(&raw.service, &regions)?;
+        let alerts = raw.alerts.as_ref().map(|a| self.alerts(a, raw.metrics_listen)).transpose()?;
         Ok(Config {
             interfaces,
             pin_path: raw
@@ -180,7 +183,22 @@ impl Source<'_> {
             balance,
             regions,
             services,
+            alerts,
         })
+    }
+
+    fn alerts(&self, raw: &RawAlerts, metrics_listen: Option<SocketAddr>) -> Result<AlertsSettings, ConfigError> {
+        if Some(*raw.listen.get_ref()) == metrics_listen {
+            return Err(self.error(raw.listen.span(), "alerts.listen", "is metrics_listen too: the webhook needs its own address"));
+        }
+        let label = match &raw.label {
+            Some(label) if label.get_ref().is_empty() => {
+                return Err(self.error(label.span(), "alerts.label", "must name the alert label that carries a region"))
+            }
+            Some(label) => label.get_ref().clone(),
+            None => DEFAULT_ALERT_LABEL.to_string(),
+        };
+        Ok(AlertsSettings { listen: *raw.listen.get_ref(), token_file: raw.token_file.clone(), label })
     }
 
     fn flow_table_size(&self, raw: Option<&Spanned<u32>>) -> Result<u32, ConfigError> {

@@ -18,7 +18,8 @@
 //!   of weighted services decided with them, and logging waits for both;
 //! - a region is written down only once no live table of a service whose
 //!   next table waits still selects it, so flows re-steered off it find
-//!   the new table; up and draining are written at once;
+//!   the new table; up and draining are written at once (down is the
+//!   checks' verdict or the operator's hold, `redirectorctl down`);
 //! - nothing is written for a region while it is pending after a start:
 //!   the data plane keeps its last state, and a restart moves no flow.
 
@@ -35,7 +36,7 @@ use tracing::{error, info};
 use crate::{
     config::Config,
     dataplane::{check_services, flow_table::Sweep, service_specs, Dataplane, Selection, Stats},
-    health::{Probe, RegionHealth},
+    health::{Probe, RegionHealth, Transition},
     maglev, metrics,
     policy::{Decision, Event, EventKind, Load, Policy, Subject},
 };
@@ -453,8 +454,10 @@ impl<D: Dataplane> Controller<D> {
                     (format!("weight of {region} = {weight} in {}", services.join(", ")), events)
                 })
             }
-            Request::Drain { region } => self.set_drained(&region, true, now),
-            Request::Undrain { region } => self.set_drained(&region, false, now),
+            Request::Drain { region } => self.set_condition(&region, now, |h, now| h.set_drained(true, now)),
+            Request::Undrain { region } => self.set_condition(&region, now, |h, now| h.set_drained(false, now)),
+            Request::Down { region } => self.set_condition(&region, now, |h, now| h.set_held_down(true, now)),
+            Request::Up { region } => self.set_condition(&region, now, |h, now| h.set_held_down(false, now)),
             Request::Reload | Request::Detach => {
                 return Response::Error { message: "reload and detach are the daemon's".into() };
             }
@@ -468,15 +471,16 @@ impl<D: Dataplane> Controller<D> {
         }
     }
 
-    fn set_drained(
+    /// The operator's drain or hold on `region`, as `change` applies it.
+    fn set_condition(
         &mut self,
         region: &str,
-        drained: bool,
         now: Duration,
+        change: impl FnOnce(&mut RegionHealth, Duration) -> Option<Transition>,
     ) -> Result<(String, Vec<Event>), crate::policy::PolicyError> {
         let id = self.policy.region_id(region)?;
         let health = &mut self.health[id as usize];
-        Ok(match health.set_drained(drained, now) {
+        Ok(match change(health, now) {
             Some(transition) => (format!("region {region}: {}", transition.to), vec![Event::region(id, &transition)]),
             None => (format!("region {region}: already {}", health.condition()), Vec::new()),
         })
@@ -508,6 +512,9 @@ impl<D: Dataplane> Controller<D> {
         }
         if config.pin_path != self.config.pin_path || config.control_socket != self.config.control_socket {
             bail!("pin_path and control_socket take effect at start only");
+        }
+        if config.alerts != self.config.alerts {
+            bail!("[alerts] takes effect at start only");
         }
         if config.flow_table_size != self.config.flow_table_size {
             bail!(
@@ -548,7 +555,9 @@ impl<D: Dataplane> Controller<D> {
             .enumerate()
             .map(|(i, region)| match self.config.regions.get(i) {
                 Some(old) if old.checks == region.checks && old.health == region.health => self.health[i].clone(),
-                _ => RegionHealth::new(region, now),
+                // New checks start over; the operator's drain and hold stay.
+                Some(_) => RegionHealth::new(region, now).with_operator_state(self.health[i].condition()),
+                None => RegionHealth::new(region, now),
             })
             .collect();
         // Tables decided for the old services are moot: the new ones

@@ -61,6 +61,7 @@ impl<D: Dataplane> Controller<D> {
                     packets: counters.packets,
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,
+                    held_down: condition.held_down,
                 }
             })
             .collect();

@@ -281,6 +281,44 @@ fn drain_and_undrain_write_the_region_state_and_move_new_flows() {
     );
 }
 
+#[test]
+fn down_holds_a_healthy_region_down_and_up_gives_it_back_to_its_checks() {
+    let mut rig = Rig::settled(config(WEB));
+    let web = rig.addr("web");
+    rig.writes();
+    rig.clock.advance(20 * MS);
+    let done = rig.ctl(Request::Down { region: "region2".into() });
+    assert_eq!(done, Response::Done { message: "region region2: up, held down by the operator".into() });
+    assert_eq!(
+        rig.writes(),
+        [Write::Selection(web, Selection::all(R1)), Write::RegionState(R2, RegionState::Down)],
+        "new flows elsewhere first, then its established flows re-steered"
+    );
+    let region2 = |rig: &Rig| rig.controller.status().regions.into_iter().find(|r| r.name == "region2").unwrap();
+    assert_eq!((region2(&rig).state, region2(&rig).held_down), (RegionStatus::Down, true));
+
+    // Its checks pass and it stays down.
+    for _ in 0..5 {
+        rig.round([true, true, true]);
+    }
+    assert_eq!(rig.writes(), []);
+    assert_eq!(region2(&rig).state, RegionStatus::Down);
+
+    let unknown = rig.ctl(Request::Down { region: "region9".into() });
+    assert_eq!(
+        unknown,
+        Response::Error { message: "unknown region \"region9\" (known: region1, region2, region3)".into() }
+    );
+    rig.clock.advance(20 * MS);
+    let done = rig.ctl(Request::Up { region: "region2".into() });
+    assert_eq!(done, Response::Done { message: "region region2: up".into() });
+    assert_eq!(rig.writes(), [Write::Selection(web, Selection::all(R2)), Write::RegionState(R2, RegionState::Up)]);
+    assert!(!region2(&rig).held_down);
+    let events = rig.controller.events();
+    let reasons: Vec<&str> = events.iter().rev().filter(|e| e.kind == EventKind::Region).take(2).map(|e| e.why.as_str()).collect();
+    assert_eq!(reasons, ["given back to its checks by the operator", "put down by the operator"]);
+}
+
 /// web (failover) and api (weighted over three regions, listed first, so
 /// its id is lower).
 const API: &str = "[[service]]\nname = \"api\"\nvip = \"10.9.0.2\"\nport = 443\nprotocol = \"tcp\"\npolicy = \"weighted\"\nregions = [\"region1\", \"region2\", \"region3\"]\n";
@@ -441,6 +479,22 @@ fn a_re_keyed_service_keeps_its_table_while_its_regions_await_their_verdicts() {
         "dns's table carried over at once, not left selecting nowhere"
     );
     assert_eq!(rig.controller.status().regions[0].state, RegionStatus::Pending);
+}
+
+#[test]
+fn the_operators_hold_and_drain_survive_a_reload_that_changes_the_regions_checks() {
+    let mut rig = Rig::settled(config(WEB));
+    rig.ctl(Request::Down { region: "region2".into() });
+    rig.ctl(Request::Drain { region: "region3".into() });
+    let mut changed = config(WEB);
+    for region in [1, 2] {
+        let extra = changed.regions[region].checks[0].clone();
+        changed.regions[region].checks.push(extra);
+    }
+    rig.controller.reload(changed).unwrap();
+    let status = rig.controller.status();
+    assert_eq!((status.regions[1].state, status.regions[1].held_down), (RegionStatus::Down, true));
+    assert_eq!(status.regions[2].state, RegionStatus::Draining, "pending checks, still drained");
 }
 
 #[test]

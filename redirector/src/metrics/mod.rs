@@ -294,6 +294,7 @@ mod tests {
                 cpu_percent: None,
                 agent_connections: None,
                 saturated: Vec::new(),
+                held_down: false,
             });
             snap.switches.push(("web".into(), 3));
             snap.status.reasons.push(("forwarded".into(), 7));

@@ -39,6 +39,7 @@ impl Lab {
         let pending = RegionCondition {
             health: Health::Pending,
             drained: false,
+            held_down: false,
             since: Duration::ZERO,
         };
         Lab {
@@ -68,11 +69,7 @@ impl Lab {
     fn set(&mut self, region: u8, health: Health) {
         let condition = &mut self.conditions[region as usize];
         if condition.health != health {
-            *condition = RegionCondition {
-                health,
-                drained: condition.drained,
-                since: self.now,
-            };
+            *condition = RegionCondition { health, since: self.now, ..*condition };
         }
     }
 
@@ -556,11 +553,13 @@ fn region_events_show_health_and_drain() {
         from: RegionCondition {
             health: Health::Up,
             drained: true,
+            held_down: false,
             since: Duration::ZERO,
         },
         to: RegionCondition {
             health: Health::Down,
             drained: true,
+            held_down: false,
             since: Duration::from_secs(5),
         },
         reason: "tcp 10.1.0.2:80: 3 misses in a row, last: timeout".into(),
