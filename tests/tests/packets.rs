@@ -11,7 +11,7 @@ use redirector::{
     dataplane::{flow_table::monotonic_ns, Dataplane, Selection},
 };
 use redirector_common::{
-    lifetime::UDP_IDLE_TIMEOUT_NS, Flow, FlowKey, Reason, RegionState, FLOW_FIN_SEEN,
+    lifetime::{CLOSED_FLOW_LINGER_NS, UDP_IDLE_TIMEOUT_NS}, Flow, FlowKey, Reason, RegionState, FLOW_FIN_SEEN,
     FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP, IPPROTO_UDP,
 };
 use redirector_tests::{
@@ -744,6 +744,38 @@ fn flow_events_reach_the_log_through_aya_log_when_enabled() {
     logger.flush();
     let lines = CAPTURED.0.lock().unwrap().clone();
     assert_eq!(lines, ["new flow: 192.0.2.10:40028 -> 10.2.0.2:80 proto 6"], "one event, for the first packet only");
+}
+
+/// The sweep reads the table, then deletes what was expired; meanwhile
+/// (longer if its thread is held up: redirectord stopped, a busy host) the
+/// data plane may reuse a key for a new flow, which must survive.
+#[test]
+fn the_sweep_keeps_an_entry_reused_between_its_read_and_its_delete() {
+    let mut gw = Gateway::new().unwrap();
+    let now = monotonic_ns();
+    let old = now.saturating_sub(CLOSED_FLOW_LINGER_NS + 1_000_000_000);
+    let key = |port: u16| FlowKey {
+        src_addr: u32::from(CLIENT).to_be(),
+        dst_addr: u32::from(VIP2).to_be(),
+        src_port: port.to_be(),
+        dst_port: 80u16.to_be(),
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let closed = Flow { last_seen_ns: old, region_id: R1.id, flags: FLOW_FIN_SEEN, ..Default::default() };
+    for port in [40_100, 40_101] {
+        gw.dataplane.set_flow(&key(port), &closed).unwrap();
+    }
+    let mut table = gw.dataplane.flow_table().unwrap();
+    let plan = table.plan(now).unwrap();
+    // The client reuses port 40 100 for a new connection.
+    let reopened = Flow { last_seen_ns: monotonic_ns(), region_id: R2.id, ..Default::default() };
+    gw.dataplane.set_flow(&key(40_100), &reopened).unwrap();
+    let sweep = table.finish(plan);
+    assert_eq!(sweep.expired, 1, "only the entry still expired");
+    let left = gw.dataplane.flows().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].0, left[0].1.region_id), (key(40_100), R2.id), "the new connection's entry stays");
 }
 
 #[test]

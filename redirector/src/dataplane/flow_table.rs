@@ -99,14 +99,20 @@ impl FlowTable {
     /// expired entries of both tables, by the data plane's own rule
     /// ([`redirector_common::lifetime`]).
     pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
+        let plan = self.plan(now_ns)?;
+        Ok(self.finish(plan))
+    }
+
+    /// The first half of a sweep: both tables read, active flows counted,
+    /// the expired entries listed.
+    pub fn plan(&self, now_ns: u64) -> Result<SweepPlan> {
         let started = Instant::now();
         let mut active = vec![0u64; MAX_REGIONS as usize];
-        let mut expired = 0;
         let established = self.established.entries()?;
+        let mut expired = Vec::new();
         for (key, flow) in &established {
             match life(key.protocol, flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) {
-                // Already gone if the data plane's LRU evicted it meanwhile.
-                Life::Expired => expired += usize::from(self.established.0.remove(key).is_ok()),
+                Life::Expired => expired.push(*key),
                 Life::Live if flow.direction == FLOW_ORIGINAL => {
                     if let Some(n) = active.get_mut(flow.region_id as usize) {
                         *n += 1;
@@ -116,22 +122,72 @@ impl FlowTable {
             }
         }
         let new = self.new.entries()?;
-        for (key, flow) in &new {
-            if handshake_life(flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) == Life::Expired {
-                expired += usize::from(self.new.0.remove(key).is_ok());
-            }
-        }
-        Ok(Sweep {
+        let expired_new = new
+            .iter()
+            .filter(|(_, flow)| handshake_life(flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) == Life::Expired)
+            .map(|(key, _)| *key)
+            .collect();
+        Ok(SweepPlan {
+            now_ns,
+            started,
             active,
             entries: established.len() + new.len(),
             new_entries: new.len(),
             expired,
-            took: started.elapsed(),
+            expired_new,
         })
+    }
+
+    /// The second half: each listed entry deleted if it is still expired.
+    /// The data plane may have reused its key since it was read (a client
+    /// port reused for a new connection, moments or, if this thread was
+    /// held up, seconds later): that entry is live and stays. What is left
+    /// is the microseconds between the look and the delete.
+    pub fn finish(&mut self, plan: SweepPlan) -> Sweep {
+        let now = plan.now_ns;
+        let mut expired = 0;
+        for key in &plan.expired {
+            expired += usize::from(self.established.delete_if(key, |flow| life(key.protocol, flow.flags, idle(now, flow))));
+        }
+        for key in &plan.expired_new {
+            expired += usize::from(self.new.delete_if(key, |flow| handshake_life(flow.flags, idle(now, flow))));
+        }
+        Sweep {
+            active: plan.active,
+            entries: plan.entries,
+            new_entries: plan.new_entries,
+            expired,
+            took: plan.started.elapsed(),
+        }
     }
 }
 
+fn idle(now_ns: u64, flow: &Flow) -> u64 {
+    now_ns.saturating_sub(flow.last_seen_ns)
+}
+
+/// A sweep read but not yet applied ([`FlowTable::plan`]).
+pub struct SweepPlan {
+    now_ns: u64,
+    started: Instant,
+    active: Vec<u64>,
+    entries: usize,
+    new_entries: usize,
+    /// Keys of the established table, then of the table of new flows, that
+    /// were expired when read.
+    expired: Vec<FlowKey>,
+    expired_new: Vec<FlowKey>,
+}
+
 impl FlowMap {
+    /// Deletes `key`'s entry if, read again now, `life` says it is
+    /// expired; whether it did (an entry already gone is not counted: the
+    /// LRU evicted it meanwhile).
+    fn delete_if(&mut self, key: &FlowKey, life: impl Fn(&Flow) -> Life) -> bool {
+        let expired = self.0.get(key, 0).is_ok_and(|flow| life(&flow) == Life::Expired);
+        expired && self.0.remove(key).is_ok()
+    }
+
     /// Every entry, both directions, read `BATCH` at a time. Entries added
     /// or removed by the data plane meanwhile may or may not be seen.
     pub fn entries(&self) -> Result<Vec<(FlowKey, Flow)>> {

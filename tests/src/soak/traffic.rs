@@ -131,7 +131,7 @@ fn kept_connection(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant,
                     let answered_by = region_of(&body);
                     if region.is_some() && answered_by != region {
                         let what = format!("kept connection moved from {region:?} to {answered_by:?}");
-                        log.moves.push(Trouble { from: now, to: now, region, what });
+                        log.moves.push(Trouble { from: now, to: now, region, what, single: false });
                     }
                     region = answered_by;
                     last_answer = now;
@@ -140,7 +140,7 @@ fn kept_connection(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant,
                 Err(e) => {
                     log.lost += 1;
                     let what = format!("kept connection on {region:?} broke: {e:#}");
-                    log.troubles.push(Trouble { from: last_answer, to: t0.elapsed(), region, what });
+                    log.troubles.push(Trouble { from: last_answer, to: t0.elapsed(), region, what, single: false });
                     break;
                 }
             }
@@ -192,12 +192,13 @@ fn udp_flow(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant, stop: 
                 if !unanswered.is_empty() {
                     log.lost += unanswered.len() as u64;
                     let what = format!("UDP flow on {region:?} lost {} datagrams", unanswered.len());
-                    log.troubles.push(Trouble { from: last_answer, to: now, region, what });
+                    let single = unanswered.len() == 1;
+                    log.troubles.push(Trouble { from: last_answer, to: now, region, what, single });
                     unanswered.clear();
                 }
                 if region.is_some() && answered_by != region {
                     let what = format!("UDP flow moved from {region:?} to {answered_by:?}");
-                    log.moves.push(Trouble { from: last_answer, to: now, region, what });
+                    log.moves.push(Trouble { from: last_answer, to: now, region, what, single: false });
                 }
                 region = answered_by;
                 last_answer = now;
@@ -210,7 +211,7 @@ fn udp_flow(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant, stop: 
     if !unanswered.is_empty() {
         log.lost += unanswered.len() as u64;
         let what = format!("UDP flow on {region:?} lost {} datagrams until the end", unanswered.len());
-        log.troubles.push(Trouble { from: last_answer, to: t0.elapsed(), region, what });
+        log.troubles.push(Trouble { from: last_answer, to: t0.elapsed(), region, what, single: false });
     }
     Ok(log)
 }
