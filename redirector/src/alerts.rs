@@ -54,9 +54,9 @@ enum AlertStatus {
     Resolved,
 }
 
-/// What a payload asks: each region it names, and whether it goes down
-/// (true) or back to its checks, in region order.
-pub fn decide(body: &[u8], label: &str, known: &[String]) -> Result<Vec<(String, bool)>, String> {
+/// What a payload asks: `down` or `up` for each region it names, in
+/// region order.
+pub fn decide(body: &[u8], label: &str, known: &[String]) -> Result<Vec<Request>, String> {
     let payload: Payload =
         serde_json::from_slice(body).map_err(|e| format!("not an Alertmanager webhook payload: {e}"))?;
     let mut regions: BTreeMap<&str, bool> = BTreeMap::new();
@@ -67,7 +67,13 @@ pub fn decide(body: &[u8], label: &str, known: &[String]) -> Result<Vec<(String,
         }
         *regions.entry(region).or_default() |= alert.status == AlertStatus::Firing;
     }
-    Ok(regions.into_iter().map(|(region, down)| (region.to_string(), down)).collect())
+    Ok(regions
+        .into_iter()
+        .map(|(region, firing)| {
+            let region = region.to_string();
+            if firing { Request::Down { region } } else { Request::Up { region } }
+        })
+        .collect())
 }
 
 pub struct Settings {
@@ -120,16 +126,15 @@ async fn respond(conn: &mut TcpStream, settings: &Settings, calls: &mpsc::Sender
         Some(Response::Status(status)) => status.regions.into_iter().map(|r| r.name).collect::<Vec<_>>(),
         _ => return Some(http::answer("503 Service Unavailable", "", "the controller did not answer\n")),
     };
-    let decisions = match decide(&body, &settings.label, &known) {
-        Ok(decisions) => decisions,
+    let requests = match decide(&body, &settings.label, &known) {
+        Ok(requests) => requests,
         Err(e) => {
             warn!("alerts: payload refused: {e}");
             return Some(http::answer("422 Unprocessable Content", "", &format!("{e}; nothing changed\n")));
         }
     };
     let mut said = String::new();
-    for (region, down) in decisions {
-        let request = if down { Request::Down { region } } else { Request::Up { region } };
+    for request in requests {
         let line = match call(calls, request).await {
             Some(Response::Done { message }) => message,
             Some(Response::Error { message }) => format!("error: {message}"),
@@ -173,7 +178,10 @@ mod tests {
     #[test]
     fn firing_takes_a_region_down_resolved_gives_it_back_and_firing_wins() {
         let body = payload(&[("firing", "region2"), ("resolved", "region1"), ("resolved", "region2")]);
-        assert_eq!(decide(&body, "region", &known()), Ok(vec![("region1".into(), false), ("region2".into(), true)]));
+        assert_eq!(
+            decide(&body, "region", &known()),
+            Ok(vec![Request::Up { region: "region1".into() }, Request::Down { region: "region2".into() }])
+        );
     }
 
     #[test]

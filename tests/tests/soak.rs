@@ -11,7 +11,7 @@ use redirector_tests::{
 #[test]
 fn two_minutes_of_faults_under_load_break_no_invariant() {
     require_root();
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = redirector_tests::fuzz::fresh_seed();
     eprintln!("soak seed {seed} (replay: cargo xtask soak --minutes 2 --seed {seed})");
     let report = soak(&SoakOptions { duration: Duration::from_secs(120), seed, kinds: FaultKind::ALL.to_vec() }).expect("soak");
     println!("{}", report.markdown());

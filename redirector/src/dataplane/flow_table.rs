@@ -111,7 +111,7 @@ impl FlowTable {
         let established = self.established.entries()?;
         let mut expired = Vec::new();
         for (key, flow) in &established {
-            match life(key.protocol, flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) {
+            match life(key.protocol, flow.flags, idle(now_ns, flow)) {
                 Life::Expired => expired.push(*key),
                 Life::Live if flow.direction == FLOW_ORIGINAL => {
                     if let Some(n) = active.get_mut(flow.region_id as usize) {
@@ -124,7 +124,7 @@ impl FlowTable {
         let new = self.new.entries()?;
         let expired_new = new
             .iter()
-            .filter(|(_, flow)| handshake_life(flow.flags, now_ns.saturating_sub(flow.last_seen_ns)) == Life::Expired)
+            .filter(|(_, flow)| handshake_life(flow.flags, idle(now_ns, flow)) == Life::Expired)
             .map(|(key, _)| *key)
             .collect();
         Ok(SweepPlan {

@@ -50,6 +50,19 @@ pub fn write_result(name: &str, markdown: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A tool's report with the machine it ran on: printed, and with `record`
+/// written to bench/results/`name`.md as well.
+pub fn publish(tool: &str, name: &str, report: &str, record: bool) {
+    let markdown = format!("{report}\nMachine: {}\n", machine());
+    println!("{markdown}");
+    if record {
+        match write_result(name, &markdown) {
+            Ok(path) => eprintln!("{tool}: wrote {}", path.display()),
+            Err(e) => eprintln!("{tool}: {e:#}"),
+        }
+    }
+}
+
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]

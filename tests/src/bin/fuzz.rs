@@ -6,8 +6,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use redirector_tests::{
-    bench::{machine, write_result},
-    fuzz::{fuzz, FuzzOptions},
+    bench::publish,
+    fuzz::{fresh_seed, fuzz, FuzzOptions},
 };
 
 #[derive(Parser)]
@@ -28,9 +28,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = args.seed.unwrap_or_else(fresh_seed);
     eprintln!("fuzz: seed {seed}, up to {} frames", args.frames);
     let options = FuzzOptions {
         seed,
@@ -45,14 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let markdown = format!("{}\n\nMachine: {}\n", report.markdown(), machine());
-    println!("{markdown}");
-    if args.record {
-        match write_result("fuzz", &markdown) {
-            Ok(path) => eprintln!("fuzz: wrote {}", path.display()),
-            Err(e) => eprintln!("fuzz: {e:#}"),
-        }
-    }
+    publish("fuzz", "fuzz", &format!("{}\n", report.markdown()), args.record);
     if report.mismatch.is_some() {
         ExitCode::FAILURE
     } else {

@@ -5,7 +5,8 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use redirector_tests::{
-    bench::{machine, write_result},
+    bench::publish,
+    fuzz::fresh_seed,
     soak::{soak, verdict::FaultKind, SoakOptions},
 };
 
@@ -31,9 +32,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = args.seed.unwrap_or_else(fresh_seed);
     eprintln!("soak: seed {seed}, {} minutes", args.minutes);
     let record_as = match (args.calm, args.only.is_empty()) {
         (true, _) => "soak-calm",
@@ -52,14 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let markdown = format!("{}\nMachine: {}\n", report.markdown(), machine());
-    println!("{markdown}");
-    if args.record {
-        match write_result(record_as, &markdown) {
-            Ok(path) => eprintln!("soak: wrote {}", path.display()),
-            Err(e) => eprintln!("soak: {e:#}"),
-        }
-    }
+    publish("soak", record_as, &report.markdown(), args.record);
     if report.violations.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -61,6 +61,12 @@ impl SelectionSpec {
     }
 }
 
+/// A seed for a run that was given none: the clock's nanoseconds. Printed
+/// by whoever uses it, so the run can be replayed.
+pub fn fresh_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+}
+
 /// splitmix64's finaliser: a well-spread hash of a counter.
 pub fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
