@@ -61,8 +61,9 @@ pub mod map_names {
     pub const REGION_COUNTERS: &str = "REGION_COUNTERS";
     pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
     pub const REASONS: &str = "REASONS";
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     /// Every map above: what a pin directory holds.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         SERVICES,
         BACKENDS,
         REGIONS,
@@ -73,6 +74,7 @@ pub mod map_names {
         REGION_COUNTERS,
         SERVICE_COUNTERS,
         REASONS,
+        FLOW_EVENTS,
     ];
 }
 
@@ -213,6 +215,11 @@ pub const FLOW_RST_SEEN: u8 = 2;
 pub const FLOW_ANSWERED: u8 = 4;
 /// The TCP connection is over: a new SYN on this tuple is a new flow.
 pub const FLOW_CLOSED: u8 = FLOW_FIN_SEEN | FLOW_RST_SEEN;
+/// `Flow::flags`: the entry came from a peer gateway (flow sync) and this
+/// gateway has carried no packet of it since; the data plane clears it
+/// when a packet refreshes the entry. Entries with it are not announced
+/// back to peers.
+pub const FLOW_SYNCED: u8 = 8;
 
 /// Where a flow's packets leave the gateway, as the kernel's FIB and
 /// neighbour table said when last asked. `ifindex` 0: not resolved.
@@ -254,6 +261,39 @@ pub struct Flow {
     /// refreshed, so routes and neighbours that change apply within
     /// `LAST_SEEN_GRANULARITY_NS`.
     pub next_hop: NextHop,
+}
+
+/// Bytes of the `FLOW_EVENTS` ring buffer: 4 MiB, about 100 000 events
+/// (32 bytes each and an 8-byte header), a second of the most new flows
+/// this gateway pins, should the reader fall that far behind.
+pub const FLOW_EVENTS_BYTES: u32 = 1 << 22;
+
+/// `SyncEvent::event`: a flow entered the established table (a UDP or
+/// ICMP flow's first packet, a TCP flow's completed handshake).
+pub const SYNC_EVENT_PINNED: u8 = 1;
+/// `SyncEvent::event`: an established flow moved off a region that went
+/// down.
+pub const SYNC_EVENT_RE_STEERED: u8 = 2;
+
+/// A `FLOW_EVENTS` record: what the data plane tells the flow sync about
+/// an established flow's original entry, as it happens. Only flows of the
+/// established table are announced: a SYN flood fills `NEW_FLOWS` and
+/// never reaches the peers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncEvent {
+    /// The original entry's key: the flow as the client sent it.
+    pub key: FlowKey,
+    /// Network order, the region endpoint.
+    pub rewrite_addr: u32,
+    pub rewrite_port: u16,
+    pub service_id: u16,
+    pub region_id: u8,
+    /// The entry's `FLOW_*` bits.
+    pub flags: u8,
+    /// `FLOW_EVENT_*`.
+    pub event: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Per-CPU traffic counters of a region or a service.
@@ -325,10 +365,14 @@ pub enum Reason {
     /// takes the region the selection gives its hash, as a new flow would,
     /// and is tracked as a new flow (also counted by what follows).
     MidstreamNoFlow,
+    /// A flow event for the peers found the ring buffer full (the reader
+    /// behind or stopped); the flow reaches them with the next refresh
+    /// (also counted by what follows).
+    SyncEventLost,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::MidstreamNoFlow as u32 + 1;
+    pub const COUNT: u32 = Reason::SyncEventLost as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::Forwarded,
         Reason::Replied,
@@ -346,6 +390,7 @@ impl Reason {
         Reason::ReSteered,
         Reason::Promoted,
         Reason::MidstreamNoFlow,
+        Reason::SyncEventLost,
     ];
 
     /// Stable name for metrics and the CLI.
@@ -367,6 +412,7 @@ impl Reason {
             Reason::ReSteered => "re_steered",
             Reason::Promoted => "promoted",
             Reason::MidstreamNoFlow => "midstream_no_flow",
+            Reason::SyncEventLost => "sync_event_lost",
         }
     }
 }
@@ -414,6 +460,7 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for SyncEvent {}
 }
 
 #[cfg(test)]
@@ -431,6 +478,7 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 40);
         assert_eq!(core::mem::offset_of!(Flow, handshake), 20);
         assert_eq!(size_of::<Counters>(), 40);
+        assert_eq!(size_of::<SyncEvent>(), 32);
         assert_eq!(size_of::<SelectionTable>(), SELECTION_SLOTS);
     }
 

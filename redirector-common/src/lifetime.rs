@@ -28,6 +28,13 @@ pub const CLOSED_FLOW_LINGER_NS: u64 = 30_000_000_000;
 /// completed after this long without a packet is gone.
 pub const HANDSHAKE_TIMEOUT_NS: u64 = 30_000_000_000;
 
+/// A gateway with sync peers tells them again, this often, of every flow
+/// it carried packets of since the last time: a peer's copy of a flow is
+/// as fresh as the last reminder, and a UDP flow's copy must not expire
+/// on the peer while the flow is alive here.
+pub const SYNC_REFRESH_NS: u64 = 10_000_000_000;
+const _: () = assert!(SYNC_REFRESH_NS * 2 < UDP_IDLE_TIMEOUT_NS);
+
 /// What an entry's protocol, flags and idle time say about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Life {

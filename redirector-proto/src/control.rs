@@ -72,6 +72,61 @@ pub struct Status {
     pub services: Vec<ServiceView>,
     /// Data plane counters by reason (`forwarded`, `pass_not_service`, ...).
     pub reasons: Vec<(String, u64)>,
+    /// Flow-state sync with the other gateways, if `[sync]` is configured.
+    #[serde(default)]
+    pub sync: Option<SyncView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncView {
+    /// This gateway's sync address.
+    pub listen: String,
+    /// Every peer has sent its table since this gateway started, or was
+    /// silent too long to wait for.
+    pub ready: bool,
+    pub peers: Vec<PeerView>,
+    /// Peers' flows written here, their closes applied here, and records
+    /// left alone (a flow this gateway carries itself).
+    pub flows_written: u64,
+    pub flows_deleted: u64,
+    pub records_kept: u64,
+    /// Datagrams refused, by cause (`unauthenticated`, `replayed`, ...).
+    pub refused: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub address: String,
+    /// Heard from within the last 3 s (peers send a keepalive every second).
+    pub reachable: bool,
+    /// Since the last datagram taken from it; None: never heard.
+    pub last_heard_ms: Option<u64>,
+    pub records_received: u64,
+    pub records_sent: u64,
+    /// Datagrams to it the socket refused (no route, buffer full).
+    pub send_errors: u64,
+    /// Whether it has sent its whole table since this gateway started.
+    pub resync: ResyncState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResyncState {
+    Waiting,
+    Done,
+    /// Silent too long: this gateway became ready without its table.
+    GaveUp,
+}
+
+impl ResyncState {
+    /// As JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResyncState::Waiting => "waiting",
+            ResyncState::Done => "done",
+            ResyncState::GaveUp => "gave-up",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -38,6 +38,7 @@ use crate::{
     dataplane::{self, check_services, flow_table, service_specs, BpfDataplane, FlowEventLogger, LoadOptions},
     listener::ListenerStats,
     metrics,
+    sync::{self, Sync},
 };
 
 #[derive(Clone, Debug)]
@@ -56,6 +57,7 @@ pub fn check_config(path: &Path, on_this_host: bool) -> Result<String> {
     let config = Config::load(path)?;
     Keys::load(&config)?;
     alert_token(&config)?;
+    sync_key(&config)?;
     check_services(&service_specs(&config))?;
     for (i, interface) in config.interfaces.iter().enumerate().filter(|_| on_this_host) {
         dataplane::ifindex(interface).with_context(|| format!("{}: interfaces[{i}]", path.display()))?;
@@ -75,20 +77,36 @@ fn alert_token(config: &Config) -> Result<Option<Key>> {
     Key::load(&alerts.token_file).map(Some).context("alerts.token_file")
 }
 
+/// The key sync datagrams are signed with, if `[sync]` names one.
+fn sync_key(config: &Config) -> Result<Option<Key>> {
+    let Some(path) = config.sync.as_ref().and_then(|s| s.key_file.as_ref()) else { return Ok(None) };
+    Key::load(path).map(Some).context("sync.key_file")
+}
+
 pub async fn run(options: Options) -> Result<()> {
     let config = Config::load(&options.config)?;
     let keys = Keys::load(&config)?;
     let alert_token = alert_token(&config)?;
+    let sync_key = sync_key(&config)?;
     check_services(&service_specs(&config))?;
     let mut dataplane = BpfDataplane::load(&LoadOptions {
         pin_path: config.pin_path.clone(),
         log_flow_events: options.log_flow_events,
+        sync_flow_events: config.sync.is_some(),
         flow_table_size: config.flow_table_size,
     })?;
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(poll_flow_events(logger));
     }
-    let flows = dataplane.flow_table()?;
+    let mut flows = dataplane.flow_table()?;
+    let sync = match (&config.sync, dataplane.take_flow_events()) {
+        (Some(settings), Some(events)) => {
+            let sync = Sync::start(settings, sync_key, sync::digest(&config), dataplane.flow_table()?, events)?;
+            flows.announce_to(sync.news.clone());
+            Some(sync)
+        }
+        _ => None,
+    };
     let origin = Instant::now();
     let mut controller = Controller::start(config, dataplane, Box::new(MonotonicClock(origin)), unix_ms())?;
 
@@ -108,7 +126,6 @@ pub async fn run(options: Options) -> Result<()> {
 
     // Samples pace the load policies; each is one walk of the flow table,
     // the first before any decision.
-    let mut flows = flows;
     controller.on_sample(flows.sweep_logged());
     let (sample_period, period_rx) = watch::channel(controller.config().balance.sample);
     let (sweeps, mut sweep_rx) = mpsc::channel(1);
@@ -132,7 +149,8 @@ pub async fn run(options: Options) -> Result<()> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("metrics: binding {listen}"))?;
         let metrics_stats = Arc::new(ListenerStats::default());
         listeners.push(("metrics", metrics_stats.clone()));
-        tokio::spawn(metrics::serve(listener, controller.metrics(), metrics::Listeners(listeners), metrics_stats));
+        let sync_view = sync.as_ref().map(|s| s.view.clone());
+        tokio::spawn(metrics::serve(listener, controller.metrics(), metrics::Listeners(listeners), sync_view, metrics_stats));
     }
     info!(
         "redirectord running: {} regions, {} services, control socket {}",
@@ -156,6 +174,7 @@ pub async fn run(options: Options) -> Result<()> {
                     Request::Reload => match reload(&mut controller, &options.config) {
                         Ok((message, keys)) => {
                             checkers = spawn_checkers(&controller, &keys);
+                            sync_digest(&sync, &controller);
                             Response::Done { message }
                         }
                         Err(e) => Response::Error { message: format!("config refused, nothing changed: {e:#}") },
@@ -166,6 +185,13 @@ pub async fn run(options: Options) -> Result<()> {
                             Response::Done { message: "detached from every interface; pins removed; redirectord exits".into() }
                         }
                         Err(e) => Response::Error { message: format!("{e:#}") },
+                    },
+                    Request::Status => match controller.handle(Request::Status) {
+                        Response::Status(mut status) => {
+                            status.sync = sync.as_ref().map(Sync::view);
+                            Response::Status(status)
+                        }
+                        other => other,
                     },
                     other => controller.handle(other),
                 };
@@ -188,6 +214,7 @@ pub async fn run(options: Options) -> Result<()> {
             _ = sighup.recv() => match reload(&mut controller, &options.config) {
                 Ok((message, keys)) => {
                     checkers = spawn_checkers(&controller, &keys);
+                    sync_digest(&sync, &controller);
                     info!("SIGHUP: {message}");
                 }
                 Err(e) => error!("SIGHUP: config refused, nothing changed: {e:#}"),
@@ -255,6 +282,14 @@ fn reload(controller: &mut Controller<BpfDataplane>, path: &Path) -> Result<(Str
     let keys = Keys::load(&config)?;
     let summary = controller.reload(config)?;
     Ok((format!("reloaded {}: {summary}", path.display()), keys))
+}
+
+/// A reload may change what peers must agree on: from now on the sync
+/// speaks for the new config.
+fn sync_digest(sync: &Option<Sync>, controller: &Controller<BpfDataplane>) {
+    if let Some(sync) = sync {
+        sync.set_digest(sync::digest(controller.config()));
+    }
 }
 
 fn far_future() -> tokio::time::Instant {

@@ -20,3 +20,4 @@ pub mod listener;
 pub mod maglev;
 pub mod metrics;
 pub mod policy;
+pub mod sync;

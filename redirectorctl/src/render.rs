@@ -69,6 +69,43 @@ pub fn status(status: &Status) {
         ]);
     }
     println!("{services}");
+    if let Some(sync) = &status.sync {
+        println!(
+            "sync on {}: {}; peers' flows written {}, closed {}, kept {}{}",
+            sync.listen,
+            if sync.ready { "ready" } else { "waiting for the peers' tables" },
+            sync.flows_written,
+            sync.flows_deleted,
+            sync.records_kept,
+            refused(&sync.refused),
+        );
+        let mut peers = table(&["peer", "reachable", "last heard", "records in", "records out", "table"]);
+        for p in &sync.peers {
+            peers.add_row(vec![
+                p.address.clone(),
+                if p.reachable { "yes" } else { "NO" }.to_string(),
+                p.last_heard_ms.map_or("never".into(), |ms| format!("{ms} ms ago")),
+                p.records_received.to_string(),
+                if p.send_errors == 0 {
+                    p.records_sent.to_string()
+                } else {
+                    format!("{} ({} send errors)", p.records_sent, p.send_errors)
+                },
+                p.resync.name().to_string(),
+            ]);
+        }
+        println!("{peers}");
+    }
+}
+
+/// ", refused: 3 unauthenticated, 1 replayed", or nothing.
+fn refused(causes: &[(String, u64)]) -> String {
+    let listed: Vec<String> = causes.iter().filter(|(_, n)| *n > 0).map(|(cause, n)| format!("{n} {cause}")).collect();
+    if listed.is_empty() {
+        String::new()
+    } else {
+        format!("; refused: {}", listed.join(", "))
+    }
 }
 
 pub fn events(events: Vec<Event>) {

@@ -262,6 +262,11 @@ impl Message {
     }
 }
 
+/// Records in a datagram [`Sender`] built.
+pub fn records_in(datagram: &[u8]) -> usize {
+    datagram.get(7).map_or(0, |&n| usize::from(n))
+}
+
 /// A gateway's outgoing side: numbers its datagrams and cuts batches to
 /// size.
 pub struct Sender {
@@ -279,9 +284,19 @@ impl Sender {
         Self { boot, seq: 0, digest, key }
     }
 
+    /// After a reload that changed the services or regions.
+    pub fn set_digest(&mut self, digest: u64) {
+        self.digest = digest;
+    }
+
     /// The datagrams that carry `records`, in order.
     pub fn flows(&mut self, records: &[FlowRecord]) -> Vec<Vec<u8>> {
         records.chunks(MAX_RECORDS).map(|chunk| self.datagram(Kind::Flows, chunk.to_vec())).collect()
+    }
+
+    /// An empty batch: tells a peer this gateway is there.
+    pub fn keepalive(&mut self) -> Vec<u8> {
+        self.datagram(Kind::Flows, Vec::new())
     }
 
     /// A message without records: a resync request or its end.

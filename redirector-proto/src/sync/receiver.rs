@@ -130,6 +130,12 @@ impl Receiver {
         }
     }
 
+    /// After a reload that changed the services or regions: from now on
+    /// only peers that run the same are heard.
+    pub fn set_digest(&mut self, digest: u64) {
+        self.digest = digest;
+    }
+
     pub fn accept(&mut self, from: SocketAddr, bytes: &[u8]) -> Result<Message, Rejection> {
         let result = self.check(from, bytes);
         let c = &mut self.counters;

@@ -63,6 +63,11 @@
 //! listen = "127.0.0.1:9478"      # its own address, not metrics_listen
 //! token_file = "/etc/redirector/alerts.token"   # bearer token, 16 bytes or more
 //! label = "region"               # default: the alert label naming the region
+//!
+//! [sync]                         # optional: flow-state sync with the other gateways
+//! listen = "10.255.0.1:7947"     # this gateway's sync address (UDP), as its peers list it
+//! peers = ["10.255.0.2:7947"]    # the other gateways' sync addresses
+//! key_file = "/etc/redirector/sync.key"   # optional: HMAC-SHA256 key, the same on every gateway
 //! ```
 //!
 //! Check kinds: `heartbeat` {address, key_file?}, `http` {url, expect_status
@@ -164,6 +169,17 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The alert webhook, off when None.
     pub alerts: Option<AlertsSettings>,
+    /// Flow-state sync with peer gateways, off when None.
+    pub sync: Option<SyncSettings>,
+}
+
+/// `[sync]`: this gateway's sync address, its peers', and the key their
+/// datagrams are signed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub listen: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[alerts]`: where the webhook listens, its bearer token's file, and the

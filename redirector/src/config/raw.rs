@@ -31,6 +31,15 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) service: Vec<RawService>,
     pub(super) alerts: Option<RawAlerts>,
+    pub(super) sync: Option<RawSync>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    pub(super) listen: Spanned<SocketAddr>,
+    pub(super) peers: Spanned<Vec<Spanned<SocketAddr>>>,
+    pub(super) key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

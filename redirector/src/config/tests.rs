@@ -199,6 +199,40 @@ fn the_alert_webhook_is_off_by_default_and_checked_when_configured() {
 }
 
 #[test]
+fn sync_is_off_by_default_and_checked_when_configured() {
+    assert_eq!(Config::parse(LAB, "lab.toml").unwrap().sync, None);
+    let sync = |body: &str| format!("{LAB}\n[sync]\n{body}\n");
+    let text = sync("listen = \"10.255.0.1:7947\"\npeers = [\"10.255.0.2:7947\"]\nkey_file = \"/etc/redirector/sync.key\"");
+    assert_eq!(
+        Config::parse(&text, "lab.toml").unwrap().sync,
+        Some(SyncSettings {
+            listen: "10.255.0.1:7947".parse().unwrap(),
+            peers: vec!["10.255.0.2:7947".parse().unwrap()],
+            key_file: Some("/etc/redirector/sync.key".into()),
+        })
+    );
+    let cases = [
+        ("listen = \"0.0.0.0:7947\"\npeers = [\"10.255.0.2:7947\"]", "\nlisten =", "sync.listen: must be this gateway's own address"),
+        ("listen = \"10.255.0.1:7947\"\npeers = []", "peers =", "sync.peers: names no peer"),
+        ("listen = \"10.255.0.1:7947\"\npeers = [\"10.255.0.1:7947\"]", "peers =", "sync.peers[0]: 10.255.0.1:7947 is sync.listen"),
+        (
+            "listen = \"10.255.0.1:7947\"\npeers = [\"10.255.0.2:7947\",\n  \"10.255.0.2:7947\"]",
+            "  \"10.255.0.2",
+            "sync.peers[1]: 10.255.0.2:7947 is listed twice",
+        ),
+        ("listen = \"10.255.0.1:7947\"\npeers = [\"[fd00::2]:7947\"]", "peers =", "sync.peers[0]: [fd00::2]:7947 is not of sync.listen's"),
+        ("listen = \"10.255.0.1:7947\"\npeers = [\"10.255.0.2\"]", "peers =", "sync.peers[0]: invalid socket address syntax"),
+        ("listen = \"10.255.0.1:7947\"\npeers = [\"10.255.0.2:7947\"]\nkeyfile = \"k\"", "keyfile", "sync.keyfile: unknown field"),
+    ];
+    for (body, line, start) in cases {
+        let text = sync(body);
+        let message = refused(&text);
+        assert!(message.starts_with(&format!("lab.toml:{}: {start}", line_of(&text, line))), "{message}");
+    }
+    assert!(refused(&sync("peers = [\"10.255.0.2:7947\"]")).contains("sync: missing field `listen`"));
+}
+
+#[test]
 fn an_unknown_key_inside_a_check_is_refused() {
     let text = lab_with("expect_status = 200", "expect_stauts = 200");
     let message = refused(&text);

@@ -15,10 +15,10 @@ use toml::Spanned;
 
 use super::{
     raw::{
-        RawAlerts, RawBalance, RawCheck, RawConfig, RawFailover, RawHealth, RawRegion, RawService, RawWatermarks,
+        RawAlerts, RawBalance, RawCheck, RawConfig, RawFailover, RawHealth, RawRegion, RawService, RawSync, RawWatermarks,
     },
     AlertsSettings, BalanceSettings, Check, CheckKind, Config, ConfigError, FailoverSettings, HealthSettings, HttpCheck,
-    Measure, PolicyKind, Protocol, RegionConfig, ServiceAddr, ServiceConfig, Watermarks, DEFAULT_ALERT_LABEL, DEFAULT_BALANCE,
+    Measure, PolicyKind, Protocol, RegionConfig, ServiceAddr, ServiceConfig, SyncSettings, Watermarks, DEFAULT_ALERT_LABEL, DEFAULT_BALANCE,
     DEFAULT_FAILOVER, DEFAULT_HEALTH, DEFAULT_PIN_PATH, DEFAULT_SOCKET, DEFAULT_WEIGHT, MAX_FLOW_TABLE_SIZE,
     MAX_INTERFACE_NAME, MAX_PERCENT, MIN_FLOW_TABLE_SIZE, MIN_INTERVAL_MS, MIN_SAMPLE_MS,
 };
@@ -169,6 +169,7 @@ impl Source<'_> {
         let regions = self.regions(&raw.region, &health)?;
         let services = self.services(&raw.service, &regions)?;
         let alerts = raw.alerts.as_ref().map(|a| self.alerts(a, raw.metrics_listen)).transpose()?;
+        let sync = raw.sync.as_ref().map(|s| self.sync(s)).transpose()?;
         Ok(Config {
             interfaces,
             pin_path: raw
@@ -184,7 +185,39 @@ impl Source<'_> {
             regions,
             services,
             alerts,
+            sync,
         })
+    }
+
+    fn sync(&self, raw: &RawSync) -> Result<SyncSettings, ConfigError> {
+        let listen = *raw.listen.get_ref();
+        if listen.ip().is_unspecified() || listen.port() == 0 {
+            // Peers know a gateway by the address its datagrams come from.
+            return Err(self.error(raw.listen.span(), "sync.listen", "must be this gateway's own address and port, the one its peers list"));
+        }
+        if raw.peers.get_ref().is_empty() {
+            return Err(self.error(raw.peers.span(), "sync.peers", "names no peer: list the other gateways, or leave [sync] out"));
+        }
+        let mut peers = Vec::new();
+        for (i, peer) in raw.peers.get_ref().iter().enumerate() {
+            let addr = *peer.get_ref();
+            let problem = if addr == listen {
+                Some("is sync.listen: a gateway is not its own peer")
+            } else if addr.ip().is_unspecified() || addr.port() == 0 {
+                Some("must be a peer's address and port")
+            } else if peers.contains(&addr) {
+                Some("is listed twice")
+            } else if addr.is_ipv4() != listen.is_ipv4() {
+                Some("is not of sync.listen's address family")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(self.error(peer.span(), format!("sync.peers[{i}]"), format!("{addr} {problem}")));
+            }
+            peers.push(addr);
+        }
+        Ok(SyncSettings { listen, peers, key_file: raw.key_file.clone() })
     }
 
     fn alerts(&self, raw: &RawAlerts, metrics_listen: Option<SocketAddr>) -> Result<AlertsSettings, ConfigError> {

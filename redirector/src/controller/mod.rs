@@ -516,6 +516,9 @@ impl<D: Dataplane> Controller<D> {
         if config.alerts != self.config.alerts {
             bail!("[alerts] takes effect at start only");
         }
+        if config.sync != self.config.sync {
+            bail!("[sync] takes effect at start only");
+        }
         if config.flow_table_size != self.config.flow_table_size {
             bail!(
                 "flow_table_size takes effect when the data plane is rebuilt (redirectorctl detach, \

@@ -95,6 +95,8 @@ impl<D: Dataplane> Controller<D> {
                 .iter()
                 .map(|(reason, n)| (reason.name().to_string(), *n))
                 .collect(),
+            // The sync thread's, filled in by the daemon.
+            sync: None,
         }
     }
 

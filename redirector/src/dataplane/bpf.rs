@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, fs, path::PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId, XdpMode},
@@ -62,6 +62,7 @@ pub struct BpfDataplane {
     reasons: PerCpuArray<MapData, u64>,
     links: BTreeMap<String, XdpLinkId>,
     logger: Option<FlowEventLogger>,
+    flow_events: Option<RingBuf<MapData>>,
 }
 
 pub type FlowEventLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -71,6 +72,9 @@ pub struct LoadOptions {
     pub pin_path: PathBuf,
     /// Log new flows and re-steers through aya-log (costs per new flow).
     pub log_flow_events: bool,
+    /// Tell the flow sync, through the `FLOW_EVENTS` ring buffer, of every
+    /// flow that enters the established table (costs per new flow).
+    pub sync_flow_events: bool,
     /// Entries of the established flow table; the table of new TCP flows
     /// takes [`new_flow_table_size`] of it. A table already pinned keeps
     /// its size.
@@ -82,6 +86,7 @@ impl Default for LoadOptions {
         Self {
             pin_path: PathBuf::from(DEFAULT_PIN_PATH),
             log_flow_events: false,
+            sync_flow_events: false,
             flow_table_size: FLOW_TABLE_SIZE,
         }
     }
@@ -95,9 +100,11 @@ impl BpfDataplane {
         check_outlives_process(&options.pin_path)?;
         warn_if_pinned_size_differs(&options.pin_path, options.flow_table_size);
         let log_flow_events = u8::from(options.log_flow_events);
+        let sync_flow_events = u8::from(options.sync_flow_events);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&options.pin_path)
             .override_global("LOG_FLOW_EVENTS", &log_flow_events, true)
+            .override_global("SYNC_FLOW_EVENTS", &sync_flow_events, true)
             .map_max_entries(map_names::FLOWS, options.flow_table_size)
             .map_max_entries(map_names::NEW_FLOWS, new_flow_table_size(options.flow_table_size))
             .load(OBJECT)
@@ -128,6 +135,11 @@ impl BpfDataplane {
             region_counters: take_map(&mut ebpf, map_names::REGION_COUNTERS)?,
             service_counters: take_map(&mut ebpf, map_names::SERVICE_COUNTERS)?,
             reasons: take_map(&mut ebpf, map_names::REASONS)?,
+            flow_events: if options.sync_flow_events {
+                Some(take_map(&mut ebpf, map_names::FLOW_EVENTS)?)
+            } else {
+                None
+            },
             ebpf,
             pin_path: options.pin_path.clone(),
             links: BTreeMap::new(),
@@ -140,6 +152,12 @@ impl BpfDataplane {
     /// pass the records to the `log` crate's logger.
     pub fn take_logger(&mut self) -> Option<FlowEventLogger> {
         self.logger.take()
+    }
+
+    /// The reader of the flow events the program writes for the flow sync
+    /// (when loaded with `sync_flow_events`).
+    pub fn take_flow_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.flow_events.take()
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.

@@ -19,15 +19,18 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, IterableMap, Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use redirector_common::{
-    lifetime::{handshake_life, life, Life},
-    map_names, Flow, FlowKey, FLOW_ORIGINAL, MAX_REGIONS,
+    lifetime::{handshake_life, life, Life, SYNC_REFRESH_NS},
+    map_names, Flow, FlowKey, FLOW_ORIGINAL, FLOW_SYNCED, LAST_SEEN_GRANULARITY_NS, MAX_REGIONS,
 };
+use redirector_proto::sync::{FlowEvent, FlowRecord};
 use tokio::{
     sync::{mpsc, watch},
     task::spawn_blocking,
     time::sleep_until,
 };
 use tracing::{debug, error, info, warn};
+
+use crate::sync::records::{self, FlowStore};
 
 /// Entries per `BPF_MAP_LOOKUP_BATCH`. The kernel returns a hash bucket
 /// whole or not at all, so this must exceed any bucket's length (a few).
@@ -38,6 +41,15 @@ const BATCH: usize = 4096;
 pub struct FlowTable {
     established: FlowMap,
     new: FlowMap,
+    announcer: Option<Announcer>,
+}
+
+/// Where the sweep tells the flow sync what only the table shows: the
+/// flows this gateway carried since the last refresh (every
+/// [`SYNC_REFRESH_NS`]), and the ones it deleted.
+struct Announcer {
+    out: mpsc::Sender<Vec<FlowRecord>>,
+    last_refresh_ns: u64,
 }
 
 /// One flow map, read in batches.
@@ -57,7 +69,28 @@ impl FlowTable {
         Ok(Self {
             established: FlowMap(HashMap::try_from(established).context("FLOWS")?),
             new: FlowMap(HashMap::try_from(new).context("NEW_FLOWS")?),
+            announcer: None,
         })
+    }
+
+    /// From now on each sweep sends the flow sync its refreshes and
+    /// closes (from a blocking thread: it waits for room).
+    pub fn announce_to(&mut self, out: mpsc::Sender<Vec<FlowRecord>>) {
+        self.announcer = Some(Announcer { out, last_refresh_ns: 0 });
+    }
+
+    /// Every original entry of the established table that is not expired:
+    /// what a peer that starts asks for, as refreshes.
+    pub fn resync_records(&self, now_ns: u64) -> Result<Vec<FlowRecord>> {
+        Ok(self
+            .established
+            .entries()?
+            .iter()
+            .filter(|(key, flow)| {
+                flow.direction == FLOW_ORIGINAL && life(key.protocol, flow.flags, idle(now_ns, flow)) != Life::Expired
+            })
+            .map(|(key, flow)| records::from_entry(FlowEvent::Refreshed, key, flow))
+            .collect())
     }
 
     /// Every entry of the established table, both directions.
@@ -110,8 +143,21 @@ impl FlowTable {
         let mut active = vec![0u64; MAX_REGIONS as usize];
         let established = self.established.entries()?;
         let mut expired = Vec::new();
+        // Seen here since the last refresh (give or take the data plane's
+        // granularity), if one is due.
+        let refresh_since = self
+            .announcer
+            .as_ref()
+            .filter(|a| now_ns.saturating_sub(a.last_refresh_ns) >= SYNC_REFRESH_NS)
+            .map(|a| a.last_refresh_ns.saturating_sub(LAST_SEEN_GRANULARITY_NS));
+        let mut refresh = Vec::new();
         for (key, flow) in &established {
-            match life(key.protocol, flow.flags, idle(now_ns, flow)) {
+            let life = life(key.protocol, flow.flags, idle(now_ns, flow));
+            let carried_since = |since| flow.flags & FLOW_SYNCED == 0 && flow.last_seen_ns >= since;
+            if flow.direction == FLOW_ORIGINAL && life != Life::Expired && refresh_since.is_some_and(carried_since) {
+                refresh.push(records::from_entry(FlowEvent::Refreshed, key, flow));
+            }
+            match life {
                 Life::Expired => expired.push(*key),
                 Life::Live if flow.direction == FLOW_ORIGINAL => {
                     if let Some(n) = active.get_mut(flow.region_id as usize) {
@@ -135,6 +181,7 @@ impl FlowTable {
             new_entries: new.len(),
             expired,
             expired_new,
+            refresh: refresh_since.map(|_| refresh),
         })
     }
 
@@ -146,11 +193,27 @@ impl FlowTable {
     pub fn finish(&mut self, plan: SweepPlan) -> Sweep {
         let now = plan.now_ns;
         let mut expired = 0;
+        let mut closed = Vec::new();
         for key in &plan.expired {
-            expired += usize::from(self.established.delete_if(key, |flow| life(key.protocol, flow.flags, idle(now, flow))));
+            if let Some(flow) = self.established.delete_if(key, |flow| life(key.protocol, flow.flags, idle(now, flow))) {
+                expired += 1;
+                if flow.direction == FLOW_ORIGINAL && flow.flags & FLOW_SYNCED == 0 {
+                    closed.push(records::from_entry(FlowEvent::Closed, key, &flow));
+                }
+            }
         }
         for key in &plan.expired_new {
-            expired += usize::from(self.new.delete_if(key, |flow| handshake_life(flow.flags, idle(now, flow))));
+            expired += usize::from(self.new.delete_if(key, |flow| handshake_life(flow.flags, idle(now, flow))).is_some());
+        }
+        if let Some(announcer) = &mut self.announcer {
+            if let Some(mut news) = plan.refresh {
+                announcer.last_refresh_ns = now;
+                news.append(&mut closed);
+                closed = news;
+            }
+            if !closed.is_empty() && announcer.out.blocking_send(closed).is_err() {
+                debug!("flow sync gone: the sweep's news are dropped");
+            }
         }
         Sweep {
             active: plan.active,
@@ -177,15 +240,17 @@ pub struct SweepPlan {
     /// were expired when read.
     expired: Vec<FlowKey>,
     expired_new: Vec<FlowKey>,
+    /// For the flow sync, when a refresh was due: what to refresh.
+    refresh: Option<Vec<FlowRecord>>,
 }
 
 impl FlowMap {
     /// Deletes `key`'s entry if, read again now, `life` says it is
-    /// expired; whether it did (an entry already gone is not counted: the
+    /// expired; the entry it deleted (an entry already gone is not: the
     /// LRU evicted it meanwhile).
-    fn delete_if(&mut self, key: &FlowKey, life: impl Fn(&Flow) -> Life) -> bool {
-        let expired = self.0.get(key, 0).is_ok_and(|flow| life(&flow) == Life::Expired);
-        expired && self.0.remove(key).is_ok()
+    fn delete_if(&mut self, key: &FlowKey, life: impl Fn(&Flow) -> Life) -> Option<Flow> {
+        let flow = self.0.get(key, 0).ok().filter(|flow| life(flow) == Life::Expired)?;
+        self.0.remove(key).ok().map(|()| flow)
     }
 
     /// Every entry, both directions, read `BATCH` at a time. Entries added
@@ -302,10 +367,41 @@ pub async fn sweep_every(mut table: FlowTable, mut period: watch::Receiver<Durat
     }
 }
 
+/// A peer's flows land in the established table, as the data plane would
+/// pin them.
+impl FlowStore for FlowTable {
+    fn get(&self, key: &FlowKey) -> Option<Flow> {
+        self.established.0.get(key, 0).ok()
+    }
+
+    fn insert(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        self.established.0.insert(key, flow, 0).context("writing a peer's flow to FLOWS")
+    }
+
+    fn remove(&mut self, key: &FlowKey) -> Result<()> {
+        match self.established.0.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.context("deleting a peer's flow from FLOWS"),
+        }
+    }
+}
+
+/// The clock the data plane stamps flows with (`bpf_ktime_get_coarse_ns`
+/// is CLOCK_MONOTONIC_COARSE): an entry written from here must not be
+/// stamped ahead of it, or the program would read it as idle for ages.
+pub fn coarse_monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
 /// The data plane's clock (CLOCK_MONOTONIC).
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

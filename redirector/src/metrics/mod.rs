@@ -17,10 +17,11 @@ use prometheus_client::{
 use crate::listener::ListenerStats;
 
 mod endpoint;
+mod sync;
 pub use endpoint::serve;
 
 use redirector_proto::{
-    control::{RegionView, Status},
+    control::{RegionView, Status, SyncView},
     heartbeat,
 };
 
@@ -221,11 +222,18 @@ impl Collector for SnapshotCollector {
     }
 }
 
-/// The exposition text of a snapshot, with what the listeners turned away.
-pub fn render(shared: &Shared, listeners: &Listeners) -> Result<String, fmt::Error> {
+/// The flow sync's view, when `[sync]` is configured.
+pub type SharedSync = Option<Arc<Mutex<SyncView>>>;
+
+/// The exposition text of a snapshot, with what the listeners turned away
+/// and the flow sync's state.
+pub fn render(shared: &Shared, listeners: &Listeners, sync: &SharedSync) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector(shared.clone())));
     registry.register_collector(Box::new(listeners.clone()));
+    if let Some(view) = sync {
+        registry.register_collector(Box::new(sync::SyncCollector(view.clone())));
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
@@ -302,7 +310,7 @@ mod tests {
         }
         let stats = Arc::new(ListenerStats::default());
         stats.refused.store(9, Ordering::Relaxed);
-        let text = render(&shared, &Listeners(vec![("metrics", stats)])).unwrap();
+        let text = render(&shared, &Listeners(vec![("metrics", stats)]), &None).unwrap();
         for line in [
             r#"redirector_region_state{region="region1"} 2"#,
             r#"redirector_region_packets_total{region="region1"} 42"#,

@@ -14,12 +14,15 @@
 use aya_ebpf::maps::LruHashMap;
 use redirector_common::{
     lifetime::{handshake_keeps_region, keeps_region},
-    Backend, Flow, FlowKey, NextHop, FLOW_ANSWERED, FLOW_ORIGINAL, FLOW_REPLY,
-    LAST_SEEN_GRANULARITY_NS,
+    Backend, Flow, FlowKey, NextHop, FLOW_ANSWERED, SYNC_EVENT_PINNED, FLOW_ORIGINAL, FLOW_REPLY,
+    FLOW_SYNCED, LAST_SEEN_GRANULARITY_NS,
 };
 use redirector_ebpf::parse::Packet;
 
-use crate::maps::{FLOWS, NEW_FLOWS};
+use crate::{
+    maps::{FLOWS, NEW_FLOWS},
+    sync,
+};
 
 pub type Table = LruHashMap<FlowKey, Flow>;
 
@@ -38,9 +41,10 @@ pub fn handshake_holds(flow: *const Flow, pkt: &Packet, now: u64) -> bool {
     handshake_keeps_region(flags, now.wrapping_sub(last_seen), pkt.is_tcp_syn())
 }
 
-/// Records what this packet says about the flow: that it is alive, and
-/// whether it is closing. True when the last-seen time was refreshed (and
-/// so the cached next hop is due for a refresh too).
+/// Records what this packet says about the flow: that it is alive (and
+/// carried here, no longer only a peer's copy), and whether it is closing.
+/// True when the last-seen time was refreshed (and so the cached next hop
+/// is due for a refresh too).
 #[inline(always)]
 pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
     let close = pkt.tcp_close_flags();
@@ -50,6 +54,7 @@ pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
         }
         if now.wrapping_sub((*flow).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
             (*flow).last_seen_ns = now;
+            (*flow).flags &= !FLOW_SYNCED;
             return true;
         }
     }
@@ -86,27 +91,37 @@ pub fn promote(key: &FlowKey, flow: *const Flow) -> Option<*mut Flow> {
     let reply = unsafe { *NEW_FLOWS.get(&twin)? };
     FLOWS.insert(&twin, &reply, 0).ok()?;
     FLOWS.insert(key, &original, 0).ok()?;
+    sync::announce(key, &original, SYNC_EVENT_PINNED);
     let _ = NEW_FLOWS.remove(key);
     let _ = NEW_FLOWS.remove(&twin);
     FLOWS.get_ptr_mut(key)
 }
 
-/// Pins the flow in `table` to `region_id` at `backend` (new, or moved off
-/// a down region), with the reply twin that answers from the VIP. `flags`:
-/// the `FLOW_*_SEEN` bits it starts with, so a flow that closed stays
-/// closed when moved.
+/// Where a flow is pinned and what it carries over.
+pub struct Placement<'a> {
+    /// `NEW_FLOWS` for a TCP flow still in its handshake, else `FLOWS`.
+    pub table: &'a Table,
+    /// The `FLOW_*_SEEN` bits it starts with, so a flow that closed stays
+    /// closed when moved.
+    pub flags: u8,
+    /// What the peers are told when the flow lands in `FLOWS`:
+    /// `SYNC_EVENT_PINNED` or `SYNC_EVENT_RE_STEERED`.
+    pub event: u8,
+}
+
+/// Pins the flow to `region_id` at `backend` (new, or moved off a down
+/// region), with the reply twin that answers from the VIP.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub fn pin(
-    table: &Table,
+    placement: &Placement,
     key: &FlowKey,
     service_id: u16,
     region_id: u8,
     backend: &Backend,
     next_hop: NextHop,
-    flags: u8,
     now: u64,
 ) {
+    let table = placement.table;
     let mut flow = Flow {
         last_seen_ns: now,
         rewrite_addr: backend.addr,
@@ -114,14 +129,16 @@ pub fn pin(
         service_id,
         region_id,
         direction: FLOW_ORIGINAL,
-        flags,
+        flags: placement.flags,
         _pad: 0,
         handshake: 0,
         next_hop,
     };
     // On a full table the LRU evicts the coldest entry; an insert only fails
     // on allocation failure, and then the flow is re-selected next packet.
-    let _ = table.insert(key, &flow, 0);
+    if table.insert(key, &flow, 0).is_ok() && core::ptr::eq(table, &FLOWS) {
+        sync::announce(key, &flow, placement.event);
+    }
 
     flow.direction = FLOW_REPLY;
     flow.rewrite_addr = key.dst_addr;

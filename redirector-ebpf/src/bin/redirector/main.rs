@@ -12,7 +12,10 @@ use aya_ebpf::{
     Global,
 };
 use aya_log_ebpf::debug;
-use redirector_common::{Flow, FlowKey, NextHop, Reason, Service, ServiceKey, FLOW_REPLY, IPPROTO_TCP};
+use redirector_common::{
+    Flow, FlowKey, NextHop, Reason, Service, ServiceKey, SYNC_EVENT_PINNED, SYNC_EVENT_RE_STEERED, FLOW_REPLY,
+    IPPROTO_TCP,
+};
 
 use redirector_ebpf::parse::{self, Packet};
 
@@ -22,9 +25,10 @@ mod maps;
 mod rewrite;
 mod select;
 mod stats;
+mod sync;
 
 use crate::{
-    flow::Table,
+    flow::{Placement, Table},
     maps::{FLOWS, NEW_FLOWS, SERVICES},
     rewrite::End,
     stats::Direction,
@@ -56,6 +60,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     // A flow re-steered off a down region keeps what it saw of its close,
     // and an established one stays in the established table.
     let mut carried_flags = 0;
+    let mut event = SYNC_EVENT_PINNED;
     let mut table = if key.protocol == IPPROTO_TCP { &NEW_FLOWS } else { &FLOWS };
     let mut midstream = false;
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
@@ -70,6 +75,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             log_flow_event(ctx, &key, "re-steered off a down region");
             carried_flags = unsafe { (*flow).flags };
             table = &FLOWS;
+            event = SYNC_EVENT_RE_STEERED;
         } else if key.protocol == IPPROTO_TCP {
             // A SYN reopens the tuple as a new flow: the old one's entries
             // must not answer for it.
@@ -104,7 +110,8 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             if midstream {
                 stats::count_reason(Reason::MidstreamNoFlow);
             }
-            new_flow(ctx, &pkt, &key, service, table, carried_flags | pkt.tcp_close_flags(), now)
+            let placement = Placement { table, flags: carried_flags | pkt.tcp_close_flags(), event };
+            new_flow(ctx, &pkt, &key, service, &placement, now)
         }
         None => (xdp_action::XDP_PASS, Reason::PassNotService),
     }
@@ -140,16 +147,14 @@ fn to_region(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> (u32,
 }
 
 /// Client → VIP, first packet (or re-steered off a down region): pick a
-/// region, pin the flow both ways in `table` with `flags` (what the flow
-/// saw of its close), rewrite toward it.
+/// region, pin the flow both ways as `placement` says, rewrite toward it.
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
     pkt: &Packet,
     key: &FlowKey,
     service: &Service,
-    table: &Table,
-    flags: u8,
+    placement: &Placement,
     now: u64,
 ) -> (u32, Reason) {
     let Some(region_id) = select::select_region(service, key) else {
@@ -162,7 +167,7 @@ fn new_flow(
     stats::count_traffic(service.id, region_id, pkt.len, direction);
     rewrite::rewrite_end(pkt, End::Destination, backend.addr, backend.port);
     let hop = forward::resolve(ctx, pkt);
-    flow::pin(table, key, service.id as u16, region_id, backend, hop.unwrap_or_default(), flags, now);
+    flow::pin(placement, key, service.id as u16, region_id, backend, hop.unwrap_or_default(), now);
     log_flow_event(ctx, key, "new flow");
     match hop {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_common::{
     new_flow_table_size, Backend, Counters, Flow, FlowKey, Region, SelectionTable, Service,
-    ServiceKey, Reason, FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
+    ServiceKey, Reason, FLOW_EVENTS_BYTES, FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
 };
 
 #[map]
@@ -46,3 +46,7 @@ pub static SERVICE_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SER
 
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// Flows entering the established table, for the flow sync (`sync.rs`).
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::pinned(FLOW_EVENTS_BYTES, 0);
