@@ -9,5 +9,6 @@ pub mod lab;
 pub mod fuzz;
 pub mod netns;
 pub mod soak;
+pub mod steer;
 pub mod topology;
 pub mod xdp;

@@ -153,6 +153,11 @@ impl Gateway {
         Self::with_options(LoadOptions { log_flow_events, ..LoadOptions::default() })
     }
 
+    /// Announcing flows to the flow sync (`FLOW_EVENTS`).
+    pub fn with_sync_events() -> Result<Self> {
+        Self::with_options(LoadOptions { sync_flow_events: true, ..LoadOptions::default() })
+    }
+
     /// With flow tables of `flow_table_size` entries (new flows': a
     /// quarter of it).
     pub fn with_flow_table_size(flow_table_size: u32) -> Result<Self> {

@@ -15,81 +15,10 @@ use redirector_common::{
     FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP, IPPROTO_UDP,
 };
 use redirector_tests::{
-    frames::{Frame, L4},
+    frames::L4,
+    steer::*,
     xdp::*,
 };
-
-/// Client → VIP frame as it arrives on the gateway's client link.
-fn from_client(vip: Ipv4Addr, l4: L4) -> Frame {
-    let mut f = Frame::new(CLIENT, vip, l4);
-    f.src_mac = CLIENT_MAC;
-    f.dst_mac = CLI_MAC;
-    f
-}
-
-/// What `from_client(..)` must become when steered to `region`: the
-/// destination address (and port) rewritten, MACs toward the region.
-fn steered(frame: &Frame, region: RegionLink, port: u16) -> Frame {
-    let mut f = frame.clone();
-    f.dst = region.addr;
-    f.l4 = match frame.l4 {
-        L4::Tcp { src_port, .. } | L4::Udp { src_port, .. } => frame.l4.with_ports(src_port, port),
-        _ => frame.l4.clone(),
-    };
-    f.src_mac = region.iface_mac;
-    f.dst_mac = region.mac;
-    f
-}
-
-/// The region's answer to `request` as it arrives from the region.
-fn reply_from(region: RegionLink, request: &Frame, port: u16) -> Frame {
-    let mut f = request.clone();
-    f.src = region.addr;
-    f.dst = CLIENT;
-    f.src_mac = region.mac;
-    f.dst_mac = region.iface_mac;
-    f.l4 = match request.l4 {
-        L4::Tcp { src_port, .. } => L4::tcp(port, src_port),
-        L4::Udp { src_port, .. } => request.l4.with_ports(port, src_port),
-        L4::IcmpEcho { id, seq, .. } => L4::IcmpEcho {
-            request: false,
-            id,
-            seq,
-        },
-        ref other => other.clone(),
-    };
-    f
-}
-
-/// What the client must receive: the VIP as source, MACs toward the client.
-fn as_client_sees(reply: &Frame, vip: Ipv4Addr, vport: u16) -> Frame {
-    let mut f = reply.clone();
-    f.src = vip;
-    f.l4 = match reply.l4 {
-        L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => reply.l4.with_ports(vport, dst_port),
-        _ => reply.l4.clone(),
-    };
-    f.src_mac = CLI_MAC;
-    f.dst_mac = CLIENT_MAC;
-    f
-}
-
-fn assert_frame(got: &Outcome, action: u32, expected: &[u8]) {
-    assert_eq!(got.action, action, "XDP action");
-    assert_eq!(
-        hex(&got.frame),
-        hex(expected),
-        "output frame (got, expected) differ"
-    );
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[test]
 fn new_tcp_flow_goes_to_the_selected_region_and_is_tracked_both_ways() {
@@ -124,29 +53,6 @@ impl WithSrc for redirector_common::FlowKey {
         self.src_port = port.to_be();
         self
     }
-}
-
-/// The original entries of both tables, new flows' and established ones'.
-fn original_flows(gw: &Gateway) -> Vec<(FlowKey, Flow)> {
-    let mut flows = gw.dataplane.flows().unwrap();
-    flows.extend(gw.dataplane.new_flows().unwrap());
-    flows.retain(|(_, f)| f.direction == FLOW_ORIGINAL);
-    flows
-}
-
-/// A TCP connection through the gateway to `region`, its handshake
-/// completed: the flow is established.
-fn handshake(gw: &Gateway, region: RegionLink, client_port: u16) {
-    let syn = from_client(VIP, L4::tcp_syn(client_port, 80));
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&syn, region, 80).bytes());
-    let mut synack = reply_from(region, &syn, 80);
-    synack.l4 = L4::tcp_synack(80, client_port, 7_000);
-    let out = gw.run(&synack.bytes(), region.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, VIP, 80).bytes());
-    let ack = from_client(VIP, L4::tcp_ack(client_port, 80, 7_001));
-    let out = gw.run(&ack.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&ack, region, 80).bytes());
 }
 
 #[test]
