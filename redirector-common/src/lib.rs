@@ -188,6 +188,20 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The key of an original entry's reply twin: the region endpoint it
+    /// is rewritten to (network order) answering the client.
+    #[inline(always)]
+    pub fn reply_key(&self, endpoint_addr: u32, endpoint_port: u16) -> Self {
+        Self {
+            src_addr: endpoint_addr,
+            dst_addr: self.src_addr,
+            src_port: endpoint_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+
     /// The same flow seen from the other end.
     pub fn reversed(&self) -> Self {
         Self {

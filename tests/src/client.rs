@@ -153,6 +153,12 @@ impl Session {
         Ok(Self { stream, target, buffer: Vec::new() })
     }
 
+    /// The client's port: with the client's address and the target, the
+    /// flow's key.
+    pub fn local_port(&self) -> Result<u16> {
+        Ok(self.stream.local_addr()?.port())
+    }
+
     /// One GET; the body of its 200 answer.
     pub fn get(&mut self) -> Result<String> {
         let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.target);

@@ -7,6 +7,22 @@
 //!                           veth-r<i>  10.<i>.0.1/24 ─────── eth0 10.<i>.0.2/24
 //! ```
 //!
+//! A gateway pair ([`Topology::build_pair`]) puts two gateways on each
+//! segment, through a bridge in a switch namespace, and links them for
+//! the flow sync:
+//!
+//! ```text
+//!   client ns        switch ns (br0, br<i>)      gateway A ns (gw)        gateway B ns (gw2)
+//!   eth0 10.0.0.2 ── br0 ─┬─ veth-client 10.0.0.11   veth-client 10.0.0.12
+//!                         └──────────────────────────────────────┘
+//!   region i eth0 ── br<i> ─ veth-r<i> 10.<i>.0.11     veth-r<i> 10.<i>.0.12
+//!                            veth-sync 10.255.0.1 ──── veth-sync 10.255.0.2
+//! ```
+//!
+//! The addresses clients and regions route through (10.0.0.1, 10.<i>.0.1)
+//! are the pair's shared ones: held by whichever gateway is master (VRRP),
+//! or given to one with [`Topology::hold_shared`].
+//!
 //! Endpoints send full checksums (tx offload off), as frames on a real wire
 //! do: a namespace's socket otherwise hands veth partial checksums that only
 //! the kernel's own path would complete. Endpoints run GRO so their veth
@@ -31,10 +47,20 @@ pub struct Region {
     pub gateway_iface: String,
 }
 
+/// A gateway pair's flow-sync link: gateway A's end, gateway B's end.
+pub const SYNC_A: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
+pub const SYNC_B: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
+pub const SYNC_IFACE: &str = "veth-sync";
+
 pub struct Topology {
     pub client: Netns,
+    /// The gateway; gateway A of a pair.
     pub gateway: Netns,
     pub regions: Vec<Region>,
+    /// Gateway B of a pair.
+    pub peer: Option<Netns>,
+    /// A pair's bridges; dropped (deleted) after the namespaces it links.
+    _switch: Option<Netns>,
 }
 
 impl Topology {
@@ -67,7 +93,83 @@ impl Topology {
             client,
             gateway,
             regions: built,
+            peer: None,
+            _switch: None,
         })
+    }
+
+    /// Two gateways (`<prefix>-gw`, `<prefix>-gw2`) on every segment,
+    /// through bridges in `<prefix>-sw`, and a link between them for the
+    /// flow sync. Nobody holds the shared addresses yet.
+    pub fn build_pair(prefix: &str, regions: u8) -> Result<Self> {
+        let switch = Netns::new(&format!("{prefix}-sw"))?;
+        let client = Netns::new(&format!("{prefix}-client"))?;
+        let gateway = Netns::new(&format!("{prefix}-gw"))?;
+        let peer = Netns::new(&format!("{prefix}-gw2"))?;
+        for gw in [&gateway, &peer] {
+            gw.sysctl("net.ipv4.ip_forward", "1")?;
+            gw.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            gw.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        }
+        let mut segments = vec![("br0".to_string(), &client, CLIENT_IFACE.to_string(), CLIENT_ADDR, Ipv4Addr::new(10, 0, 0, 0))];
+        let mut built = Vec::new();
+        for i in 1..=regions {
+            built.push(Region {
+                name: format!("region{i}"),
+                ns: Netns::new(&format!("{prefix}-r{i}"))?,
+                addr: region_addr(i),
+                gateway_iface: format!("veth-r{i}"),
+            });
+        }
+        for (i, region) in built.iter().enumerate() {
+            let n = i as u8 + 1;
+            segments.push((format!("br{n}"), &region.ns, region.gateway_iface.clone(), region.addr, Ipv4Addr::new(10, n, 0, 0)));
+        }
+        for (i, (bridge, endpoint, gw_iface, addr, net)) in segments.iter().enumerate() {
+            switch.ip(&["link", "add", bridge, "type", "bridge"])?;
+            switch.ip(&["link", "set", bridge, "up"])?;
+            let [a, b, c, _] = net.octets();
+            let host = |last: u8| Ipv4Addr::new(a, b, c, last);
+            bridge_port(&switch, bridge, &format!("e{i}"), endpoint, "eth0")?;
+            endpoint.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            endpoint.ip(&["link", "set", "eth0", "up"])?;
+            endpoint.ip(&["route", "add", "default", "via", &host(1).to_string()])?;
+            endpoint.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
+            for (gw, port, last) in [(&gateway, format!("a{i}"), 11), (&peer, format!("b{i}"), 12)] {
+                bridge_port(&switch, bridge, &port, gw, gw_iface)?;
+                gw.ip(&["addr", "add", &format!("{}/24", host(last)), "dev", gw_iface])?;
+                gw.ip(&["link", "set", gw_iface, "up"])?;
+            }
+        }
+        run(
+            "ip",
+            &[
+                "link", "add", SYNC_IFACE, "netns", gateway.name(), "type", "veth", "peer", "name", SYNC_IFACE,
+                "netns", peer.name(),
+            ],
+        )?;
+        for (gw, addr) in [(&gateway, SYNC_A), (&peer, SYNC_B)] {
+            gw.ip(&["addr", "add", &format!("{addr}/24"), "dev", SYNC_IFACE])?;
+            gw.ip(&["link", "set", SYNC_IFACE, "up"])?;
+        }
+        Ok(Self { client, gateway, regions: built, peer: Some(peer), _switch: Some(switch) })
+    }
+
+    /// The addresses clients and regions route through, each segment's
+    /// `.1`, added to `gw` before anyone asked for them: what VRRP gives
+    /// its master, for a pair run without it.
+    pub fn hold_shared(&self, gw: &Netns) -> Result<()> {
+        for (iface, addr) in self.shared_addresses() {
+            gw.ip(&["addr", "add", &format!("{addr}/24"), "dev", &iface])?;
+        }
+        Ok(())
+    }
+
+    /// Each segment's shared address and the gateways' interface on it.
+    pub fn shared_addresses(&self) -> Vec<(String, Ipv4Addr)> {
+        std::iter::once((CLIENT_IFACE.to_string(), GATEWAY_CLIENT_SIDE))
+            .chain(self.regions.iter().enumerate().map(|(i, r)| (r.gateway_iface.clone(), Ipv4Addr::new(10, i as u8 + 1, 0, 1))))
+            .collect()
     }
 
     /// The gateway's interfaces, client side first: what XDP attaches to.
@@ -87,6 +189,16 @@ impl Topology {
 
 pub fn region_addr(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, i, 0, 2)
+}
+
+/// A veth from `ns`'s `iface` to port `port` of `bridge` in `switch`. The
+/// port takes frames the gateway's XDP program redirects (GRO on: veth
+/// needs NAPI on the receiving end).
+fn bridge_port(switch: &Netns, bridge: &str, port: &str, ns: &Netns, iface: &str) -> Result<()> {
+    run("ip", &["link", "add", port, "netns", switch.name(), "type", "veth", "peer", "name", iface, "netns", ns.name()])?;
+    switch.ip(&["link", "set", port, "master", bridge, "up"])?;
+    switch.exec("ethtool", &["-K", port, "gro", "on"])?;
+    Ok(())
 }
 
 /// A veth from the gateway (`gw_iface`, `gw_addr`/24) to `eth0` of

@@ -262,7 +262,7 @@ fn bad_weights_are_refused_with_the_reason_and_change_nothing() {
     wait_shares(&lab, &["region2"]);
 
     // A config with every weight 0 is refused on reload; nothing changes.
-    let config = lab.config(&lab.pins.0);
+    let config = lab.config(&lab.gateway.pins.0);
     std::fs::write(
         lab.config_path(),
         config.replace("weight = 1", "weight = 0").replace("weight = 3", "weight = 0"),

@@ -396,7 +396,7 @@ fn detach_answers_then_the_daemon_exits_and_the_program_is_off_every_interface()
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
     assert!(stdout.starts_with("detached from every interface"), "{stdout}");
     assert!(lab.daemon_exit(Duration::from_secs(5)).unwrap().success());
-    assert!(!lab.pins.0.exists(), "pins removed");
+    assert!(!lab.gateway.pins.0.exists(), "pins removed");
     let links = lab.topo.gateway.exec("ip", &["-details", "link", "show"]).unwrap();
     assert!(!links.contains("prog/xdp"), "{links}");
 }
@@ -509,7 +509,7 @@ fn a_daemon_whose_pins_would_die_with_it_refuses_to_start() {
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(exited.is_some_and(|status| !status.success()), "still running or exited 0: {log}");
     assert!(log.contains("only this process's mount namespace sees") && log.contains("nsenter --net="), "{log}");
-    assert!(!lab.pins.0.exists(), "nothing pinned where the host sees it");
+    assert!(!lab.gateway.pins.0.exists(), "nothing pinned where the host sees it");
 }
 
 /// A service on the lab's VIP, served on port 80 by all three regions.

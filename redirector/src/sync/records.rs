@@ -73,17 +73,9 @@ pub fn entries(record: &FlowRecord, now_ns: u64) -> [(FlowKey, Flow); 2] {
     [(record.key, original), (reply_key(&record.key, &original), reply)]
 }
 
-/// The key of an original entry's reply twin: its region endpoint
-/// answering the client.
+/// The key of an original entry's reply twin.
 fn reply_key(key: &FlowKey, original: &Flow) -> FlowKey {
-    FlowKey {
-        src_addr: original.rewrite_addr,
-        dst_addr: key.src_addr,
-        src_port: original.rewrite_port,
-        dst_port: key.src_port,
-        protocol: key.protocol,
-        _pad: [0; 3],
-    }
+    key.reply_key(original.rewrite_addr, original.rewrite_port)
 }
 
 /// The established flow table as applying records needs it.

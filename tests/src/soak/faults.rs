@@ -33,7 +33,7 @@ const FLOOD_INTERVAL: &str = "u200";
 
 impl Chaos {
     pub fn new(lab: &Lab) -> Self {
-        Self { base_config: lab.config(&lab.pins.0), changed: false, flood: None }
+        Self { base_config: lab.config(&lab.gateway.pins.0), changed: false, flood: None }
     }
 
     pub fn inject(&mut self, lab: &mut Lab, kind: FaultKind, region: u8) -> Result<()> {

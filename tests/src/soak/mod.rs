@@ -103,7 +103,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     let mut lab = Lab::new(&prefix, lab_options)?;
     let namespaces = namespace_inodes(&prefix)?;
     anyhow::ensure!(namespaces.len() == 5, "the lab's namespaces: found {} of 5", namespaces.len());
-    let pins = lab.pins.0.clone();
+    let pins = lab.gateway.pins.0.clone();
     let mut violations = Vec::new();
     lab.start_daemon()?;
     lab.wait_active("region2", Duration::from_secs(5))?;

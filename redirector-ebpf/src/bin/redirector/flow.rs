@@ -87,7 +87,7 @@ pub fn promote(key: &FlowKey, flow: *const Flow) -> Option<*mut Flow> {
     let mut original = unsafe { *flow };
     original.flags &= !FLOW_ANSWERED;
     original.handshake = 0;
-    let twin = reply_key(key, original.rewrite_addr, original.rewrite_port);
+    let twin = key.reply_key(original.rewrite_addr, original.rewrite_port);
     let reply = unsafe { *NEW_FLOWS.get(&twin)? };
     FLOWS.insert(&twin, &reply, 0).ok()?;
     FLOWS.insert(key, &original, 0).ok()?;
@@ -145,29 +145,15 @@ pub fn pin(
     flow.rewrite_port = key.dst_port;
     // It leaves toward the client: resolved on its first packet.
     flow.next_hop = NextHop::default();
-    let _ = table.insert(&reply_key(key, backend.addr, backend.port), &flow, 0);
+    let _ = table.insert(&key.reply_key(backend.addr, backend.port), &flow, 0);
 }
 
 /// Removes an original entry of `table` and its reply twin.
 #[inline(always)]
 pub fn forget(table: &Table, key: &FlowKey, original: *const Flow) {
     let (addr, port) = unsafe { ((*original).rewrite_addr, (*original).rewrite_port) };
-    let _ = table.remove(&reply_key(key, addr, port));
+    let _ = table.remove(&key.reply_key(addr, port));
     let _ = table.remove(key);
-}
-
-/// The key of a flow's reply twin: the region's endpoint answering the
-/// client.
-#[inline(always)]
-fn reply_key(key: &FlowKey, endpoint_addr: u32, endpoint_port: u16) -> FlowKey {
-    FlowKey {
-        src_addr: endpoint_addr,
-        dst_addr: key.src_addr,
-        src_port: endpoint_port,
-        dst_port: key.src_port,
-        protocol: key.protocol,
-        _pad: [0; 3],
-    }
 }
 
 /// The client's flow key as the reply twin `reply` remembers it.

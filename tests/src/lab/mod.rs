@@ -7,7 +7,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -16,17 +16,17 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use redirector::dataplane::flow_table::{monotonic_ns, FlowTable};
-use redirector_proto::{
-    control::{EventKind, Status},
-    model::RegionStatus,
-};
+use redirector_proto::control::{EventKind, Status};
 use redirector_common::{Flow, FlowKey, FLOW_ORIGINAL, IPPROTO_TCP};
 
 use crate::{
     netns::{unique_name, Netns},
-    topology::Topology,
+    topology::{Topology, SYNC_A, SYNC_B},
     xdp::PinDir,
 };
+
+mod daemon;
+pub use daemon::Daemon;
 
 pub const HTTP_PORT: u16 = 80;
 pub const AGENT_PORT: u16 = 7946;
@@ -38,6 +38,8 @@ pub const METRICS: &str = "127.0.0.1:9477";
 /// `LabOptions::alerts`, and the bearer token it wants.
 pub const ALERTS: &str = "127.0.0.1:9478";
 pub const ALERT_TOKEN: &str = "lab-alert-token-0123456789";
+/// A pair's sync port, on [`SYNC_A`] and [`SYNC_B`].
+pub const SYNC_PORT: u16 = 7947;
 
 /// Where the project's binaries were built: beside the running test or
 /// tool (target/<profile>/ or its deps/).
@@ -144,6 +146,18 @@ pub struct LabOptions {
     /// Each region's server resets a connection idle this long
     /// (`region-http --idle-reset-ms`); never when None.
     pub region_idle_reset: Option<Duration>,
+    /// Two gateways ([`Topology::build_pair`]) instead of one.
+    pub pair: Option<PairOptions>,
+}
+
+/// How a lab's gateway pair runs.
+#[derive(Clone, Debug)]
+pub struct PairOptions {
+    /// `[sync]` on both gateways; off, each keeps its own flows (what the
+    /// sync saves is measured against that).
+    pub sync: bool,
+    /// The sync's datagrams signed with [`Lab::sync_key_path`].
+    pub sync_key: bool,
 }
 
 impl Default for LabOptions {
@@ -170,6 +184,7 @@ impl Default for LabOptions {
             udp_service: false,
             region_idle_reset: None,
             alerts: false,
+            pair: None,
         }
     }
 }
@@ -189,17 +204,18 @@ pub fn body(region: u8) -> String {
 }
 
 pub struct Lab {
-    // Drop order: processes first, then pins, files and namespaces.
+    // Drop order: processes first (the daemon's with its pins), then
+    // files and namespaces.
     servers: Vec<Option<Process>>,
     agents: Vec<Option<Process>>,
-    daemon: Option<Process>,
+    /// redirectord in the gateway; gateway A of a pair.
+    pub gateway: Daemon,
+    /// redirectord in gateway B of a pair.
+    pub peer: Option<Daemon>,
     /// By region, when `cgroups`; removed once the processes are gone.
     cgroups: Vec<Cgroup>,
     pub options: LabOptions,
     pub dir: PathBuf,
-    config_path: PathBuf,
-    socket: PathBuf,
-    pub pins: PinDir,
     pub topo: Topology,
 }
 
@@ -207,7 +223,10 @@ impl Lab {
     /// Builds the topology and starts the region servers (and agents); the
     /// daemon is started with [`Lab::start_daemon`].
     pub fn new(prefix: &str, options: LabOptions) -> Result<Self> {
-        let topo = Topology::build(prefix, options.regions)?;
+        let topo = match options.pair {
+            Some(_) => Topology::build_pair(prefix, options.regions)?,
+            None => Topology::build(prefix, options.regions)?,
+        };
         let dir = std::env::temp_dir().join(unique_name("redirector-lab"));
         fs::create_dir_all(&dir)?;
         let (config_path, socket, pins) = match &options.config_file {
@@ -224,16 +243,22 @@ impl Lab {
         } else {
             Vec::new()
         };
+        let gateway = Daemon::new("redirectord", &topo.gateway, config_path, socket, pins, &dir)?;
+        let peer = match &topo.peer {
+            Some(ns) => {
+                let (config, socket) = (dir.join("redirector-b.toml"), dir.join("control-b.sock"));
+                Some(Daemon::new("redirectord-b", ns, config, socket, PinDir::unique(), &dir)?)
+            }
+            None => None,
+        };
         let mut lab = Self {
             servers: Vec::new(),
             agents: Vec::new(),
-            daemon: None,
+            gateway,
+            peer,
             cgroups,
             options,
             dir,
-            config_path,
-            socket,
-            pins,
             topo,
         };
         if lab.options.heartbeat_key {
@@ -242,8 +267,21 @@ impl Lab {
         if lab.options.alerts {
             fs::write(lab.alert_token_path(), format!("{ALERT_TOKEN}\n"))?;
         }
-        if lab.options.config_file.is_none() {
-            fs::write(lab.config_path(), lab.config(&lab.pins.0))?;
+        if let Some(pair) = lab.options.pair.clone() {
+            if pair.sync_key {
+                fs::write(lab.sync_key_path(), "lab-shared-sync-key-0123456789\n")?;
+            }
+            let peer = lab.peer.as_ref().expect("built with the pair");
+            let sides = [(&lab.gateway, SYNC_A, SYNC_B), (peer, SYNC_B, SYNC_A)];
+            for (daemon, listen, other) in sides {
+                let mut text = lab.config_for(&daemon.pins.0, &daemon.socket);
+                if pair.sync {
+                    lab.write_sync(&mut text, listen, other, pair.sync_key);
+                }
+                fs::write(&daemon.config_path, text)?;
+            }
+        } else if lab.options.config_file.is_none() {
+            fs::write(lab.config_path(), lab.config(&lab.gateway.pins.0))?;
         }
         for region in 1..=lab.options.regions {
             let server = lab.start_server(region)?;
@@ -259,11 +297,11 @@ impl Lab {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.config_path.clone()
+        self.gateway.config_path.clone()
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.socket.clone()
+        self.gateway.socket.clone()
     }
 
     pub fn key_path(&self) -> PathBuf {
@@ -279,8 +317,31 @@ impl Lab {
         SocketAddrV4::new(self.topo.region("region2").addr, HTTP_PORT)
     }
 
+    /// The key a pair's sync datagrams are signed with.
+    pub fn sync_key_path(&self) -> PathBuf {
+        self.dir.join("sync.key")
+    }
+
+    /// Gateway B of the pair.
+    pub fn peer(&mut self) -> &mut Daemon {
+        self.peer.as_mut().expect("a lab built with LabOptions::pair")
+    }
+
+    fn write_sync(&self, text: &mut String, listen: Ipv4Addr, peer: Ipv4Addr, key: bool) {
+        writeln!(text, "\n[sync]\nlisten = \"{listen}:{SYNC_PORT}\"\npeers = [\"{peer}:{SYNC_PORT}\"]").unwrap();
+        if key {
+            writeln!(text, "key_file = {:?}", self.sync_key_path().display().to_string()).unwrap();
+        }
+    }
+
     /// The config redirectord runs with.
     pub fn config(&self, pin_path: &Path) -> String {
+        self.config_for(pin_path, &self.socket())
+    }
+
+    /// The config of a redirectord pinned at `pin_path`, answering on
+    /// `socket`.
+    fn config_for(&self, pin_path: &Path, socket: &Path) -> String {
         let o = &self.options;
         let mut text = String::new();
         let interfaces: Vec<String> = self
@@ -291,7 +352,7 @@ impl Lab {
             .collect();
         writeln!(text, "interfaces = [{}]", interfaces.join(", ")).unwrap();
         writeln!(text, "pin_path = {:?}", pin_path.display().to_string()).unwrap();
-        writeln!(text, "control_socket = {:?}", self.socket().display().to_string()).unwrap();
+        writeln!(text, "control_socket = {:?}", socket.display().to_string()).unwrap();
         writeln!(text, "metrics_listen = {METRICS:?}").unwrap();
         if let Some(size) = o.flow_table_size {
             writeln!(text, "flow_table_size = {size}").unwrap();
@@ -440,20 +501,7 @@ impl Lab {
     /// Starts redirectord in the gateway and waits until it answers and
     /// every region has a health verdict.
     pub fn start_daemon(&mut self) -> Result<()> {
-        let mut cmd = self.topo.gateway.command(binary("redirectord")?.to_str().unwrap());
-        cmd.args(["--config", self.config_path().to_str().unwrap()]);
-        self.log_to(&mut cmd, "redirectord.log")?;
-        self.daemon = Some(Process::spawn(cmd, "redirectord")?);
-        wait_for(Duration::from_secs(10), || {
-            if let Some(Some(status)) = self.daemon.as_mut().map(|d| d.exited().ok().flatten()) {
-                bail!("redirectord exited ({status}): {}", self.daemon_log());
-            }
-            let status = self.status()?;
-            match status.regions.iter().find(|r| r.state == RegionStatus::Pending) {
-                Some(r) => bail!("{} still pending", r.name),
-                None => Ok(()),
-            }
-        })
+        self.gateway.start()
     }
 
     /// Takes region `n`'s link down (its end of the veth): the gateway sees
@@ -520,50 +568,31 @@ impl Lab {
     /// Sends a process's output to `name` in the lab directory, after what
     /// an earlier run of it wrote there.
     fn log_to(&self, cmd: &mut Command, name: &str) -> Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join(name))?;
-        cmd.stdout(log.try_clone()?).stderr(log);
-        Ok(())
+        log_to(cmd, &self.dir.join(name))
     }
 
     /// Kills redirectord with `signal`; the data plane stays.
     pub fn stop_daemon(&mut self, signal: i32) -> Result<()> {
-        match self.daemon.take() {
-            Some(daemon) => daemon.stop(signal),
-            None => Ok(()),
-        }
+        self.gateway.stop(signal)
     }
 
     /// Waits (at most `limit`) for redirectord to exit by itself.
     pub fn daemon_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
-        let daemon = self.daemon.as_mut().context("redirectord was not started")?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = daemon.exited()? {
-                self.daemon = None;
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("redirectord still runs after {limit:?}");
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.gateway.exit(limit)
     }
 
     /// How redirectord ended, if it ended by itself; None while it runs
     /// (or was never started).
     pub fn daemon_exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        match self.daemon.as_mut() {
-            Some(daemon) => daemon.exited(),
-            None => Ok(None),
-        }
+        self.gateway.exited()
     }
 
     pub fn daemon_pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(Process::pid)
+        self.gateway.pid()
     }
 
     pub fn daemon_log(&self) -> String {
-        fs::read_to_string(self.dir.join("redirectord.log")).unwrap_or_default()
+        self.gateway.log()
     }
 
     /// Writes `entries` established TCP flows of region1 into the data
@@ -571,7 +600,7 @@ impl Lab {
     /// for the daemon's sweep, not for the packet path). Returns a handle on
     /// the table.
     pub fn fill_flow_table(&self, entries: u32) -> Result<FlowTable> {
-        let mut table = FlowTable::open(&self.pins.0)?;
+        let mut table = FlowTable::open(&self.gateway.pins.0)?;
         let now = monotonic_ns();
         for i in 0..entries {
             let key = FlowKey {
@@ -590,34 +619,21 @@ impl Lab {
 
     /// Runs redirectorctl against this lab's daemon.
     pub fn ctl(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(binary("redirectorctl")?)
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?)
+        self.gateway.ctl(args)
     }
 
     /// redirectorctl, which must succeed; its stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.ctl(args)?;
-        if !out.status.success() {
-            bail!(
-                "redirectorctl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.gateway.ctl_ok(args)
     }
 
     /// redirectord's /metrics text.
     pub fn metrics(&self) -> Result<String> {
-        self.topo.gateway.exec("curl", &["-sf", &format!("http://{METRICS}/metrics")])
+        self.gateway.metrics()
     }
 
     pub fn status(&self) -> Result<Status> {
-        Ok(serde_json::from_str(&self.ctl_ok(&["status", "--json"])?)?)
+        self.gateway.status()
     }
 
     /// The regions taking the service's new flows.
@@ -671,14 +687,23 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.daemon.take();
+        let _ = self.gateway.stop(libc::SIGKILL);
+        if let Some(peer) = &mut self.peer {
+            let _ = peer.stop(libc::SIGKILL);
+        }
         self.servers.clear();
         self.agents.clear();
         self.cgroups.clear();
-        // A daemon killed outright leaves its socket.
-        let _ = fs::remove_file(&self.socket);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends a process's output to `path`, after what an earlier run of it
+/// wrote there.
+fn log_to(cmd: &mut Command, path: &Path) -> Result<()> {
+    let log = fs::OpenOptions::new().create(true).append(true).open(path)?;
+    cmd.stdout(log.try_clone()?).stderr(log);
+    Ok(())
 }
 
 fn cgroup_name(lab_prefix: &str, region: u8) -> String {
