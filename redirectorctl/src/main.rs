@@ -56,6 +56,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 if redirectord answers and, with [sync], has every peer's
+    /// flow table (or gave up on a silent peer); 1 otherwise. For
+    /// keepalived's track_script: a gateway takes the shared addresses only
+    /// once it can carry every flow on.
+    Ready,
     /// Re-read the config; an invalid one is refused and nothing changes.
     Reload,
     /// Take the data plane off every interface, remove its pins, stop redirectord.
@@ -87,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Down { region } => (Request::Down { region }, false),
         Command::Up { region } => (Request::Up { region }, false),
         Command::Events { json } => (Request::Events, json),
+        Command::Ready => return ready(&cli.socket),
         Command::Reload => (Request::Reload, false),
         Command::Detach => (Request::Detach, false),
     };
@@ -99,4 +105,28 @@ fn run(cli: Cli) -> Result<()> {
         Response::Events { events } => render::events(events),
     }
     Ok(())
+}
+
+/// Quick, for a health script run every second: redirectord answers in
+/// milliseconds or is not ready.
+fn ready(socket: &std::path::Path) -> Result<()> {
+    match control::call(socket, &Request::Status, Duration::from_secs(2))? {
+        Response::Status(status) => match status.sync {
+            Some(sync) if !sync.ready => {
+                let waiting: Vec<&str> = sync
+                    .peers
+                    .iter()
+                    .filter(|p| p.resync == control::ResyncState::Waiting)
+                    .map(|p| p.address.as_str())
+                    .collect();
+                anyhow::bail!("not ready: waiting for the flow tables of {}", waiting.join(", "))
+            }
+            _ => {
+                println!("ready");
+                Ok(())
+            }
+        },
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer {other:?}"),
+    }
 }

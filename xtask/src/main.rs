@@ -76,6 +76,9 @@ const APT_PACKAGES: &[&str] = &[
     // `bench dataplane` runs the reference's switch (userspace datapath,
     // no kernel module) as one of the gateways it measures.
     "openvswitch-switch",
+    // The gateway pair: VRRP moves the shared addresses between gateways
+    // (the pair tests and the lab's pair), as operators deploy it.
+    "keepalived",
     // The benchmarks' plots (plotters renders text through fontconfig).
     "pkg-config",
     "libfontconfig-dev",

@@ -26,7 +26,9 @@ use crate::{
 };
 
 mod daemon;
+mod pair;
 pub use daemon::Daemon;
+pub use pair::{keepalived_config, Side};
 
 pub const HTTP_PORT: u16 = 80;
 pub const AGENT_PORT: u16 = 7946;
@@ -208,6 +210,8 @@ pub struct Lab {
     // files and namespaces.
     servers: Vec<Option<Process>>,
     agents: Vec<Option<Process>>,
+    /// A pair's keepalived, by [`Side`].
+    keepalived: [Option<Process>; 2],
     /// redirectord in the gateway; gateway A of a pair.
     pub gateway: Daemon,
     /// redirectord in gateway B of a pair.
@@ -254,6 +258,7 @@ impl Lab {
         let mut lab = Self {
             servers: Vec::new(),
             agents: Vec::new(),
+            keepalived: [None, None],
             gateway,
             peer,
             cgroups,
@@ -687,6 +692,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.keepalived = [None, None];
         let _ = self.gateway.stop(libc::SIGKILL);
         if let Some(peer) = &mut self.peer {
             let _ = peer.stop(libc::SIGKILL);

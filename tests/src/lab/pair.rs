@@ -1,0 +1,182 @@
+//! A lab's gateway pair under VRRP: keepalived on each gateway moves the
+//! shared addresses (each segment's `.1`) to the master, and takes them
+//! only once `redirectorctl ready` says its redirectord has the peer's
+//! flows. A gateway dies as a host does (processes killed, links down,
+//! its kernel state gone) and comes back as a rebooted one.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use redirector::dataplane::remove_pins;
+
+use super::{binary, log_to, wait_for, Daemon, Lab, Process};
+use crate::netns::Netns;
+
+/// One of the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+
+    /// A is the preferred master.
+    fn priority(self) -> u8 {
+        match self {
+            Side::A => 150,
+            Side::B => 100,
+        }
+    }
+}
+
+/// The pair's one VRRP router.
+const VIRTUAL_ROUTER_ID: u8 = 51;
+
+/// keepalived's config for gateway `side`: one VRRP instance, advertised
+/// on the client side every `advert`, carrying every segment's shared
+/// address; an interface down or redirectord not ready takes the gateway
+/// out (FAULT), so the other one is master.
+pub fn keepalived_config(side: Side, shared: &[(String, std::net::Ipv4Addr)], advert: Duration, ready: &str) -> String {
+    let mut text = String::new();
+    let interfaces: Vec<&str> = shared.iter().map(|(iface, _)| iface.as_str()).collect();
+    writeln!(text, "global_defs {{\n    router_id redirector-{}\n    vrrp_version 3\n    script_user root\n}}\n", side.name()).unwrap();
+    writeln!(
+        text,
+        "vrrp_script redirector_ready {{\n    script \"{ready}\"\n    interval 1\n    timeout 2\n    fall 1\n    rise 1\n}}\n"
+    )
+    .unwrap();
+    writeln!(text, "vrrp_instance redirector {{\n    state BACKUP\n    interface {}", interfaces[0]).unwrap();
+    writeln!(
+        text,
+        "    virtual_router_id {VIRTUAL_ROUTER_ID}\n    priority {}\n    advert_int {}",
+        side.priority(),
+        advert.as_secs_f64()
+    )
+    .unwrap();
+    writeln!(text, "    virtual_ipaddress {{").unwrap();
+    for (iface, addr) in shared {
+        writeln!(text, "        {addr}/24 dev {iface}").unwrap();
+    }
+    writeln!(text, "    }}\n    track_interface {{").unwrap();
+    for iface in &interfaces {
+        writeln!(text, "        {iface}").unwrap();
+    }
+    writeln!(text, "    }}\n    track_script {{\n        redirector_ready\n    }}\n}}").unwrap();
+    text
+}
+
+impl Lab {
+    pub fn pair_daemon(&self, side: Side) -> &Daemon {
+        match side {
+            Side::A => &self.gateway,
+            Side::B => self.peer.as_ref().expect("a pair"),
+        }
+    }
+
+    fn pair_daemon_mut(&mut self, side: Side) -> &mut Daemon {
+        match side {
+            Side::A => &mut self.gateway,
+            Side::B => self.peer.as_mut().expect("a pair"),
+        }
+    }
+
+    pub fn pair_ns(&self, side: Side) -> &Netns {
+        match side {
+            Side::A => &self.topo.gateway,
+            Side::B => self.topo.peer.as_ref().expect("a pair"),
+        }
+    }
+
+    /// Starts keepalived on gateway `side`, advertising every `advert`.
+    pub fn start_keepalived(&mut self, side: Side, advert: Duration) -> Result<()> {
+        let ready = format!("{} --socket {} ready", binary("redirectorctl")?.display(), self.pair_daemon(side).socket.display());
+        let config = self.dir.join(format!("keepalived-{}.conf", side.name()));
+        fs::write(&config, keepalived_config(side, &self.topo.shared_addresses(), advert, &ready))?;
+        let mut cmd = self.pair_ns(side).command("keepalived");
+        cmd.args(["--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp", "--use-file"]);
+        cmd.arg(&config);
+        for (flag, file) in [("--pid", "keepalived"), ("--vrrp_pid", "keepalived-vrrp")] {
+            cmd.arg(flag).arg(self.dir.join(format!("{file}-{}.pid", side.name())));
+        }
+        log_to(&mut cmd, &self.dir.join(format!("keepalived-{}.log", side.name())))?;
+        self.keepalived[side as usize] = Some(Process::spawn(cmd, &format!("keepalived {}", side.name()))?);
+        Ok(())
+    }
+
+    /// The gateway holding the shared client-side address, if one does
+    /// (both would be a split brain: an error).
+    pub fn master(&self) -> Result<Option<Side>> {
+        let (_, client_side) = self.topo.shared_addresses().remove(0);
+        let holds = |side: Side| -> Result<bool> {
+            Ok(self.pair_ns(side).ip(&["-4", "addr", "show", "dev", "veth-client"])?.contains(&format!("{client_side}/")))
+        };
+        match (holds(Side::A)?, holds(Side::B)?) {
+            (true, true) => bail!("both gateways hold {client_side}"),
+            (true, false) => Ok(Some(Side::A)),
+            (false, true) => Ok(Some(Side::B)),
+            (false, false) => Ok(None),
+        }
+    }
+
+    /// Waits (at most `limit`) until `side` is master; how long it took.
+    pub fn wait_master(&self, side: Side, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        wait_for(limit, || match self.master()? {
+            Some(master) if master == side => Ok(()),
+            other => bail!("master: {other:?}"),
+        })?;
+        Ok(started.elapsed())
+    }
+
+    /// Gateway `side` dies as a host does: its processes killed, its
+    /// links down.
+    pub fn kill_gateway(&mut self, side: Side) -> Result<()> {
+        if let Some(keepalived) = self.keepalived[side as usize].take() {
+            keepalived.stop(libc::SIGKILL)?;
+        }
+        self.pair_daemon_mut(side).stop(libc::SIGKILL)?;
+        for iface in self.gateway_links() {
+            self.pair_ns(side).ip(&["link", "set", &iface, "down"])?;
+        }
+        Ok(())
+    }
+
+    /// Gateway `side` back as a rebooted host: nothing of its kernel state
+    /// (addresses VRRP gave it, the data plane) survived; links up,
+    /// redirectord and keepalived started.
+    pub fn revive_gateway(&mut self, side: Side, advert: Duration) -> Result<()> {
+        for (iface, addr) in self.topo.shared_addresses() {
+            let _ = self.pair_ns(side).ip(&["addr", "del", &format!("{addr}/24"), "dev", &iface]);
+        }
+        remove_pins(&self.pair_daemon(side).pins.0)?;
+        for iface in self.gateway_links() {
+            self.pair_ns(side).ip(&["link", "set", &iface, "up"])?;
+        }
+        self.pair_daemon_mut(side).start()?;
+        self.start_keepalived(side, advert)
+    }
+
+    fn gateway_links(&self) -> Vec<String> {
+        let mut links = self.topo.gateway_interfaces();
+        links.push(crate::topology::SYNC_IFACE.to_string());
+        links
+    }
+}
