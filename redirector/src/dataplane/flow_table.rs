@@ -19,8 +19,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, IterableMap, Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use redirector_common::{
-    lifetime::{handshake_life, life, Life, SYNC_REFRESH_NS},
-    map_names, Flow, FlowKey, FLOW_ORIGINAL, FLOW_SYNCED, LAST_SEEN_GRANULARITY_NS, MAX_REGIONS,
+    lifetime::{handshake_life, life, Life},
+    map_names, Flow, FlowKey, FLOW_ORIGINAL, FLOW_SYNCED, MAX_REGIONS,
 };
 use redirector_proto::sync::{FlowEvent, FlowRecord};
 use tokio::{
@@ -30,7 +30,10 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::sync::records::{self, FlowStore};
+use crate::sync::{
+    records::{self, FlowStore},
+    refresh,
+};
 
 /// Entries per `BPF_MAP_LOOKUP_BATCH`. The kernel returns a hash bucket
 /// whole or not at all, so this must exceed any bucket's length (a few).
@@ -45,11 +48,11 @@ pub struct FlowTable {
 }
 
 /// Where the sweep tells the flow sync what only the table shows: the
-/// flows this gateway carried since the last refresh (every
-/// [`SYNC_REFRESH_NS`]), and the ones it deleted.
+/// flows this gateway carried, each once every [`SYNC_REFRESH_NS`]
+/// ([`refresh`]), and the ones it deleted.
 struct Announcer {
     out: mpsc::Sender<Vec<FlowRecord>>,
-    last_refresh_ns: u64,
+    last_sweep_ns: u64,
 }
 
 /// One flow map, read in batches.
@@ -76,7 +79,7 @@ impl FlowTable {
     /// From now on each sweep sends the flow sync its refreshes and
     /// closes (from a blocking thread: it waits for room).
     pub fn announce_to(&mut self, out: mpsc::Sender<Vec<FlowRecord>>) {
-        self.announcer = Some(Announcer { out, last_refresh_ns: 0 });
+        self.announcer = Some(Announcer { out, last_sweep_ns: monotonic_ns() });
     }
 
     /// Every original entry of the established table that is not expired:
@@ -143,18 +146,18 @@ impl FlowTable {
         let mut active = vec![0u64; MAX_REGIONS as usize];
         let established = self.established.entries()?;
         let mut expired = Vec::new();
-        // Seen here since the last refresh (give or take the data plane's
-        // granularity), if one is due.
-        let refresh_since = self
-            .announcer
-            .as_ref()
-            .filter(|a| now_ns.saturating_sub(a.last_refresh_ns) >= SYNC_REFRESH_NS)
-            .map(|a| a.last_refresh_ns.saturating_sub(LAST_SEEN_GRANULARITY_NS));
+        let last_sweep = self.announcer.as_ref().map(|a| a.last_sweep_ns);
         let mut refresh = Vec::new();
         for (key, flow) in &established {
             let life = life(key.protocol, flow.flags, idle(now_ns, flow));
-            let carried_since = |since| flow.flags & FLOW_SYNCED == 0 && flow.last_seen_ns >= since;
-            if flow.direction == FLOW_ORIGINAL && life != Life::Expired && refresh_since.is_some_and(carried_since) {
+            let remind = |last_sweep| {
+                flow.direction == FLOW_ORIGINAL
+                    && flow.flags & FLOW_SYNCED == 0
+                    && life != Life::Expired
+                    && refresh::due(key, last_sweep, now_ns)
+                    && refresh::carried_since_last_reminder(flow.last_seen_ns, now_ns)
+            };
+            if last_sweep.is_some_and(remind) {
                 refresh.push(records::from_entry(FlowEvent::Refreshed, key, flow));
             }
             match life {
@@ -181,7 +184,7 @@ impl FlowTable {
             new_entries: new.len(),
             expired,
             expired_new,
-            refresh: refresh_since.map(|_| refresh),
+            refresh,
         })
     }
 
@@ -206,12 +209,10 @@ impl FlowTable {
             expired += usize::from(self.new.delete_if(key, |flow| handshake_life(flow.flags, idle(now, flow))).is_some());
         }
         if let Some(announcer) = &mut self.announcer {
-            if let Some(mut news) = plan.refresh {
-                announcer.last_refresh_ns = now;
-                news.append(&mut closed);
-                closed = news;
-            }
-            if !closed.is_empty() && announcer.out.blocking_send(closed).is_err() {
+            announcer.last_sweep_ns = now;
+            let mut news = plan.refresh;
+            news.append(&mut closed);
+            if !news.is_empty() && announcer.out.blocking_send(news).is_err() {
                 debug!("flow sync gone: the sweep's news are dropped");
             }
         }
@@ -240,8 +241,8 @@ pub struct SweepPlan {
     /// were expired when read.
     expired: Vec<FlowKey>,
     expired_new: Vec<FlowKey>,
-    /// For the flow sync, when a refresh was due: what to refresh.
-    refresh: Option<Vec<FlowRecord>>,
+    /// For the flow sync: the flows whose reminder is due.
+    refresh: Vec<FlowRecord>,
 }
 
 impl FlowMap {

@@ -55,6 +55,7 @@ use crate::{
 
 pub mod peers;
 pub mod records;
+pub mod refresh;
 
 use self::{peers::Peers, records::Applied};
 

@@ -5,7 +5,7 @@
 //! then a full one (the sweep must not hold the controller back).
 
 use std::{
-    fs, thread,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -13,20 +13,11 @@ use anyhow::{Context, Result};
 use redirector::dataplane::flow_table::monotonic_ns;
 use redirector_common::FLOW_TABLE_SIZE;
 
-use super::{machine, write_result};
+use super::{cpu_ticks, machine, ticks_per_second, write_result};
 use crate::{
     lab::{Lab, LabOptions},
     netns::unique_name,
 };
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which may hold spaces: ") S ppid ..."
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -49,10 +40,9 @@ struct Phase {
 
 fn measure(lab: &Lab, window: Duration, switches: usize) -> Result<Phase> {
     let pid = lab.daemon_pid().context("daemon not running")?;
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let before = cpu_ticks(pid)?;
     thread::sleep(window);
-    let cpu = (cpu_ticks(pid)? - before) as f64 / ticks_per_second / window.as_secs_f64();
+    let cpu = (cpu_ticks(pid)? - before) as f64 / ticks_per_second() / window.as_secs_f64();
 
     let events_before = set_active_writes(lab)?.len();
     let mut round_trips = Vec::new();

@@ -6,11 +6,44 @@ pub mod dataplane;
 pub mod failover;
 pub mod flows;
 pub mod lb;
+pub mod sync;
 pub mod xdp;
 
 use std::{fs, path::PathBuf};
 
 use anyhow::{Context, Result};
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    stat_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of a process's threads named `name` (its `comm`), in
+/// clock ticks.
+pub fn thread_cpu_ticks(pid: u32, name: &str) -> Result<u64> {
+    let mut ticks = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        if fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.trim() == name) {
+            ticks += stat_ticks(&dir.join("stat").display().to_string())?;
+        }
+    }
+    Ok(ticks)
+}
+
+fn stat_ticks(path: &str) -> Result<u64> {
+    let stat = fs::read_to_string(path)?;
+    // Fields after the command name, which may hold spaces: ") S ppid ..."
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// Clock ticks per second of /proc's CPU times.
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
 
 /// CPU model, cores, memory and kernel, for every results file.
 pub fn machine() -> String {

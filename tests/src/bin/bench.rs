@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb|flows] [--quick]`
+//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb|flows|sync] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -11,7 +11,8 @@ fn main() -> ExitCode {
         "dataplane" => redirector_tests::bench::dataplane::run(rest),
         "lb" => redirector_tests::bench::lb::run(rest),
         "flows" => redirector_tests::bench::flows::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb, flows")),
+        "sync" => redirector_tests::bench::sync::run(rest),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb, flows, sync")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

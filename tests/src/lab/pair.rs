@@ -5,7 +5,6 @@
 //! its kernel state gone) and comes back as a rebooted one.
 
 use std::{
-    fmt::Write as _,
     fs,
     time::{Duration, Instant},
 };
@@ -53,33 +52,42 @@ const VIRTUAL_ROUTER_ID: u8 = 51;
 /// keepalived's config for gateway `side`: one VRRP instance, advertised
 /// on the client side every `advert`, carrying every segment's shared
 /// address; an interface down or redirectord not ready takes the gateway
-/// out (FAULT), so the other one is master.
+/// out (FAULT), so the other one is master. `dist/keepalived/` ships it
+/// for gateway A of the example config (a test keeps the two the same).
 pub fn keepalived_config(side: Side, shared: &[(String, std::net::Ipv4Addr)], advert: Duration, ready: &str) -> String {
-    let mut text = String::new();
-    let interfaces: Vec<&str> = shared.iter().map(|(iface, _)| iface.as_str()).collect();
-    writeln!(text, "global_defs {{\n    router_id redirector-{}\n    vrrp_version 3\n    script_user root\n}}\n", side.name()).unwrap();
-    writeln!(
-        text,
-        "vrrp_script redirector_ready {{\n    script \"{ready}\"\n    interval 1\n    timeout 2\n    fall 1\n    rise 1\n}}\n"
-    )
-    .unwrap();
-    writeln!(text, "vrrp_instance redirector {{\n    state BACKUP\n    interface {}", interfaces[0]).unwrap();
-    writeln!(
-        text,
-        "    virtual_router_id {VIRTUAL_ROUTER_ID}\n    priority {}\n    advert_int {}",
-        side.priority(),
-        advert.as_secs_f64()
-    )
-    .unwrap();
-    writeln!(text, "    virtual_ipaddress {{").unwrap();
+    // Comments aligned after their line.
+    let noted = |line: String, note: &str| format!("{line:<32}# {note}\n");
+    let (this, other) = (side.name(), side.other().name());
+    let mut text = format!(
+        "# keepalived for redirector gateway {this} of a pair (gateway {other}: router_id redirector-{other},\n\
+         # priority {}). Both run redirectord with the same services and a [sync] section\n\
+         # naming each other; VRRP moves the addresses clients and regions route through.\n\n",
+        side.other().priority()
+    );
+    text += &format!("global_defs {{\n    router_id redirector-{this}\n");
+    text += &noted("    vrrp_version 3".into(), "sub-second advertisements");
+    text += &noted("    script_user root".into(), "redirectorctl talks to a root-only socket");
+    text += "}\n\n";
+    text += "# A gateway takes the addresses only once its redirectord has the peer's flows:\n\
+             # a restarted gateway must not become master with an empty flow table.\n";
+    text += &format!(
+        "vrrp_script redirector_ready {{\n    script \"{ready}\"\n    interval 1\n    timeout 2\n    fall 1\n    rise 1\n}}\n\n"
+    );
+    text += "vrrp_instance redirector {\n";
+    text += &noted("    state BACKUP".into(), "the priorities elect the master");
+    text += &noted(format!("    interface {}", shared[0].0), "advertisements on the client side");
+    text += &format!("    virtual_router_id {VIRTUAL_ROUTER_ID}\n    priority {}\n", side.priority());
+    text += &noted(format!("    advert_int {}", advert.as_secs_f64()), "the backup takes over 3 of them (and a skew) after the last");
+    text += "    virtual_ipaddress {\n";
     for (iface, addr) in shared {
-        writeln!(text, "        {addr}/24 dev {iface}").unwrap();
+        text += &format!("        {addr}/24 dev {iface}\n");
     }
-    writeln!(text, "    }}\n    track_interface {{").unwrap();
-    for iface in &interfaces {
-        writeln!(text, "        {iface}").unwrap();
+    text += "    }\n";
+    text += &noted("    track_interface {".into(), "any link down: FAULT, the other gateway is master");
+    for (iface, _) in shared {
+        text += &format!("        {iface}\n");
     }
-    writeln!(text, "    }}\n    track_script {{\n        redirector_ready\n    }}\n}}").unwrap();
+    text += "    }\n    track_script {\n        redirector_ready\n    }\n}\n";
     text
 }
 
@@ -178,5 +186,30 @@ impl Lab {
         let mut links = self.topo.gateway_interfaces();
         links.push(crate::topology::SYNC_IFACE.to_string());
         links
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, path::Path};
+
+    use super::*;
+
+    const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/keepalived/keepalived.conf");
+
+    /// What operators are told to run is what the pair tests run
+    /// (`REDIRECTOR_BLESS=1` writes the file after a deliberate change).
+    #[test]
+    fn the_shipped_keepalived_config_is_the_one_the_lab_runs() {
+        let shared: Vec<(String, Ipv4Addr)> = [("veth-client", [10, 0, 0, 1]), ("veth-r1", [10, 1, 0, 1]), ("veth-r2", [10, 2, 0, 1])]
+            .into_iter()
+            .map(|(iface, addr)| (iface.to_string(), Ipv4Addr::from(addr)))
+            .collect();
+        let expected = keepalived_config(Side::A, &shared, Duration::from_millis(100), "/usr/local/bin/redirectorctl ready");
+        if std::env::var_os("REDIRECTOR_BLESS").is_some() {
+            fs::write(DIST, &expected).unwrap();
+        }
+        let shipped = fs::read_to_string(Path::new(DIST)).unwrap();
+        assert_eq!(shipped, expected, "dist/keepalived/keepalived.conf differs from keepalived_config()");
     }
 }
