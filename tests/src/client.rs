@@ -216,6 +216,19 @@ pub struct KeptReport {
     pub broken: Vec<String>,
 }
 
+impl KeptReport {
+    /// Adds what another set of kept connections saw.
+    pub fn merge(&mut self, other: KeptReport) {
+        self.requests += other.requests;
+        self.min_requests = self.min_requests.min(other.min_requests);
+        for (region, n) in other.first_answers {
+            *self.first_answers.entry(region).or_default() += n;
+        }
+        self.moved.extend(other.moved);
+        self.broken.extend(other.broken);
+    }
+}
+
 struct KeptConnection {
     requests: u64,
     first: Option<String>,

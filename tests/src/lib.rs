@@ -8,6 +8,7 @@ pub mod inns;
 pub mod lab;
 pub mod fuzz;
 pub mod netns;
+pub mod pair_load;
 pub mod soak;
 pub mod steer;
 pub mod topology;

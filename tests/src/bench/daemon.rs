@@ -13,15 +13,11 @@ use anyhow::{Context, Result};
 use redirector::dataplane::flow_table::monotonic_ns;
 use redirector_common::FLOW_TABLE_SIZE;
 
-use super::{cpu_ticks, machine, ticks_per_second, write_result};
+use super::{cpu_ticks, machine, percentile, ticks_per_second, write_result};
 use crate::{
     lab::{Lab, LabOptions},
     netns::unique_name,
 };
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 /// Flow entries the full-table phase writes: the table's size less a
 /// margin, as the LRU may evict before it is completely full.

@@ -8,7 +8,7 @@ use std::{thread, time::Duration};
 use anyhow::Result;
 use plotters::prelude::*;
 
-use super::{machine, results_dir, write_result};
+use super::{machine, percentile, results_dir, write_result};
 use crate::{
     client::{Measurement, Options},
     lab::{Lab, LabOptions},
@@ -36,10 +36,6 @@ struct Measured {
     t_un: Vec<Duration>,
     success_rate: f64,
     requests: u64,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn measure(row: &Row, failures: usize) -> Result<Measured> {

@@ -6,12 +6,21 @@ pub mod dataplane;
 pub mod failover;
 pub mod flows;
 pub mod lb;
+pub mod pair;
 pub mod sync;
 pub mod xdp;
 
 use std::{fs, path::PathBuf};
 
 use anyhow::{Context, Result};
+
+/// The value at fraction `p` (0 to 1) of `sorted`, nearest rank.
+///
+/// # Panics
+/// On an empty slice.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
 
 /// utime + stime of a process, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {

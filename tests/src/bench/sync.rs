@@ -5,8 +5,8 @@
 //! A pair (the tests' topology, the sync signed), gateway A holding the
 //! shared addresses. A sender in the client's namespace offers new UDP
 //! flows to the lab's UDP service at a fixed rate, each from another
-//! source (address and port: spoofed within the client segment, which
-//! has no route out), built once and patched. One flow in every
+//! source (address and port; the addresses are the client's own, so the
+//! answers reach it), built once and patched. One flow in every
 //! `rate / SAMPLES_PER_SECOND` is sampled: its key and when it was sent;
 //! a prober looks each sampled key up in gateway B's flow table until it
 //! is there. Lag = found - sent: the data plane, the ring buffer, A's
@@ -60,6 +60,10 @@ pub fn run(args: &[String]) -> Result<()> {
         ..LabOptions::default()
     };
     let mut lab = Lab::new(&unique_name("rbs"), options)?;
+    for i in 0..SOURCES {
+        let (addr, _) = source(i * 60_000);
+        lab.topo.client.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    }
     lab.topo.hold_shared(&lab.topo.gateway)?;
     lab.start_daemon()?;
     lab.peer().start()?;
@@ -113,10 +117,13 @@ fn events_lost(daemon: &Daemon) -> Result<u64> {
     Ok(status.reasons.iter().find(|(r, _)| r == Reason::SyncEventLost.name()).map_or(0, |(_, n)| *n))
 }
 
-/// The `i`th flow's source: an address of the client segment and a port.
+/// Client addresses the flows come from (each with 60 000 ports).
+const SOURCES: u64 = 20;
+
+/// The `i`th flow's source: one of the client's addresses and a port.
 fn source(i: u64) -> (Ipv4Addr, u16) {
     let [a, b, c, _] = CLIENT_ADDR.octets();
-    (Ipv4Addr::new(a, b, c, 10 + (i / 60_000 % 240) as u8), 1024 + (i % 60_000) as u16)
+    (Ipv4Addr::new(a, b, c, 10 + (i / 60_000 % SOURCES) as u8), 1024 + (i % 60_000) as u16)
 }
 
 fn flow_key(vip: Ipv4Addr, i: u64) -> FlowKey {

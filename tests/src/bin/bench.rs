@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb|flows|sync] [--quick]`
+//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb|flows|sync|pair] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -12,7 +12,8 @@ fn main() -> ExitCode {
         "lb" => redirector_tests::bench::lb::run(rest),
         "flows" => redirector_tests::bench::flows::run(rest),
         "sync" => redirector_tests::bench::sync::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb, flows, sync")),
+        "pair" => redirector_tests::bench::pair::run(rest),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb, flows, sync, pair")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use redirector_proto::{control::Status, model::RegionStatus};
+use redirector_proto::{
+    control::{Event, EventKind, Status},
+    model::RegionStatus,
+};
 
 use super::{binary, log_to, wait_for, Process, METRICS};
 use crate::{netns::Netns, xdp::PinDir};
@@ -123,6 +126,13 @@ impl Daemon {
 
     pub fn status(&self) -> Result<Status> {
         Ok(serde_json::from_str(&self.ctl_ok(&["status", "--json"])?)?)
+    }
+
+    /// The events in which `service`'s new flows changed regions.
+    pub fn switches(&self, service: &str) -> Result<Vec<Event>> {
+        let events: Vec<Event> = serde_json::from_str(&self.ctl_ok(&["events", "--json"])?)?;
+        let subject = format!("service {service}");
+        Ok(events.into_iter().filter(|e| e.kind == EventKind::Switch && e.subject == subject).collect())
     }
 
     /// Its /metrics text.

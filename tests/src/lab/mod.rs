@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use redirector::dataplane::flow_table::{monotonic_ns, FlowTable};
-use redirector_proto::control::{EventKind, Status};
+use redirector_proto::control::Status;
 use redirector_common::{Flow, FlowKey, FLOW_ORIGINAL, IPPROTO_TCP};
 
 use crate::{
@@ -680,13 +680,7 @@ impl Lab {
 
     /// The events in which `service`'s new flows changed regions.
     pub fn switches(&self, service: &str) -> Result<Vec<redirector_proto::control::Event>> {
-        let events: Vec<redirector_proto::control::Event> =
-            serde_json::from_str(&self.ctl_ok(&["events", "--json"])?)?;
-        let subject = format!("service {service}");
-        Ok(events
-            .into_iter()
-            .filter(|e| e.kind == EventKind::Switch && e.subject == subject)
-            .collect())
+        self.gateway.switches(service)
     }
 }
 

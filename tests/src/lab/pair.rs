@@ -144,6 +144,16 @@ impl Lab {
         }
     }
 
+    /// Times either gateway's keepalived became master, from their logs.
+    pub fn master_transitions(&self) -> Result<usize> {
+        let mut n = 0;
+        for side in [Side::A, Side::B] {
+            let log = fs::read_to_string(self.dir.join(format!("keepalived-{}.log", side.name()))).unwrap_or_default();
+            n += log.matches("Entering MASTER STATE").count();
+        }
+        Ok(n)
+    }
+
     /// Waits (at most `limit`) until `side` is master; how long it took.
     pub fn wait_master(&self, side: Side, limit: Duration) -> Result<Duration> {
         let started = Instant::now();
@@ -155,25 +165,32 @@ impl Lab {
     }
 
     /// Gateway `side` dies as a host does: its processes killed, its
-    /// links down.
+    /// links down. keepalived's VRRP process goes first: told of its
+    /// parent's death it would leave gracefully (a priority-0
+    /// advertisement that hands over at once), which a dead host never does.
     pub fn kill_gateway(&mut self, side: Side) -> Result<()> {
         if let Some(keepalived) = self.keepalived[side as usize].take() {
+            let vrrp = fs::read_to_string(self.dir.join(format!("keepalived-vrrp-{}.pid", side.name())))?;
+            let pid: i32 = vrrp.trim().parse().map_err(|e| anyhow::anyhow!("keepalived's VRRP pid {vrrp:?}: {e}"))?;
+            // SAFETY: kill(2) on a pid keepalived wrote for its child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
             keepalived.stop(libc::SIGKILL)?;
         }
         self.pair_daemon_mut(side).stop(libc::SIGKILL)?;
         for iface in self.gateway_links() {
             self.pair_ns(side).ip(&["link", "set", &iface, "down"])?;
         }
-        Ok(())
-    }
-
-    /// Gateway `side` back as a rebooted host: nothing of its kernel state
-    /// (addresses VRRP gave it, the data plane) survived; links up,
-    /// redirectord and keepalived started.
-    pub fn revive_gateway(&mut self, side: Side, advert: Duration) -> Result<()> {
+        // What VRRP had given it is gone with the host (and must not be
+        // mistaken for a second master).
         for (iface, addr) in self.topo.shared_addresses() {
             let _ = self.pair_ns(side).ip(&["addr", "del", &format!("{addr}/24"), "dev", &iface]);
         }
+        Ok(())
+    }
+
+    /// Gateway `side` back as a rebooted host: nothing of its data plane
+    /// survived; links up, redirectord and keepalived started.
+    pub fn revive_gateway(&mut self, side: Side, advert: Duration) -> Result<()> {
         remove_pins(&self.pair_daemon(side).pins.0)?;
         for iface in self.gateway_links() {
             self.pair_ns(side).ip(&["link", "set", &iface, "up"])?;

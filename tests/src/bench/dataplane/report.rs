@@ -10,10 +10,10 @@ use plotters::{
 
 use super::{
     gateways::Variant,
-    traffic::{percentile, Load},
+    traffic::Load,
     Measured, Options,
 };
-use crate::bench::{machine, median};
+use crate::bench::{machine, median, percentile};
 
 /// One variant over all its rounds.
 struct Summary {

@@ -96,10 +96,6 @@ fn accept_within(listener: &TcpListener, limit: Duration) -> Result<TcpStream> {
     }
 }
 
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Throughput {
     pub bits_per_second: f64,
