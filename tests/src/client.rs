@@ -237,11 +237,24 @@ struct KeptConnection {
 }
 
 impl Kept {
+    /// Each request waits up to 2 s for its answer.
     pub fn open(ns: &Netns, target: SocketAddrV4, count: usize, pause: Duration) -> Result<Self> {
+        Self::open_with_timeout(ns, target, count, pause, Duration::from_secs(2))
+    }
+
+    /// Each request waits up to `timeout` for its answer (and counts the
+    /// connection broken past it).
+    pub fn open_with_timeout(
+        ns: &Netns,
+        target: SocketAddrV4,
+        count: usize,
+        pause: Duration,
+        timeout: Duration,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for i in 0..count {
-            let mut session = Session::open(ns, target, Duration::from_secs(2))?;
+            let mut session = Session::open(ns, target, timeout)?;
             let stop = stop.clone();
             workers.push(thread::spawn(move || {
                 let mut seen = KeptConnection { requests: 0, first: None, moved: None, broken: None };

@@ -1,8 +1,9 @@
 //! The gateway pair under load, the scenario the pair tests assert on and
 //! `bench pair` measures: two redirectord (synced or not) under keepalived,
-//! 100 kept connections pinned to region1 (then new flows sent to
-//! region2), 100 pinned to region2, and a new-connection loop; gateway A
-//! killed as a host dies and revived, `kills` times.
+//! or the Linux anchor (nftables NAT, conntrackd), 100 kept connections
+//! pinned to region1 (then new flows sent to region2), 100 pinned to
+//! region2, and a new-connection loop; gateway A killed as a host dies and
+//! revived, `kills` times.
 
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ use crate::{
 
 /// Kept connections per region.
 pub const KEPT_PER_REGION: usize = 100;
+/// A kept connection's request waits this long for its answer: TCP rides
+/// out a gateway's failover by retransmitting; what breaks a connection is
+/// a reset (or a takeover slower than this).
+const KEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PairRun {
     pub kept: KeptReport,
@@ -30,8 +35,17 @@ pub struct PairRun {
     pub takeovers: Vec<Duration>,
 }
 
+/// What forwards on the pair's gateways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairKind {
+    /// redirectord, with `[sync]` or without.
+    Redirector { sync: bool },
+    /// nftables DNAT and conntrack, conntrackd syncing (`lab/nat.rs`).
+    LinuxNat,
+}
+
 pub struct PairLoad {
-    pub sync: bool,
+    pub kind: PairKind,
     /// keepalived's advertisement interval.
     pub advert: Duration,
     pub kills: usize,
@@ -39,31 +53,52 @@ pub struct PairLoad {
     pub calm: Duration,
 }
 
-/// A lab with the pair built, both daemons and both keepalived started,
-/// gateway A master.
-pub fn start(sync: bool, advert: Duration, prefix: &str) -> Result<Lab> {
+/// A lab with the pair built, both gateways forwarding as `kind` says,
+/// keepalived on both, gateway A master.
+pub fn start(kind: PairKind, advert: Duration, prefix: &str) -> Result<Lab> {
+    let sync = kind == PairKind::Redirector { sync: true };
     let options = LabOptions { regions: 2, pair: Some(PairOptions { sync, sync_key: true }), ..LabOptions::default() };
     let mut lab = Lab::new(&unique_name(prefix), options)?;
-    lab.start_daemon()?;
-    lab.peer().start()?;
-    lab.start_keepalived(Side::A, advert)?;
-    lab.start_keepalived(Side::B, advert)?;
+    match kind {
+        PairKind::Redirector { .. } => {
+            // Both daemons first: each is ready once it has the other's table.
+            lab.start_daemon()?;
+            lab.peer().start()?;
+            lab.start_keepalived(Side::A, advert)?;
+            lab.start_keepalived(Side::B, advert)?;
+        }
+        PairKind::LinuxNat => {
+            lab.start_linux_nat(Side::A, advert)?;
+            lab.start_linux_nat(Side::B, advert)?;
+        }
+    }
     lab.wait_master(Side::A, Duration::from_secs(10))?;
     Ok(lab)
 }
 
-pub fn run(load: &PairLoad) -> Result<PairRun> {
-    let mut lab = start(load.sync, load.advert, "rdp")?;
-    let set_active = |lab: &Lab, args: &[&str]| -> Result<()> {
-        for side in [Side::A, Side::B] {
-            lab.pair_daemon(side).ctl_ok(args)?;
+/// New flows of the service to `region` (1 or 2) on both gateways: an
+/// operator's `set-active`, or the anchor's NAT rule.
+fn steer(lab: &Lab, kind: PairKind, region: u8) -> Result<()> {
+    match kind {
+        PairKind::Redirector { .. } => {
+            let args: &[&str] = if region == 1 { &["set-active", "region1"] } else { &["set-active", "--auto"] };
+            for side in [Side::A, Side::B] {
+                lab.pair_daemon(side).ctl_ok(args)?;
+            }
+            Ok(())
         }
-        Ok(())
-    };
-    set_active(&lab, &["set-active", "region1"])?;
-    let on_region1 = Kept::open(&lab.topo.client, lab.vip(), KEPT_PER_REGION, Duration::from_millis(250))?;
-    set_active(&lab, &["set-active", "--auto"])?;
-    let on_region2 = Kept::open(&lab.topo.client, lab.vip(), KEPT_PER_REGION, Duration::from_millis(250))?;
+        // Region2's address is the VIP: routed, no rule.
+        PairKind::LinuxNat => lab.nat_steer((region == 1).then(|| lab.topo.region("region1").addr)),
+    }
+}
+
+pub fn run(load: &PairLoad) -> Result<PairRun> {
+    let mut lab = start(load.kind, load.advert, "rdp")?;
+    steer(&lab, load.kind, 1)?;
+    let kept = |lab: &Lab| Kept::open_with_timeout(&lab.topo.client, lab.vip(), KEPT_PER_REGION, Duration::from_millis(250), KEPT_TIMEOUT);
+    let on_region1 = kept(&lab)?;
+    steer(&lab, load.kind, 2)?;
+    let on_region2 = kept(&lab)?;
     let measurement = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
     let transitions_before = lab.master_transitions()?;
     std::thread::sleep(load.calm.max(Duration::from_secs(1)));
@@ -76,7 +111,10 @@ pub fn run(load: &PairLoad) -> Result<PairRun> {
         lab.wait_master(Side::B, Duration::from_secs(10))?;
         takeovers.push(killed.elapsed());
         std::thread::sleep(Duration::from_secs(1));
-        lab.revive_gateway(Side::A, load.advert)?;
+        match load.kind {
+            PairKind::Redirector { .. } => lab.revive_gateway(Side::A, load.advert)?,
+            PairKind::LinuxNat => lab.revive_linux_nat(Side::A, load.advert)?,
+        }
         lab.wait_master(Side::A, Duration::from_secs(10))?;
         std::thread::sleep(Duration::from_secs(1));
     }

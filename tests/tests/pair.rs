@@ -10,7 +10,7 @@ use redirector_tests::{
     bench::percentile,
     lab::body,
     netns::require_root,
-    pair_load::{run, PairLoad, KEPT_PER_REGION},
+    pair_load::{run, PairKind, PairLoad, KEPT_PER_REGION},
 };
 
 /// The advertisement interval the pair runs with (dist/keepalived/).
@@ -19,7 +19,7 @@ const ADVERT: Duration = Duration::from_millis(100);
 #[test]
 fn the_backup_carries_every_established_flow_on_when_the_master_dies_and_back() {
     require_root();
-    let run = run(&PairLoad { sync: true, advert: ADVERT, kills: 5, calm: Duration::from_secs(1) }).unwrap();
+    let run = run(&PairLoad { kind: PairKind::Redirector { sync: true }, advert: ADVERT, kills: 5, calm: Duration::from_secs(1) }).unwrap();
     let kept = &run.kept;
     assert_eq!(kept.first_answers.get(&body(1)), Some(&KEPT_PER_REGION), "{:?}", kept.first_answers);
     assert_eq!(kept.first_answers.get(&body(2)), Some(&KEPT_PER_REGION), "{:?}", kept.first_answers);
@@ -45,7 +45,7 @@ fn the_backup_carries_every_established_flow_on_when_the_master_dies_and_back() 
 #[test]
 fn without_sync_the_backup_breaks_the_connections_a_fresh_selection_moves() {
     require_root();
-    let run = run(&PairLoad { sync: false, advert: ADVERT, kills: 1, calm: Duration::from_secs(1) }).unwrap();
+    let run = run(&PairLoad { kind: PairKind::Redirector { sync: false }, advert: ADVERT, kills: 1, calm: Duration::from_secs(1) }).unwrap();
     let broken = run.kept.broken.len();
     println!("without sync: {broken} of {} kept connections broken", 2 * KEPT_PER_REGION);
     assert!(broken >= KEPT_PER_REGION * 9 / 10, "{broken} broken: {:?}", run.kept.broken);

@@ -33,7 +33,8 @@ enum Task {
         args: Vec<String>,
     },
     /// The lab: client, gateway and three regions in namespaces, and a
-    /// scripted failover demo. `--keep` leaves it running; `down` removes it.
+    /// scripted failover demo. `--keep` leaves it running; `down` removes it;
+    /// `--pair`: two gateways syncing flows under keepalived, the master killed.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -79,6 +80,10 @@ const APT_PACKAGES: &[&str] = &[
     // The gateway pair: VRRP moves the shared addresses between gateways
     // (the pair tests and the lab's pair), as operators deploy it.
     "keepalived",
+    // `bench pair`'s anchor: Linux NAT pairs keep their connections with
+    // conntrackd (and `conntrack -F` empties a "rebooted" gateway's table).
+    "conntrackd",
+    "conntrack",
     // The benchmarks' plots (plotters renders text through fontconfig).
     "pkg-config",
     "libfontconfig-dev",

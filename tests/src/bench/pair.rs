@@ -15,7 +15,7 @@ use super::{percentile, publish};
 use crate::{
     lab::{wait_for, Lab, Side},
     netns::require_root,
-    pair_load::{self, PairLoad, PairRun, KEPT_PER_REGION},
+    pair_load::{self, PairKind, PairLoad, PairRun, KEPT_PER_REGION},
 };
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -26,12 +26,17 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for &ms in adverts {
         let advert = Duration::from_millis(ms);
-        let run = pair_load::run(&PairLoad { sync: true, advert, kills, calm: Duration::from_secs(calm) })?;
+        let run = pair_load::run(&PairLoad { kind: PairKind::Redirector { sync: true }, advert, kills, calm: Duration::from_secs(calm) })?;
         eprintln!("bench pair: advert {ms} ms: {} spurious, {} broken", run.spurious_transitions, run.kept.broken.len());
-        rows.push((ms, true, run));
+        rows.push((ms, PairKind::Redirector { sync: true }, run));
     }
-    let without = pair_load::run(&PairLoad { sync: false, advert: Duration::from_millis(100), kills: 1, calm: Duration::from_secs(1) })?;
-    rows.push((100, false, without));
+    let advert = Duration::from_millis(100);
+    let calm_1s = Duration::from_secs(1);
+    let without = pair_load::run(&PairLoad { kind: PairKind::Redirector { sync: false }, advert, kills: 1, calm: calm_1s })?;
+    rows.push((100, PairKind::Redirector { sync: false }, without));
+    let anchor = pair_load::run(&PairLoad { kind: PairKind::LinuxNat, advert, kills, calm: calm_1s })?;
+    eprintln!("bench pair: keepalived + conntrackd: {} broken", anchor.kept.broken.len());
+    rows.push((100, PairKind::LinuxNat, anchor));
     let windows = verdict_windows(region_failures)?;
     publish("bench pair", "pair", &report(&rows, calm, &windows), !quick);
     Ok(())
@@ -40,7 +45,7 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Region2's server killed `failures` times with both gateways watching:
 /// per failure, how far apart their switches of new flows fell.
 fn verdict_windows(failures: usize) -> Result<Vec<Duration>> {
-    let mut lab = pair_load::start(true, Duration::from_millis(100), "rdbp")?;
+    let mut lab = pair_load::start(PairKind::Redirector { sync: true }, Duration::from_millis(100), "rdbp")?;
     let mut windows = Vec::new();
     for _ in 0..failures {
         for (kill, region) in [(true, "region1"), (false, "region2")] {
@@ -77,7 +82,7 @@ fn last_switches(lab: &Lab) -> Result<[u64; 2]> {
     Ok([last(Side::A)?, last(Side::B)?])
 }
 
-fn report(rows: &[(u64, bool, PairRun)], calm: u64, windows: &[Duration]) -> String {
+fn report(rows: &[(u64, PairKind, PairRun)], calm: u64, windows: &[Duration]) -> String {
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
     let spread = |v: &[Duration]| {
         let mut v = v.to_vec();
@@ -93,14 +98,18 @@ fn report(rows: &[(u64, bool, PairRun)], calm: u64, windows: &[Duration]) -> Str
          links down) and revived as a rebooted one, then master again, {} kept connections (half pinned to a region \
          that no longer takes new flows) and a new-connection loop (a request every 2 ms, 200 ms timeout) \
          throughout. Spurious: master changes in {calm} s of the same load before any kill.\n\n\
-         | advert | sync | spurious master changes | kills | takeover p50 / p99 / max | new-connection outage p50 / p99 / max | new requests failed | kept connections broken |\n\
+         | advert | gateways | spurious master changes | kills | takeover p50 / p99 / max | new-connection outage p50 / p99 / max | new requests failed | kept connections broken |\n\
          |---:|---|---:|---:|---|---|---:|---:|\n",
         2 * KEPT_PER_REGION
     );
-    for (advert, sync, run) in rows {
+    for (advert, kind, run) in rows {
         text += &format!(
             "| {advert} ms | {} | {} | {} | {} | {} | {} of {} | {} of {} |\n",
-            if *sync { "on" } else { "off" },
+            match kind {
+                PairKind::Redirector { sync: true } => "redirector, sync on",
+                PairKind::Redirector { sync: false } => "redirector, sync off",
+                PairKind::LinuxNat => "Linux NAT + conntrackd",
+            },
             run.spurious_transitions,
             run.takeovers.len(),
             spread(&run.takeovers),

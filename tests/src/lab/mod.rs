@@ -26,9 +26,10 @@ use crate::{
 };
 
 mod daemon;
+mod nat;
 mod pair;
 pub use daemon::Daemon;
-pub use pair::{keepalived_config, Side};
+pub use pair::{keepalived_config, Guard, Side};
 
 pub const HTTP_PORT: u16 = 80;
 pub const AGENT_PORT: u16 = 7946;
@@ -212,6 +213,8 @@ pub struct Lab {
     agents: Vec<Option<Process>>,
     /// A pair's keepalived, by [`Side`].
     keepalived: [Option<Process>; 2],
+    /// What else runs on a pair's gateway host (conntrackd), by [`Side`].
+    pair_extras: [Vec<Process>; 2],
     /// redirectord in the gateway; gateway A of a pair.
     pub gateway: Daemon,
     /// redirectord in gateway B of a pair.
@@ -259,6 +262,7 @@ impl Lab {
             servers: Vec::new(),
             agents: Vec::new(),
             keepalived: [None, None],
+            pair_extras: [Vec::new(), Vec::new()],
             gateway,
             peer,
             cgroups,
@@ -687,6 +691,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.keepalived = [None, None];
+        self.pair_extras = [Vec::new(), Vec::new()];
         let _ = self.gateway.stop(libc::SIGKILL);
         if let Some(peer) = &mut self.peer {
             let _ = peer.stop(libc::SIGKILL);

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use redirector::dataplane::remove_pins;
 
 use super::{binary, log_to, wait_for, Daemon, Lab, Process};
@@ -30,7 +30,7 @@ impl Side {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Side::A => "a",
             Side::B => "b",
@@ -49,30 +49,47 @@ impl Side {
 /// The pair's one VRRP router.
 const VIRTUAL_ROUTER_ID: u8 = 51;
 
+/// How keepalived ties a gateway's mastership to what forwards on it.
+#[derive(Clone, Copy, Debug)]
+pub enum Guard<'a> {
+    /// redirectord: master only while this command (`redirectorctl ready`)
+    /// succeeds.
+    Ready(&'a str),
+    /// The Linux NAT anchor: conntrackd's primary-backup script (this
+    /// path) on every transition.
+    Notify(&'a str),
+}
+
 /// keepalived's config for gateway `side`: one VRRP instance, advertised
 /// on the client side every `advert`, carrying every segment's shared
-/// address; an interface down or redirectord not ready takes the gateway
-/// out (FAULT), so the other one is master. `dist/keepalived/` ships it
-/// for gateway A of the example config (a test keeps the two the same).
-pub fn keepalived_config(side: Side, shared: &[(String, std::net::Ipv4Addr)], advert: Duration, ready: &str) -> String {
+/// address; an interface down (or, with redirectord, redirectord not
+/// ready) takes the gateway out (FAULT), so the other one is master.
+/// `dist/keepalived/` ships it for gateway A of the example config (a test
+/// keeps the two the same).
+pub fn keepalived_config(side: Side, shared: &[(String, std::net::Ipv4Addr)], advert: Duration, guard: Guard) -> String {
     // Comments aligned after their line.
     let noted = |line: String, note: &str| format!("{line:<32}# {note}\n");
     let (this, other) = (side.name(), side.other().name());
+    let forwarder = match guard {
+        Guard::Ready(_) => "Both run redirectord with the same services and a [sync] section\n# naming each other",
+        Guard::Notify(_) => "Both forward with nftables NAT and conntrack, conntrackd syncing\n# the conntrack tables (the Linux anchor)",
+    };
     let mut text = format!(
         "# keepalived for redirector gateway {this} of a pair (gateway {other}: router_id redirector-{other},\n\
-         # priority {}). Both run redirectord with the same services and a [sync] section\n\
-         # naming each other; VRRP moves the addresses clients and regions route through.\n\n",
+         # priority {}). {forwarder}; VRRP moves the addresses clients and regions route through.\n\n",
         side.other().priority()
     );
     text += &format!("global_defs {{\n    router_id redirector-{this}\n");
     text += &noted("    vrrp_version 3".into(), "sub-second advertisements");
     text += &noted("    script_user root".into(), "redirectorctl talks to a root-only socket");
     text += "}\n\n";
-    text += "# A gateway takes the addresses only once its redirectord has the peer's flows:\n\
-             # a restarted gateway must not become master with an empty flow table.\n";
-    text += &format!(
-        "vrrp_script redirector_ready {{\n    script \"{ready}\"\n    interval 1\n    timeout 2\n    fall 1\n    rise 1\n}}\n\n"
-    );
+    if let Guard::Ready(ready) = guard {
+        text += "# A gateway takes the addresses only once its redirectord has the peer's flows:\n\
+                 # a restarted gateway must not become master with an empty flow table.\n";
+        text += &format!(
+            "vrrp_script redirector_ready {{\n    script \"{ready}\"\n    interval 1\n    timeout 2\n    fall 1\n    rise 1\n}}\n\n"
+        );
+    }
     text += "vrrp_instance redirector {\n";
     text += &noted("    state BACKUP".into(), "the priorities elect the master");
     text += &noted(format!("    interface {}", shared[0].0), "advertisements on the client side");
@@ -87,7 +104,16 @@ pub fn keepalived_config(side: Side, shared: &[(String, std::net::Ipv4Addr)], ad
     for (iface, _) in shared {
         text += &format!("        {iface}\n");
     }
-    text += "    }\n    track_script {\n        redirector_ready\n    }\n}\n";
+    text += "    }\n";
+    match guard {
+        Guard::Ready(_) => text += "    track_script {\n        redirector_ready\n    }\n",
+        Guard::Notify(script) => {
+            for (state, arg) in [("master", "primary"), ("backup", "backup"), ("fault", "fault")] {
+                text += &format!("    notify_{state} \"{script} {arg}\"\n");
+            }
+        }
+    }
+    text += "}\n";
     text
 }
 
@@ -113,16 +139,26 @@ impl Lab {
         }
     }
 
-    /// Starts keepalived on gateway `side`, advertising every `advert`.
+    /// Starts keepalived on gateway `side`, advertising every `advert`,
+    /// guarded by its redirectord's readiness.
     pub fn start_keepalived(&mut self, side: Side, advert: Duration) -> Result<()> {
         let ready = format!("{} --socket {} ready", binary("redirectorctl")?.display(), self.pair_daemon(side).socket.display());
+        self.start_keepalived_guarded(side, advert, Guard::Ready(&ready))
+    }
+
+    pub(super) fn start_keepalived_guarded(&mut self, side: Side, advert: Duration, guard: Guard) -> Result<()> {
         let config = self.dir.join(format!("keepalived-{}.conf", side.name()));
-        fs::write(&config, keepalived_config(side, &self.topo.shared_addresses(), advert, &ready))?;
+        fs::write(&config, keepalived_config(side, &self.topo.shared_addresses(), advert, guard))?;
         let mut cmd = self.pair_ns(side).command("keepalived");
         cmd.args(["--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp", "--use-file"]);
         cmd.arg(&config);
         for (flag, file) in [("--pid", "keepalived"), ("--vrrp_pid", "keepalived-vrrp")] {
-            cmd.arg(flag).arg(self.dir.join(format!("{file}-{}.pid", side.name())));
+            // A killed keepalived leaves its pid files, and keepalived
+            // refuses to start while a pid in them runs (pids get reused);
+            // a rebooted host starts with an empty /run.
+            let pid_file = self.dir.join(format!("{file}-{}.pid", side.name()));
+            let _ = fs::remove_file(&pid_file);
+            cmd.arg(flag).arg(pid_file);
         }
         log_to(&mut cmd, &self.dir.join(format!("keepalived-{}.log", side.name())))?;
         self.keepalived[side as usize] = Some(Process::spawn(cmd, &format!("keepalived {}", side.name()))?);
@@ -155,13 +191,27 @@ impl Lab {
     }
 
     /// Waits (at most `limit`) until `side` is master; how long it took.
+    /// The error carries the pair's logs.
     pub fn wait_master(&self, side: Side, limit: Duration) -> Result<Duration> {
         let started = Instant::now();
         wait_for(limit, || match self.master()? {
             Some(master) if master == side => Ok(()),
             other => bail!("master: {other:?}"),
-        })?;
+        })
+        .with_context(|| self.pair_logs())?;
         Ok(started.elapsed())
+    }
+
+    /// The last lines of each gateway's keepalived and redirectord logs.
+    pub fn pair_logs(&self) -> String {
+        let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let mut out = String::new();
+        for side in [Side::A, Side::B] {
+            let keepalived = fs::read_to_string(self.dir.join(format!("keepalived-{}.log", side.name()))).unwrap_or_default();
+            out += &format!("\n--- keepalived {}:\n{}", side.name(), tail(keepalived));
+            out += &format!("\n--- redirectord {}:\n{}", side.name(), tail(self.pair_daemon(side).log()));
+        }
+        out
     }
 
     /// Gateway `side` dies as a host does: its processes killed, its
@@ -175,6 +225,9 @@ impl Lab {
             // SAFETY: kill(2) on a pid keepalived wrote for its child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             keepalived.stop(libc::SIGKILL)?;
+        }
+        for process in std::mem::take(&mut self.pair_extras[side as usize]) {
+            process.stop(libc::SIGKILL)?;
         }
         self.pair_daemon_mut(side).stop(libc::SIGKILL)?;
         for iface in self.gateway_links() {
@@ -199,7 +252,7 @@ impl Lab {
         self.start_keepalived(side, advert)
     }
 
-    fn gateway_links(&self) -> Vec<String> {
+    pub(super) fn gateway_links(&self) -> Vec<String> {
         let mut links = self.topo.gateway_interfaces();
         links.push(crate::topology::SYNC_IFACE.to_string());
         links
@@ -222,7 +275,7 @@ mod tests {
             .into_iter()
             .map(|(iface, addr)| (iface.to_string(), Ipv4Addr::from(addr)))
             .collect();
-        let expected = keepalived_config(Side::A, &shared, Duration::from_millis(100), "/usr/local/bin/redirectorctl ready");
+        let expected = keepalived_config(Side::A, &shared, Duration::from_millis(100), Guard::Ready("/usr/local/bin/redirectorctl ready"));
         if std::env::var_os("REDIRECTOR_BLESS").is_some() {
             fs::write(DIST, &expected).unwrap();
         }

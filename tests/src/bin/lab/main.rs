@@ -1,4 +1,5 @@
-//! `cargo xtask lab [--keep] | lab down`: the lab and its scripted demo.
+//! `cargo xtask lab [--keep | --pair] | lab down`: the lab and its scripted
+//! demo, or the gateway pair's (`pair.rs`).
 //!
 //! A client, a gateway and regions 1-3 in network namespaces, an HTTP
 //! server ("I am DataVM on R<n>") and a redirector-agent in each region,
@@ -24,6 +25,8 @@ use redirector_tests::{
     netns::run,
 };
 
+mod pair;
+
 const PREFIX: &str = "rdlab";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -46,10 +49,15 @@ fn config_file() -> PathBuf {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    unsafe {
+        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
+    }
     let result = match args.first().map(String::as_str) {
         Some("down") => down().map(|()| println!("lab removed")),
         None | Some("--keep") => demo(!args.is_empty()),
-        Some(other) => Err(anyhow::anyhow!("unknown argument {other:?}: lab [--keep] | lab down")),
+        Some("--pair") => pair::demo(),
+        Some(other) => Err(anyhow::anyhow!("unknown argument {other:?}: lab [--keep | --pair] | lab down")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,10 +124,6 @@ fn show_split(lab: &Lab, port: u16, count: usize) -> Result<BTreeMap<String, usi
 
 
 fn demo(keep: bool) -> Result<()> {
-    unsafe {
-        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
-    }
     down().context("removing an earlier lab")?;
     let options = LabOptions {
         heartbeat: true,
