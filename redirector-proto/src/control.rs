@@ -101,6 +101,10 @@ pub struct PeerView {
     pub reachable: bool,
     /// Since the last datagram taken from it; None: never heard.
     pub last_heard_ms: Option<u64>,
+    /// How long that datagram took from its sending to its taking here
+    /// (the two gateways' clocks' offset included: NTP keeps it to a
+    /// millisecond or so).
+    pub lag_ms: Option<f64>,
     pub records_received: u64,
     pub records_sent: u64,
     /// Datagrams to it the socket refused (no route, buffer full).

@@ -79,12 +79,13 @@ pub fn status(status: &Status) {
             sync.records_kept,
             refused(&sync.refused),
         );
-        let mut peers = table(&["peer", "reachable", "last heard", "records in", "records out", "table"]);
+        let mut peers = table(&["peer", "reachable", "last heard", "lag", "records in", "records out", "table"]);
         for p in &sync.peers {
             peers.add_row(vec![
                 p.address.clone(),
                 if p.reachable { "yes" } else { "NO" }.to_string(),
                 p.last_heard_ms.map_or("never".into(), |ms| format!("{ms} ms ago")),
+                p.lag_ms.map_or("-".into(), |ms| format!("{ms:.2} ms")),
                 p.records_received.to_string(),
                 if p.send_errors == 0 {
                     p.records_sent.to_string()

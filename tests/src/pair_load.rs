@@ -57,7 +57,14 @@ pub struct PairLoad {
 /// keepalived on both, gateway A master.
 pub fn start(kind: PairKind, advert: Duration, prefix: &str) -> Result<Lab> {
     let sync = kind == PairKind::Redirector { sync: true };
-    let options = LabOptions { regions: 2, pair: Some(PairOptions { sync, sync_key: true }), ..LabOptions::default() };
+    let options = LabOptions {
+        regions: 2,
+        pair: Some(PairOptions { sync, sync_key: true }),
+        // `bench pair` fails a region every few seconds to time the two
+        // gateways' verdicts: the flap limit would hold the failbacks.
+        max_switches_per_minute: 1000,
+        ..LabOptions::default()
+    };
     let mut lab = Lab::new(&unique_name(prefix), options)?;
     match kind {
         PairKind::Redirector { .. } => {

@@ -117,7 +117,11 @@ fn a_flow_pinned_on_one_gateway_reaches_the_other_and_a_restarted_gateway_gets_t
     wait_for(Duration::from_secs(1), || {
         let b = sync_view(lab.peer.as_ref().unwrap())?;
         let sent = sync_view(&lab.gateway)?.peers[0].records_sent;
-        anyhow::ensure!(b.peers[0].reachable && b.peers[0].records_received >= 20 && b.flows_written >= 20 && sent >= 20, "{b:?}, {sent} sent");
+        let lag = b.peers[0].lag_ms.is_some_and(|ms| (0.0..1000.0).contains(&ms));
+        anyhow::ensure!(
+            b.peers[0].reachable && lag && b.peers[0].records_received >= 20 && b.flows_written >= 20 && sent >= 20,
+            "{b:?}, {sent} sent"
+        );
         Ok(())
     })
     .unwrap();

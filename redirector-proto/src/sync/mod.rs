@@ -17,7 +17,8 @@
 //! |      8 |    8 | boot: when the sender started, ns since the Unix epoch |
 //! |     16 |    8 | sequence number within the boot, from 1                |
 //! |     24 |    8 | config digest: the sender's services and regions       |
-//! |     32 | 24 n | records                                                |
+//! |     32 |    8 | when it was sent, µs since the Unix epoch (the lag)   |
+//! |     40 | 24 n | records                                                |
 //! |        |   32 | HMAC-SHA256 of everything before it, if flagged        |
 //!
 //! A record, 24 bytes: the flow as the client sent it (client address,
@@ -31,7 +32,7 @@
 //! Region and service ids are positions in the config, so peers must run
 //! the same one: a datagram whose digest differs from the receiver's is
 //! refused and counted, never applied. With the biggest batch a datagram
-//! is 1 408 bytes, under a 1 500-byte MTU.
+//! is 1 416 bytes, under a 1 500-byte MTU.
 
 mod receiver;
 
@@ -47,7 +48,7 @@ use crate::wire::{preamble, FLAG_MAC};
 use crate::key::{check_mac, Key};
 
 pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 32;
+pub const HEADER_LEN: usize = 40;
 pub const RECORD_LEN: usize = 24;
 pub const MAC_LEN: usize = 32;
 /// Records in one datagram: the most that fit a 1 500-byte MTU with the
@@ -197,6 +198,9 @@ pub struct Message {
     pub boot: u64,
     pub seq: u64,
     pub digest: u64,
+    /// When the sender sent it, µs since the Unix epoch: the receiver's
+    /// clock less this is the lag (give or take the clocks' offset).
+    pub sent_unix_us: u64,
     /// Empty unless `kind` is `Flows`.
     pub records: Vec<FlowRecord>,
 }
@@ -218,6 +222,7 @@ impl Message {
         b[8..16].copy_from_slice(&self.boot.to_be_bytes());
         b[16..24].copy_from_slice(&self.seq.to_be_bytes());
         b[24..32].copy_from_slice(&self.digest.to_be_bytes());
+        b[32..40].copy_from_slice(&self.sent_unix_us.to_be_bytes());
         for (record, chunk) in self.records.iter().zip(b[HEADER_LEN..].chunks_exact_mut(RECORD_LEN)) {
             record.encode(chunk);
         }
@@ -257,6 +262,7 @@ impl Message {
             boot: u64::from_be_bytes(b[8..16].try_into().unwrap()),
             seq,
             digest: u64::from_be_bytes(b[24..32].try_into().unwrap()),
+            sent_unix_us: u64::from_be_bytes(b[32..40].try_into().unwrap()),
             records,
         })
     }
@@ -306,7 +312,10 @@ impl Sender {
 
     fn datagram(&mut self, kind: Kind, records: Vec<FlowRecord>) -> Vec<u8> {
         self.seq += 1;
-        Message { kind, boot: self.boot, seq: self.seq, digest: self.digest, records }.encode(self.key.as_ref())
+        let sent_unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Message { kind, boot: self.boot, seq: self.seq, digest: self.digest, sent_unix_us, records }.encode(self.key.as_ref())
     }
 }
 

@@ -48,6 +48,18 @@ impl Collector for SyncCollector {
         }
 
         let mut family = encoder.encode_descriptor(
+            "redirector_sync_lag_seconds",
+            "The peer's last datagram: taken here less sent there (the clocks' offset included)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for peer in &view.peers {
+            if let Some(ms) = peer.lag_ms {
+                ConstGauge::new(ms / 1e3).encode(family.encode_family(&[("peer", peer.address.as_str())])?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
             "redirector_sync_records_applied",
             "Peers' flow records: written here, closes applied, or left alone (a flow this gateway carries)",
             None,

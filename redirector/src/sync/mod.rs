@@ -263,7 +263,8 @@ impl Task {
             Err(refused) => return debug!("sync: {refused}"),
         };
         let Some(peer) = self.peers.index(from) else { return };
-        self.peers.heard(peer, message.records.len(), self.now());
+        let lag = unix_us().saturating_sub(message.sent_unix_us);
+        self.peers.heard(peer, message.records.len(), Duration::from_micros(lag), self.now());
         match message.kind {
             Kind::Flows => self.apply(&message),
             Kind::ResyncRequest => self.answer_resync(socket, peer).await,
@@ -330,6 +331,10 @@ impl Task {
         view.records_kept = self.applied.kept;
         view.refused = self.receiver.counters.rejections().iter().map(|(name, n)| (name.to_string(), *n)).collect();
     }
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Every event the ring buffer holds now, as records.

@@ -23,6 +23,8 @@ pub const RESYNC_PATIENCE: Duration = Duration::from_secs(2);
 pub struct Peer {
     pub addr: SocketAddr,
     last_heard: Option<Duration>,
+    /// Of the last datagram taken: its receipt less its send time.
+    lag: Option<Duration>,
     pub records_received: u64,
     pub records_sent: u64,
     pub datagrams_sent: u64,
@@ -61,6 +63,7 @@ impl Peers {
                 .map(|&addr| Peer {
                     addr,
                     last_heard: None,
+                    lag: None,
                     records_received: 0,
                     records_sent: 0,
                     datagrams_sent: 0,
@@ -76,10 +79,12 @@ impl Peers {
         self.peers.iter().position(|p| p.addr == addr)
     }
 
-    /// A datagram from peer `i` was taken, carrying `records`.
-    pub fn heard(&mut self, i: usize, records: usize, now: Duration) {
+    /// A datagram from peer `i` was taken, carrying `records`, `lag`
+    /// after it was sent.
+    pub fn heard(&mut self, i: usize, records: usize, lag: Duration, now: Duration) {
         let peer = &mut self.peers[i];
         peer.last_heard = Some(now);
+        peer.lag = Some(lag);
         peer.records_received += records as u64;
     }
 
@@ -145,6 +150,7 @@ impl Peers {
                 address: p.addr.to_string(),
                 reachable: p.last_heard.is_some_and(|t| now.saturating_sub(t) <= REACHABLE_WITHIN),
                 last_heard_ms: p.last_heard.map(|t| now.saturating_sub(t).as_millis() as u64),
+                lag_ms: p.lag.map(|lag| lag.as_secs_f64() * 1e3),
                 records_received: p.records_received,
                 records_sent: p.records_sent,
                 send_errors: p.send_errors,
@@ -176,10 +182,10 @@ mod tests {
         assert!(!peers.ready());
         assert_eq!(peers.due(ms(1000)).0.resync_requests, vec![0, 1]);
         assert_eq!(peers.due(ms(1200)).0.resync_requests, Vec::<usize>::new());
-        peers.heard(0, 56, ms(1300));
+        peers.heard(0, 56, ms(1), ms(1300));
         peers.resynced(0);
         assert_eq!(peers.due(ms(1500)).0.resync_requests, vec![1]);
-        peers.heard(1, 0, ms(1600));
+        peers.heard(1, 0, ms(1), ms(1600));
         peers.resynced(1);
         assert!(peers.ready());
         assert_eq!(peers.due(ms(2100)).0.resync_requests, Vec::<usize>::new());
@@ -191,7 +197,7 @@ mod tests {
         peers.due(ms(1000));
         // Peer 0 keeps sending its table; peer 1 says nothing.
         for t in (1100..=3500).step_by(100) {
-            peers.heard(0, 56, ms(t));
+            peers.heard(0, 56, ms(2), ms(t));
             let (_, given_up) = peers.due(ms(t));
             if t < 3000 {
                 assert!(given_up.is_empty(), "at {t}");
@@ -206,6 +212,7 @@ mod tests {
         assert_eq!((views[0].resync, views[1].resync), (ResyncState::Done, ResyncState::GaveUp));
         assert!(views[0].reachable && !views[1].reachable);
         assert_eq!(views[0].records_received, 56 * 25);
+        assert_eq!((views[0].lag_ms, views[1].lag_ms), (Some(2.0), None));
     }
 
     #[test]
