@@ -22,7 +22,7 @@ pub fn run(args: &[String]) -> Result<()> {
     require_root();
     let quick = args.iter().any(|a| a == "--quick");
     let (adverts, kills, calm, region_failures): (&[u64], usize, u64, usize) =
-        if quick { (&[100], 1, 3, 2) } else { (&[1000, 100, 50, 20], 5, 30, 10) };
+        if quick { (&[100], 1, 3, 2) } else { (&[1000, 100, 50, 20, 10], 5, 30, 10) };
     let mut rows = Vec::new();
     for &ms in adverts {
         let advert = Duration::from_millis(ms);
