@@ -51,6 +51,13 @@ pub enum Request {
         region: String,
     },
     Events,
+    /// The data plane's flows, at most `limit` of them (the most recently
+    /// active first), of `region` or `service` only if named.
+    Flows {
+        region: Option<String>,
+        service: Option<String>,
+        limit: Option<u32>,
+    },
     Reload,
     /// Take the data plane off every interface and remove its pins; the
     /// daemon exits afterwards.
@@ -63,7 +70,66 @@ pub enum Response {
     Done { message: String },
     Status(Status),
     Events { events: Vec<Event> },
+    Flows(FlowList),
     Error { message: String },
+}
+
+/// `flows`: the flows that matched, the most recently active first, cut at
+/// the limit asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowList {
+    pub flows: Vec<FlowView>,
+    /// Flows that matched the filters (at least `flows.len()`).
+    pub matched: u64,
+    /// Flows in the data plane, both tables.
+    pub total: u64,
+}
+
+/// One flow, as its client sees it and where it goes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// The client's address and port (an ICMP echo's identifier).
+    pub client: String,
+    /// The VIP and port it addressed.
+    pub vip: String,
+    pub protocol: Protocol,
+    /// None for a service no longer configured (its flows finish where
+    /// they are).
+    pub service: Option<String>,
+    pub region: String,
+    /// The region endpoint its destination is rewritten to.
+    pub backend: String,
+    pub state: FlowState,
+    /// A peer gateway's flow (flow sync) that no packet has taken here.
+    pub copy: bool,
+    /// Since its last packet, with the data plane's 1 s granularity.
+    pub idle_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowState {
+    /// TCP, handshake not complete (the table of new flows).
+    Handshake,
+    /// Established (TCP), or a live UDP / ICMP flow.
+    Open,
+    /// TCP, FIN or RST seen: it lingers, then goes.
+    Closed,
+    /// Idle past its protocol's timeout: the next packet that can open a
+    /// flow re-selects it.
+    Idle,
+}
+
+impl FlowState {
+    /// As JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowState::Handshake => "handshake",
+            FlowState::Open => "open",
+            FlowState::Closed => "closed",
+            FlowState::Idle => "idle",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

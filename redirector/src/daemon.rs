@@ -36,6 +36,7 @@ use crate::{
     control_server,
     controller::{unix_ms, Controller, MonotonicClock},
     dataplane::{self, check_services, flow_table, service_specs, BpfDataplane, FlowEventLogger, LoadOptions},
+    flow_list::{self, Filter},
     listener::ListenerStats,
     metrics,
     sync::{self, Sync},
@@ -186,6 +187,18 @@ pub async fn run(options: Options) -> Result<()> {
                         }
                         Err(e) => Response::Error { message: format!("{e:#}") },
                     },
+                    // Read on a blocking thread, answered from there: the
+                    // loop goes on.
+                    Request::Flows { region, service, limit } => {
+                        match Filter::new(controller.config(), region.as_deref(), service.as_deref(), limit) {
+                            Ok(filter) => {
+                                let config = controller.config().clone();
+                                tokio::spawn(flow_list::answer(config.pin_path.clone(), config, filter, reply));
+                                continue;
+                            }
+                            Err(message) => Response::Error { message },
+                        }
+                    }
                     Request::Status => match controller.handle(Request::Status) {
                         Response::Status(mut status) => {
                             status.sync = sync.as_ref().map(Sync::view);

@@ -14,6 +14,7 @@ pub mod control_server;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod flow_list;
 pub mod health;
 pub mod http;
 pub mod listener;

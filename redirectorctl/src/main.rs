@@ -56,6 +56,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The data plane's flows: client, VIP, service, region, backend,
+    /// state, idle time; the most recently active first, at most --limit
+    /// (1000 by default, 100000 at most), of --region or --service only.
+    Flows {
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 if redirectord answers and, with [sync], has every peer's
     /// flow table (or gave up on a silent peer); 1 otherwise. For
     /// keepalived's track_script: a gateway takes the shared addresses only
@@ -92,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Down { region } => (Request::Down { region }, false),
         Command::Up { region } => (Request::Up { region }, false),
         Command::Events { json } => (Request::Events, json),
+        Command::Flows { region, service, limit, json } => (Request::Flows { region, service, limit }, json),
         Command::Ready => return ready(&cli.socket),
         Command::Reload => (Request::Reload, false),
         Command::Detach => (Request::Detach, false),
@@ -103,6 +117,8 @@ fn run(cli: Cli) -> Result<()> {
         Response::Status(status) => render::status(&status),
         Response::Events { events } if json => println!("{}", serde_json::to_string_pretty(&events)?),
         Response::Events { events } => render::events(events),
+        Response::Flows(flows) if json => println!("{}", serde_json::to_string_pretty(&flows)?),
+        Response::Flows(flows) => render::flows(&flows),
     }
     Ok(())
 }

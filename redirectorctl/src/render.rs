@@ -2,7 +2,7 @@
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use redirector_proto::{
-    control::{Event, Status},
+    control::{Event, FlowList, Status},
     model::PolicyKind,
 };
 
@@ -122,6 +122,25 @@ pub fn events(events: Vec<Event>) {
         ]);
     }
     println!("{table}");
+}
+
+pub fn flows(list: &FlowList) {
+    let mut table = table(&["client", "vip", "service", "region", "backend", "state", "idle"]);
+    for f in &list.flows {
+        table.add_row(vec![
+            f.client.clone(),
+            format!("{}/{}", f.vip, f.protocol),
+            f.service.clone().unwrap_or_else(|| "(removed)".into()),
+            f.region.clone(),
+            f.backend.clone(),
+            if f.copy { format!("{} (peer's copy)", f.state.name()) } else { f.state.name().to_string() },
+            format!("{:.0} s", f.idle_ms as f64 / 1000.0),
+        ]);
+    }
+    println!("{table}");
+    let shown = list.flows.len() as u64;
+    let more = if shown < list.matched { " (--limit N for more)" } else { "" };
+    println!("{shown} of {} flows matched{more}; {} in the data plane", list.matched, list.total);
 }
 
 fn table(header: &[&str]) -> Table {

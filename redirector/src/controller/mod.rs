@@ -432,9 +432,10 @@ impl<D: Dataplane> Controller<D> {
         }
     }
 
-    /// An operator's request. `reload` and `detach` involve the daemon's
-    /// files and tasks: it handles them with [`Controller::reload`] and
-    /// [`Controller::detach`], and they are refused here.
+    /// An operator's request. `reload`, `detach` and `flows` involve the
+    /// daemon's files and threads: it handles them ([`Controller::reload`],
+    /// [`Controller::detach`], [`crate::flow_list`]), and they are refused
+    /// here.
     pub fn handle(&mut self, request: Request) -> Response {
         let now = self.clock.now();
         let result = match request {
@@ -458,8 +459,8 @@ impl<D: Dataplane> Controller<D> {
             Request::Undrain { region } => self.set_condition(&region, now, |h, now| h.set_drained(false, now)),
             Request::Down { region } => self.set_condition(&region, now, |h, now| h.set_held_down(true, now)),
             Request::Up { region } => self.set_condition(&region, now, |h, now| h.set_held_down(false, now)),
-            Request::Reload | Request::Detach => {
-                return Response::Error { message: "reload and detach are the daemon's".into() };
+            Request::Reload | Request::Detach | Request::Flows { .. } => {
+                return Response::Error { message: "reload, detach and flows are the daemon's".into() };
             }
         };
         match result {
