@@ -84,6 +84,10 @@ const APT_PACKAGES: &[&str] = &[
     // conntrackd (and `conntrack -F` empties a "rebooted" gateway's table).
     "conntrackd",
     "conntrack",
+    // The metrics as operators consume them: a test scrapes redirectord with
+    // Debian's Prometheus and checks the exposition and the shipped alert
+    // rules with its promtool.
+    "prometheus",
     // The benchmarks' plots (plotters renders text through fontconfig).
     "pkg-config",
     "libfontconfig-dev",

@@ -226,7 +226,7 @@ impl Collector for SnapshotCollector {
 pub type SharedSync = Option<Arc<Mutex<SyncView>>>;
 
 /// The exposition text of a snapshot, with what the listeners turned away
-/// and the flow sync's state.
+/// and the flow sync's state, in Prometheus's text format 0.0.4.
 pub fn render(shared: &Shared, listeners: &Listeners, sync: &SharedSync) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector(shared.clone())));
@@ -236,7 +236,31 @@ pub fn render(shared: &Shared, listeners: &Listeners, sync: &SharedSync) -> Resu
     }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
-    Ok(text)
+    Ok(text_format(&text))
+}
+
+/// prometheus-client writes OpenMetrics: a counter family `x` whose
+/// samples are `x_total`, and a closing `# EOF`. In the text format 0.0.4
+/// (what the endpoint says it serves, and what `promtool check metrics`
+/// reads) a family is named as its samples are, so a counter's HELP and
+/// TYPE must name `x_total`, and `# EOF` is not a line.
+fn text_format(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines().filter(|l| *l != "# EOF") {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{tag}{name}_total {tail}"))
+        });
+        text += renamed.as_deref().unwrap_or(line);
+        text.push('\n');
+    }
+    text
 }
 
 /// The daemon's listeners, by name, with what they turned away.
@@ -320,8 +344,12 @@ mod tests {
             r#"redirector_heartbeat_rejected_total{reason="unauthenticated"} 5"#,
             r#"redirector_listener_refused_total{listener="metrics"} 9"#,
             r#"redirector_check_local_errors_total{region="region1",check="http://10.1.0.2/"} 3"#,
+            // Text format 0.0.4: a counter's family is named as its samples.
+            "# TYPE redirector_switches_total counter",
+            "# TYPE redirector_region_state gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        assert!(text.lines().all(|l| l != "# EOF" && l != "# TYPE redirector_switches counter"), "{text}");
     }
 }
