@@ -2,7 +2,7 @@
 //! that names its region in every body ("I am DataVM on R1", as in the
 //! reference demo). Keep-alive, so load tools like wrk can reuse connections.
 //!
-//! region-http --listen 0.0.0.0:80 --name R1 [--udp 0.0.0.0:5300] [--idle-reset-ms N]
+//! region-http --listen 0.0.0.0:80 [--listen 0.0.0.0:8081 ...] --name R1 [--udp 0.0.0.0:5300] [--idle-reset-ms N]
 //!
 //! With `--udp`, it also answers each datagram with "R1 " and the datagram:
 //! a UDP service whose answers say which region took them.
@@ -25,8 +25,9 @@ use tokio::{
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    listen: SocketAddr,
+    /// Each address served (repeat for several ports).
+    #[arg(long, required = true)]
+    listen: Vec<SocketAddr>,
     #[arg(long)]
     name: String,
     #[arg(long)]
@@ -40,14 +41,23 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     raise_open_files_limit();
     let body: &'static str = Box::leak(format!("I am DataVM on {}\n", args.name).into_boxed_str());
-    let listener = bind(args.listen)?;
+    let listeners = args.listen.iter().map(|&addr| bind(addr)).collect::<Result<Vec<_>>>()?;
     if let Some(addr) = args.udp {
         let socket = UdpSocket::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         tokio::spawn(echo(socket, format!("{} ", args.name)));
     }
+    let idle_reset = args.idle_reset_ms.map(Duration::from_millis);
+    let accepting: Vec<_> = listeners.into_iter().map(|listener| tokio::spawn(accept(listener, body, idle_reset))).collect();
+    for task in accepting {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn accept(listener: TcpListener, body: &'static str, idle_reset: Option<Duration>) -> Result<()> {
     loop {
         let (conn, _) = listener.accept().await?;
-        tokio::spawn(serve(conn, body, args.idle_reset_ms.map(Duration::from_millis)));
+        tokio::spawn(serve(conn, body, idle_reset));
     }
 }
 

@@ -32,6 +32,11 @@ pub use daemon::Daemon;
 pub use pair::{keepalived_config, Guard, Side};
 
 pub const HTTP_PORT: u16 = 80;
+/// Where each region's server also answers: the ports the services of
+/// `examples/lab.toml` other than `web` are served on, each its own (two
+/// services rewritten to one region port collide when a client reuses its
+/// source port: README, `target_port`).
+pub const SERVICE_PORTS: [u16; 2] = [8081, 8088];
 pub const AGENT_PORT: u16 = 7946;
 /// The UDP service's port, when the lab has one (`LabOptions::udp_service`).
 pub const UDP_PORT: u16 = 5300;
@@ -439,6 +444,9 @@ impl Lab {
     pub fn start_server(&self, region: u8) -> Result<Process> {
         let mut cmd = self.region_ns(region).command(binary("region-http")?.to_str().unwrap());
         cmd.args(["--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", &format!("R{region}")]);
+        for port in SERVICE_PORTS {
+            cmd.args(["--listen", &format!("0.0.0.0:{port}")]);
+        }
         if self.options.udp_service {
             cmd.args(["--udp", &format!("0.0.0.0:{UDP_PORT}")]);
         }
