@@ -305,7 +305,7 @@ pub struct SyncEvent {
     pub region_id: u8,
     /// The entry's `FLOW_*` bits.
     pub flags: u8,
-    /// `FLOW_EVENT_*`.
+    /// `SYNC_EVENT_*`.
     pub event: u8,
     pub _pad: [u8; 5],
 }

@@ -74,14 +74,17 @@ pub fn check_config(path: &Path, on_this_host: bool) -> Result<String> {
 
 /// The alert webhook's bearer token, if `[alerts]` is configured.
 fn alert_token(config: &Config) -> Result<Option<Key>> {
-    let Some(alerts) = &config.alerts else { return Ok(None) };
-    Key::load(&alerts.token_file).map(Some).context("alerts.token_file")
+    key_file(config.alerts.as_ref().map(|a| a.token_file.as_path()), "alerts.token_file")
 }
 
 /// The key sync datagrams are signed with, if `[sync]` names one.
 fn sync_key(config: &Config) -> Result<Option<Key>> {
-    let Some(path) = config.sync.as_ref().and_then(|s| s.key_file.as_ref()) else { return Ok(None) };
-    Key::load(path).map(Some).context("sync.key_file")
+    key_file(config.sync.as_ref().and_then(|s| s.key_file.as_deref()), "sync.key_file")
+}
+
+/// A key file the config names (`setting`, for errors), if it names one.
+fn key_file(path: Option<&Path>, setting: &str) -> Result<Option<Key>> {
+    path.map(|path| Key::load(path).context(setting.to_string())).transpose()
 }
 
 pub async fn run(options: Options) -> Result<()> {

@@ -209,7 +209,7 @@ impl Task {
                     Ok(mut guard) => {
                         let records = drain(guard.get_inner_mut());
                         guard.clear_ready();
-                        self.send_all(&socket, &records).await;
+                        self.send_records(&socket, &records, None).await;
                     }
                     Err(e) => return warn!("sync: reading flow events: {e}; flows are not synced"),
                 },
@@ -217,7 +217,7 @@ impl Task {
                     Ok((len, from)) => self.on_datagram(&socket, from, &buf[..len]).await,
                     Err(e) => debug!("sync: receiving: {e}"),
                 },
-                Some(records) = news.recv() => self.send_all(&socket, &records).await,
+                Some(records) = news.recv() => self.send_records(&socket, &records, None).await,
                 _ = sleep_until(due_at) => self.on_due(&socket).await,
                 _ = publish.tick() => self.publish(),
                 Ok(()) = digests.changed() => {
@@ -233,13 +233,11 @@ impl Task {
         self.origin.elapsed()
     }
 
-    async fn send_all(&mut self, socket: &UdpSocket, records: &[FlowRecord]) {
-        if records.is_empty() {
-            return;
-        }
+    /// `records`, batched, to every peer, or to `only` that one.
+    async fn send_records(&mut self, socket: &UdpSocket, records: &[FlowRecord], only: Option<usize>) {
         for datagram in self.sender.flows(records) {
             let count = records_in(&datagram);
-            for i in 0..self.peers.peers.len() {
+            for i in (0..self.peers.peers.len()).filter(|&i| only.is_none_or(|peer| peer == i)) {
                 self.send(socket, i, &datagram, count).await;
             }
         }
@@ -290,10 +288,7 @@ impl Task {
         };
         let addr = self.peers.peers[peer].addr;
         info!("sync: {addr} asks for the table: sending {} flows", records.len());
-        for datagram in self.sender.flows(&records) {
-            let count = records_in(&datagram);
-            self.send(socket, peer, &datagram, count).await;
-        }
+        self.send_records(socket, &records, Some(peer)).await;
         let done = self.sender.control(Kind::ResyncDone);
         self.send(socket, peer, &done, 0).await;
     }

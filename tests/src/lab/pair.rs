@@ -204,7 +204,10 @@ impl Lab {
 
     /// The last lines of each gateway's keepalived and redirectord logs.
     pub fn pair_logs(&self) -> String {
-        let tail = |text: String| text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail = |text: String| {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
         let mut out = String::new();
         for side in [Side::A, Side::B] {
             let keepalived = fs::read_to_string(self.dir.join(format!("keepalived-{}.log", side.name()))).unwrap_or_default();
