@@ -5,10 +5,11 @@
 //! redirector-agent --listen 10.1.0.2:7946 --key-file /etc/redirector/hb.key \
 //!     --check-url http://127.0.0.1:80/ --cpu-cgroup /sys/fs/cgroup/region1
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use redirector_agent::cli::Cli;
 use redirector_proto::{heartbeat::Key, probe::HttpCheck};
 use tokio::{
     net::UdpSocket,
@@ -36,51 +37,12 @@ const MIN_CPU_PERIOD: Duration = Duration::from_millis(500);
 /// How often dropped requests, if any, are summarised in the log.
 const SUMMARY_PERIOD: Duration = Duration::from_secs(60);
 
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Answer redirectord's heartbeats with this region's state"
-)]
-struct Cli {
-    /// UDP address the heartbeats come to.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// Shared HMAC key, as redirectord's heartbeat check has it (key_file).
-    #[arg(long)]
-    key_file: Option<PathBuf>,
-    /// Check the local service with an HTTP GET (http://HOST[:PORT][/PATH]);
-    /// without it, replies carry no service check.
-    #[arg(long)]
-    check_url: Option<String>,
-    /// The status the check expects.
-    #[arg(long, default_value_t = 200, requires = "check_url")]
-    check_status: u16,
-    /// How often the service is checked (and the load sampled, when this
-    /// is longer than 500 ms).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
-    check_interval_ms: u64,
-    /// How long a check may take [default: the check interval].
-    #[arg(long, requires = "check_url", value_parser = clap::value_parser!(u64).range(1..))]
-    check_timeout_ms: Option<u64>,
-    /// The service's port, for counting its connections [default: the
-    /// --check-url port].
-    #[arg(long)]
-    service_port: Option<u16>,
-    /// Report the CPU of this cgroup v2 directory, not the host's.
-    #[arg(long, conflicts_with = "cpu_pids")]
-    cpu_cgroup: Option<PathBuf>,
-    /// Report the CPU of these processes (not their children), not the host's.
-    #[arg(long, value_delimiter = ',')]
-    cpu_pids: Vec<u32>,
-}
-
-impl Cli {
-    fn cpu_source(&self) -> CpuSource {
-        match (&self.cpu_cgroup, self.cpu_pids.is_empty()) {
-            (Some(dir), _) => CpuSource::Cgroup(dir.clone()),
-            (None, false) => CpuSource::Pids(self.cpu_pids.clone()),
-            (None, true) => CpuSource::Host,
-        }
+/// Whose CPU the replies report.
+fn cpu_source(cli: &Cli) -> CpuSource {
+    match (&cli.cpu_cgroup, cli.cpu_pids.is_empty()) {
+        (Some(dir), _) => CpuSource::Cgroup(dir.clone()),
+        (None, false) => CpuSource::Pids(cli.cpu_pids.clone()),
+        (None, true) => CpuSource::Host,
     }
 }
 
@@ -119,7 +81,7 @@ async fn run(cli: Cli) -> Result<()> {
         .transpose()
         .context("--check-url")?;
     let service_port = cli.service_port.or(check.as_ref().map(|c| c.port));
-    let source = cli.cpu_source();
+    let source = cpu_source(&cli);
     let cpu = CpuMeter::new(&source).context("CPU source")?;
     let check_every = Duration::from_millis(cli.check_interval_ms);
     let report = LatestReport::default();

@@ -98,6 +98,7 @@ pub async fn run(options: Options) -> Result<()> {
         log_flow_events: options.log_flow_events,
         sync_flow_events: config.sync.is_some(),
         flow_table_size: config.flow_table_size,
+        xdp_mode: config.xdp_mode,
     })?;
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(poll_flow_events(logger));

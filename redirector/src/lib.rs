@@ -9,6 +9,7 @@
 //! `control_server`, `metrics`, and `daemon`, which wires them.
 pub mod alerts;
 pub mod checkers;
+pub mod cli;
 pub mod config;
 pub mod control_server;
 pub mod controller;

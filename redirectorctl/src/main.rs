@@ -1,84 +1,12 @@
 //! redirectorctl: the operator's handle on a running redirectord.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use redirector_proto::control::{self, Request, Response};
+use redirectorctl::cli::{Cli, Command};
 
 mod render;
-
-#[derive(Parser)]
-#[command(version, about = "Control a running redirectord")]
-struct Cli {
-    /// redirectord's control socket.
-    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Regions (state, checks, traffic) and which regions take each service's new flows.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Send new flows to REGION (all services, or --service); --auto gives them back to the policy.
-    SetActive {
-        #[arg(required_unless_present = "auto", conflicts_with = "auto")]
-        region: Option<String>,
-        #[arg(long)]
-        auto: bool,
-        #[arg(long)]
-        service: Option<String>,
-    },
-    /// REGION's share of new flows under the weighted policy (and the load
-    /// policies' spread when every region is saturated); established flows
-    /// stay where they are. All services REGION serves, or --service.
-    Weight {
-        region: String,
-        weight: u32,
-        #[arg(long)]
-        service: Option<String>,
-    },
-    /// No new flows to REGION; its established flows continue.
-    Drain { region: String },
-    /// REGION takes new flows again (when healthy).
-    Undrain { region: String },
-    /// Take REGION down now, whatever its checks say: new flows go
-    /// elsewhere and its established flows are re-steered.
-    Down { region: String },
-    /// Give REGION, held down, back to its checks.
-    Up { region: String },
-    /// Recent state changes, with when and why.
-    Events {
-        #[arg(long)]
-        json: bool,
-    },
-    /// The data plane's flows: client, VIP, service, region, backend,
-    /// state, idle time; the most recently active first, at most --limit
-    /// (1000 by default, 100000 at most), of --region or --service only.
-    Flows {
-        #[arg(long)]
-        region: Option<String>,
-        #[arg(long)]
-        service: Option<String>,
-        #[arg(long)]
-        limit: Option<u32>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Exit 0 if redirectord answers and, with [sync], has every peer's
-    /// flow table (or gave up on a silent peer); 1 otherwise. For
-    /// keepalived's track_script: a gateway takes the shared addresses only
-    /// once it can carry every flow on.
-    Ready,
-    /// Re-read the config; an invalid one is refused and nothing changes.
-    Reload,
-    /// Take the data plane off every interface, remove its pins, stop redirectord.
-    Detach,
-}
 
 fn main() -> ExitCode {
     // Output piped into `head` and cut short ends this process quietly,
@@ -114,11 +42,11 @@ fn run(cli: Cli) -> Result<()> {
         Response::Done { message } => println!("{message}"),
         Response::Error { message } => anyhow::bail!("{message}"),
         Response::Status(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
-        Response::Status(status) => render::status(&status),
+        Response::Status(status) => print!("{}", render::status(&status)),
         Response::Events { events } if json => println!("{}", serde_json::to_string_pretty(&events)?),
-        Response::Events { events } => render::events(events),
+        Response::Events { events } => print!("{}", render::events(events)),
         Response::Flows(flows) if json => println!("{}", serde_json::to_string_pretty(&flows)?),
-        Response::Flows(flows) => render::flows(&flows),
+        Response::Flows(flows) => print!("{}", render::flows(&flows)),
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! redirectorctl's tables: status and events as an operator reads them.
+//! redirectorctl's tables: status, events and flows as an operator reads
+//! them, as text for main to print.
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use redirector_proto::{
@@ -6,7 +7,8 @@ use redirector_proto::{
     model::PolicyKind,
 };
 
-pub fn status(status: &Status) {
+pub fn status(status: &Status) -> String {
+    let mut text = String::new();
     let mut regions = table(&[
         "region", "state", "since", "checks", "pps", "active flows", "cpu", "saturated", "new flows",
     ]);
@@ -40,7 +42,7 @@ pub fn status(status: &Status) {
             r.new_flows.to_string(),
         ]);
     }
-    println!("{regions}");
+    text += &format!("{regions}\n");
     let mut services = table(&["service", "vip", "policy", "weights", "new flows to", "override"]);
     for s in &status.services {
         let set_active = match (&s.set_active, &s.note) {
@@ -68,10 +70,10 @@ pub fn status(status: &Status) {
             set_active,
         ]);
     }
-    println!("{services}");
+    text += &format!("{services}\n");
     if let Some(sync) = &status.sync {
-        println!(
-            "sync on {}: {}; peers' flows written {}, closed {}, kept {}{}",
+        text += &format!(
+            "sync on {}: {}; peers' flows written {}, closed {}, kept {}{}\n",
             sync.listen,
             if sync.ready { "ready" } else { "waiting for the peers' tables" },
             sync.flows_written,
@@ -95,8 +97,9 @@ pub fn status(status: &Status) {
                 p.resync.name().to_string(),
             ]);
         }
-        println!("{peers}");
+        text += &format!("{peers}\n");
     }
+    text
 }
 
 /// ", refused: 3 unauthenticated, 1 replayed", or nothing.
@@ -109,7 +112,7 @@ fn refused(causes: &[(String, u64)]) -> String {
     }
 }
 
-pub fn events(events: Vec<Event>) {
+pub fn events(events: Vec<Event>) -> String {
     let mut table = table(&["time", "kind", "subject", "what", "why", "map write"]);
     for e in events {
         table.add_row(vec![
@@ -121,10 +124,10 @@ pub fn events(events: Vec<Event>) {
             e.map_write_us.map_or(String::new(), |us| format!("{us:.0} µs")),
         ]);
     }
-    println!("{table}");
+    format!("{table}\n")
 }
 
-pub fn flows(list: &FlowList) {
+pub fn flows(list: &FlowList) -> String {
     let mut table = table(&["client", "vip", "service", "region", "backend", "state", "idle"]);
     for f in &list.flows {
         table.add_row(vec![
@@ -137,10 +140,9 @@ pub fn flows(list: &FlowList) {
             format!("{:.0} s", f.idle_ms as f64 / 1000.0),
         ]);
     }
-    println!("{table}");
     let shown = list.flows.len() as u64;
     let more = if shown < list.matched { " (--limit N for more)" } else { "" };
-    println!("{shown} of {} flows matched{more}; {} in the data plane", list.matched, list.total);
+    format!("{table}\n{shown} of {} flows matched{more}; {} in the data plane\n", list.matched, list.total)
 }
 
 fn table(header: &[&str]) -> Table {
@@ -162,4 +164,64 @@ fn clock(unix_ms: u64) -> String {
         secs % 60,
         unix_ms % 1000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use redirector_proto::{
+        control::{FlowState, FlowView},
+        model::Protocol,
+    };
+
+    use super::*;
+
+    fn flow(client: &str, service: Option<&str>, state: FlowState, copy: bool) -> FlowView {
+        FlowView {
+            client: client.into(),
+            vip: "10.2.0.2:80".into(),
+            protocol: Protocol::Tcp,
+            service: service.map(Into::into),
+            region: "region1".into(),
+            backend: "10.1.0.2:80".into(),
+            state,
+            copy,
+            idle_ms: 2_400,
+        }
+    }
+
+    #[test]
+    fn a_flow_list_says_what_it_left_out() {
+        let list = FlowList {
+            flows: vec![
+                flow("10.0.0.2:40000", Some("web"), FlowState::Open, false),
+                flow("10.0.0.2:40001", None, FlowState::Handshake, true),
+            ],
+            matched: 5,
+            total: 9,
+        };
+        let text = flows(&list);
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("10.0.0.2:4000")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].contains("web") && rows[0].contains("open") && rows[0].contains("2 s"), "{}", rows[0]);
+        assert!(rows[1].contains("(removed)") && rows[1].contains("handshake (peer's copy)"), "{}", rows[1]);
+        assert!(text.ends_with("2 of 5 flows matched (--limit N for more); 9 in the data plane\n"), "{text}");
+        let all = FlowList { matched: 2, ..list };
+        assert!(flows(&all).ends_with("2 of 2 flows matched; 9 in the data plane\n"));
+    }
+
+    #[test]
+    fn times_are_utc_clock_times_and_zero_is_none() {
+        assert_eq!(clock(0), "-");
+        // 2023-11-14T22:13:20.123Z
+        assert_eq!(clock(1_700_000_000_123), "22:13:20.123Z");
+    }
+
+    #[test]
+    fn only_the_causes_that_happened_are_listed() {
+        assert_eq!(refused(&[("replayed".into(), 0)]), "");
+        assert_eq!(
+            refused(&[("unauthenticated".into(), 3), ("replayed".into(), 0), ("config_mismatch".into(), 1)]),
+            "; refused: 3 unauthenticated, 1 config_mismatch"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | lab | fuzz | soak | bench`.
+//! Project tasks: `cargo xtask setup | build | test | lab | fuzz | soak | bench | package`.
 //!
 //! xtask depends on nothing of the project itself, so it builds on stable
 //! on a fresh machine before the eBPF toolchain exists, and installs it.
@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod package;
 
 #[derive(Parser)]
 #[command(about = "redirector project tasks")]
@@ -51,6 +53,17 @@ enum Task {
     Soak {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The Debian packages (redirector, redirector-agent) under
+    /// target/package/debian/. `--check` (root) builds amd64 and arm64,
+    /// installs, checks, runs the lab's demo with and purges the amd64
+    /// ones, and runs the arm64 ones under qemu-user.
+    Package {
+        /// amd64 (this machine) or aarch64 (cross-built).
+        #[arg(long, default_value = "amd64")]
+        target: String,
+        #[arg(long, conflicts_with = "target")]
+        check: bool,
     },
     /// Run a benchmark and write its results under bench/results/.
     Bench {
@@ -149,6 +162,13 @@ fn run(cli: Cli) -> Result<()> {
             // It runs the project's binaries as processes.
             cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
             run_tests_bin(&root, "soak", &args)
+        }
+        Task::Package { target, check } => {
+            if check {
+                require_root("the check installs the packages and runs the lab")?;
+            }
+            setup(&root)?;
+            package::run(&root, package::Arch::parse(&target)?, check)
         }
         Task::Bench { which, args } => {
             require_root("the benchmarks load XDP programs and build namespaces")?;

@@ -1,33 +1,10 @@
 //! redirectord: health-checks the regions and steers new flows through the
 //! XDP data plane. Runs in the foreground (systemd: redirectord.service).
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
-use redirector::daemon;
+use redirector::{cli::Cli, daemon};
 use tracing_subscriber::EnvFilter;
-
-#[derive(Parser)]
-#[command(version, about = "Steer a service's traffic between regions")]
-struct Cli {
-    /// The configuration file (TOML).
-    #[arg(long, value_name = "PATH", required_unless_present = "check_config")]
-    config: Option<PathBuf>,
-    /// Validate the configuration and exit: non-zero with the line and
-    /// reason. Its interfaces must exist on this host.
-    #[arg(long, value_name = "PATH", conflicts_with = "config")]
-    check_config: Option<PathBuf>,
-    /// With --check-config: check the file alone, for another host (its
-    /// interfaces are not looked up here).
-    #[arg(long, requires = "check_config")]
-    offline: bool,
-    /// Log each new flow and re-steer from the data plane (for diagnosis).
-    #[arg(long)]
-    log_flow_events: bool,
-    /// Take the data plane off the interfaces on exit (by default it keeps
-    /// forwarding on its last state, so a restart loses no flow).
-    #[arg(long)]
-    detach_on_exit: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

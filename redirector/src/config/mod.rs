@@ -8,6 +8,9 @@
 //! metrics_listen = "127.0.0.1:9477"                     # metrics off when absent
 //! flow_table_size = 262144       # default; established flows, both directions (two entries
 //!                                # each); new TCP flows get a table a quarter this size
+//! xdp_mode = "auto"              # default: native XDP where the driver has it, generic
+//!                                # where not; "native" refuses a driver without it;
+//!                                # "generic" always (any driver, slower: see the README)
 //!
 //! [health]               # defaults for every region; a region may override each
 //! interval_ms = 100      # between probes of one check; at least 10
@@ -161,6 +164,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Entries of the established flow table (two per flow).
     pub flow_table_size: u32,
+    pub xdp_mode: XdpMode,
     pub failover: FailoverSettings,
     pub balance: BalanceSettings,
     /// Position is the region's id in the data plane.
@@ -224,6 +228,20 @@ pub struct BalanceSettings {
 pub struct Watermarks {
     pub low: u64,
     pub high: u64,
+}
+
+/// How the program is attached to each interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// In the driver where it has XDP, else generic.
+    #[default]
+    Auto,
+    /// In the driver, or not at all: an operator who sized the gateway on
+    /// native figures would rather it refused to start than ran slower.
+    Native,
+    /// On the socket buffer, after the driver: works on every interface.
+    Generic,
 }
 
 /// What new flows of a service do when none of its regions is eligible.

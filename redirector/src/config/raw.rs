@@ -10,7 +10,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{AllDown, CheckKind, PolicyKind, Protocol};
+use super::{AllDown, CheckKind, PolicyKind, Protocol, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub(super) control_socket: Option<PathBuf>,
     pub(super) metrics_listen: Option<SocketAddr>,
     pub(super) flow_table_size: Option<Spanned<u32>>,
+    pub(super) xdp_mode: Option<XdpMode>,
     #[serde(default)]
     pub(super) health: RawHealth,
     #[serde(default)]

@@ -833,6 +833,17 @@ fn the_flow_table_size_is_bounded() {
     assert_eq!(refused(&tiny), "lab.toml:1: flow_table_size: 100 entries: it is 4096 to 16777216");
 }
 
+#[test]
+fn the_xdp_mode_is_auto_unless_set() {
+    assert_eq!(Config::parse(LAB, "lab.toml").unwrap().xdp_mode, XdpMode::Auto);
+    let generic = format!("xdp_mode = \"generic\"\n{LAB}");
+    assert_eq!(Config::parse(&generic, "lab.toml").unwrap().xdp_mode, XdpMode::Generic);
+    let native = format!("xdp_mode = \"native\"\n{LAB}");
+    assert_eq!(Config::parse(&native, "lab.toml").unwrap().xdp_mode, XdpMode::Native);
+    let err = refused(&format!("xdp_mode = \"offload\"\n{LAB}"));
+    assert!(err.starts_with("lab.toml:1: xdp_mode: unknown variant `offload`, expected one of"), "{err}");
+}
+
 mod properties {
     use proptest::prelude::*;
 

@@ -180,6 +180,7 @@ impl Source<'_> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             metrics_listen: raw.metrics_listen,
             flow_table_size: self.flow_table_size(raw.flow_table_size.as_ref())?,
+            xdp_mode: raw.xdp_mode.unwrap_or_default(),
             failover,
             balance,
             regions,

@@ -526,6 +526,9 @@ impl<D: Dataplane> Controller<D> {
                  then start; established flows are lost)"
             );
         }
+        if config.xdp_mode != self.config.xdp_mode {
+            bail!("xdp_mode takes effect when the data plane is rebuilt (redirectorctl detach, then start)");
+        }
         for interface in &config.interfaces {
             self.dataplane.check_interface(interface)?;
         }

@@ -572,6 +572,17 @@ fn a_new_flow_table_size_is_refused_at_reload() {
 }
 
 #[test]
+fn a_new_xdp_mode_is_refused_at_reload() {
+    let mut rig = Rig::settled(config(WEB));
+    rig.writes();
+    let mut generic = config(WEB);
+    generic.xdp_mode = crate::config::XdpMode::Generic;
+    let err = rig.controller.reload(generic).unwrap_err().to_string();
+    assert!(err.starts_with("xdp_mode takes effect when the data plane is rebuilt"), "{err}");
+    assert_eq!(rig.writes(), []);
+}
+
+#[test]
 fn a_reload_attaches_new_interfaces_and_detaches_dropped_ones() {
     let mut rig = Rig::settled(config(WEB));
     rig.writes();

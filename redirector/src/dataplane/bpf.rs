@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
-        xdp::{XdpLink, XdpLinkId, XdpMode},
+        xdp::{XdpLink, XdpLinkId, XdpMode as KernelXdpMode},
         ProgramError, Xdp,
     },
     Ebpf, EbpfLoader,
@@ -33,7 +33,7 @@ use super::{
     pins::{check_outlives_process, ensure_bpffs, ifindex, link_pin, list_link_pins, remove_link_pin},
     AttachMode, Dataplane, Selection, ServiceSpec, Stats,
 };
-use crate::config::{ServiceAddr, DEFAULT_PIN_PATH};
+use crate::config::{ServiceAddr, XdpMode, DEFAULT_PIN_PATH};
 
 /// The XDP object, built by build.rs with the pinned nightly.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("REDIRECTOR_EBPF_OBJECT"));
@@ -61,6 +61,7 @@ pub struct BpfDataplane {
     service_counters: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
     links: BTreeMap<String, XdpLinkId>,
+    xdp_mode: XdpMode,
     logger: Option<FlowEventLogger>,
     flow_events: Option<RingBuf<MapData>>,
 }
@@ -79,6 +80,9 @@ pub struct LoadOptions {
     /// takes [`new_flow_table_size`] of it. A table already pinned keeps
     /// its size.
     pub flow_table_size: u32,
+    /// How interfaces attached from now on take the program (a link an
+    /// earlier process pinned keeps the mode it was attached in).
+    pub xdp_mode: XdpMode,
 }
 
 impl Default for LoadOptions {
@@ -88,6 +92,7 @@ impl Default for LoadOptions {
             log_flow_events: false,
             sync_flow_events: false,
             flow_table_size: FLOW_TABLE_SIZE,
+            xdp_mode: XdpMode::Auto,
         }
     }
 }
@@ -143,6 +148,7 @@ impl BpfDataplane {
             ebpf,
             pin_path: options.pin_path.clone(),
             links: BTreeMap::new(),
+            xdp_mode: options.xdp_mode,
             logger,
         })
     }
@@ -175,6 +181,30 @@ impl BpfDataplane {
             .expect("checked at load")
             .try_into()
             .expect("checked at load")
+    }
+
+    /// Attaches where no earlier process did, in the mode the config asks.
+    fn attach_new(&mut self, interface: &str) -> Result<(XdpLinkId, AttachMode)> {
+        let in_mode = |this: &mut Self, mode: KernelXdpMode| this.program_mut().attach(interface, mode);
+        match self.xdp_mode {
+            XdpMode::Native => Ok((
+                in_mode(self, KernelXdpMode::Driver)
+                    .with_context(|| format!("{interface}: native XDP refused (xdp_mode = \"native\")"))?,
+                AttachMode::Native,
+            )),
+            XdpMode::Generic => Ok((
+                in_mode(self, KernelXdpMode::Skb).with_context(|| format!("attaching XDP to {interface}"))?,
+                AttachMode::Generic,
+            )),
+            XdpMode::Auto => match in_mode(self, KernelXdpMode::Driver) {
+                Ok(id) => Ok((id, AttachMode::Native)),
+                Err(native) => {
+                    warn!("{interface}: native XDP refused ({native}); using generic mode");
+                    let id = in_mode(self, KernelXdpMode::Skb).with_context(|| format!("attaching XDP to {interface}"))?;
+                    Ok((id, AttachMode::Generic))
+                }
+            },
+        }
     }
 
     /// Interfaces with a pinned link under this pin path.
@@ -307,8 +337,8 @@ impl Dataplane for BpfDataplane {
         ifindex(interface).map(drop)
     }
 
-    /// Native mode, generic if the driver has none; the link is pinned, and
-    /// the program may redirect to the interface.
+    /// In the configured mode (`xdp_mode`); the link is pinned, and the
+    /// program may redirect to the interface.
     fn attach(&mut self, interface: &str) -> Result<AttachMode> {
         let ifindex = ifindex(interface)?;
         let pin = link_pin(&self.pin_path, interface);
@@ -323,17 +353,7 @@ impl Dataplane for BpfDataplane {
             self.links.insert(interface.to_string(), id);
             AttachMode::Adopted
         } else {
-            let (id, mode) = match self.program_mut().attach(interface, XdpMode::Driver) {
-                Ok(id) => (id, AttachMode::Native),
-                Err(native) => {
-                    warn!("{interface}: native XDP refused ({native}); using generic mode");
-                    let id = self
-                        .program_mut()
-                        .attach(interface, XdpMode::Skb)
-                        .with_context(|| format!("attaching XDP to {interface}"))?;
-                    (id, AttachMode::Generic)
-                }
-            };
+            let (id, mode) = self.attach_new(interface)?;
             let link = self.program_mut().take_link(id)?;
             let link = FdLink::try_from(link)
                 .map_err(|e| anyhow!("{interface}: XDP link is not pinnable ({e}); kernel ≥ 5.9 needed"))?;

@@ -1,13 +1,14 @@
 //! Our data plane against its peers on one machine in one run: the same
 //! topology (client → gateway → region, in namespaces) and the same traffic
-//! through five gateways, run in turn (A B C D E, repeated) so drift of the
+//! through six gateways, run in turn (A B C D E F, repeated) so drift of the
 //! machine hits all alike:
 //!
 //! - A: redirector (XDP, native mode on the veths);
 //! - B: Open vSwitch, userspace datapath, with the reference's flows;
 //! - C: nftables DNAT with conntrack;
 //! - D: kernel routing with no rewrite (reference point);
-//! - E: a bare XDP forward (the limit for XDP on this path).
+//! - E: a bare XDP forward (the limit for XDP on this path);
+//! - F: A in generic XDP, as on a driver without native XDP.
 //!
 //! Each run of a variant gets a fresh topology, so nothing one leaves
 //! behind (a conntrack entry, a neighbour, an attached program) reaches

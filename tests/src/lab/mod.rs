@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use redirector::dataplane::flow_table::{monotonic_ns, FlowTable};
 use redirector_proto::control::Status;
 use redirector_common::{Flow, FlowKey, FLOW_ORIGINAL, IPPROTO_TCP};
@@ -49,9 +49,20 @@ pub const ALERT_TOKEN: &str = "lab-alert-token-0123456789";
 /// A pair's sync port, on [`SYNC_A`] and [`SYNC_B`].
 pub const SYNC_PORT: u16 = 7947;
 
+/// What the packages install: with `REDIRECTOR_INSTALLED_BIN` set (to
+/// `/usr/bin`), the lab runs these from there, as an operator would, and
+/// the test bed's own tools from the build.
+const INSTALLED: [&str; 3] = ["redirectord", "redirectorctl", "redirector-agent"];
+
 /// Where the project's binaries were built: beside the running test or
-/// tool (target/<profile>/ or its deps/).
+/// tool (target/<profile>/ or its deps/); or, for what the packages
+/// install, `REDIRECTOR_INSTALLED_BIN`.
 pub fn binary(name: &str) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("REDIRECTOR_INSTALLED_BIN").filter(|_| INSTALLED.contains(&name)) {
+        let path = PathBuf::from(dir).join(name);
+        ensure!(path.exists(), "{} is not installed", path.display());
+        return Ok(path);
+    }
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().context("no directory for the running binary")?;
     if dir.ends_with("deps") {

@@ -1,4 +1,4 @@
-//! The five gateway implementations, each set up on a fresh topology
+//! The six gateway implementations, each set up on a fresh topology
 //! (client → gateway → one region) and torn down when dropped.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use anyhow::{ensure, Context, Result};
 use aya::Ebpf;
 use redirector::{
-    config::ServiceAddr,
+    config::{ServiceAddr, XdpMode},
     dataplane::{AttachMode, BpfDataplane, Dataplane, LoadOptions, Selection, ServiceSpec},
 };
 use redirector_common::RegionState;
@@ -31,13 +31,15 @@ pub enum Variant {
     Nat,
     Routing,
     BareXdp,
+    RedirectorGeneric,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [Self::Redirector, Self::Ovs, Self::Nat, Self::Routing, Self::BareXdp];
+    pub const ALL: [Variant; 6] =
+        [Self::Redirector, Self::Ovs, Self::Nat, Self::Routing, Self::BareXdp, Self::RedirectorGeneric];
 
     pub fn letter(self) -> &'static str {
-        ["A", "B", "C", "D", "E"][self as usize]
+        ["A", "B", "C", "D", "E", "F"][self as usize]
     }
 
     pub fn name(self) -> &'static str {
@@ -47,11 +49,12 @@ impl Variant {
             Self::Nat => "nftables DNAT + conntrack",
             Self::Routing => "kernel routing, no rewrite",
             Self::BareXdp => "bare XDP forward (FIB + redirect)",
+            Self::RedirectorGeneric => "redirector (XDP, generic mode: drivers without XDP)",
         }
     }
 
     pub fn short(self) -> &'static str {
-        ["A redirector", "B OVS", "C nftables NAT", "D routing", "E bare XDP"][self as usize]
+        ["A redirector", "B OVS", "C nftables NAT", "D routing", "E bare XDP", "F redirector generic"][self as usize]
     }
 }
 
@@ -81,7 +84,8 @@ impl Gateway {
         let region = &topo.regions[0];
         let gateway_mac = link_mac(&topo.gateway, CLIENT_IFACE)?;
         let (state, target, next_hop_mac) = match variant {
-            Variant::Redirector => (redirector(topo)?, VIP, gateway_mac),
+            Variant::Redirector => (redirector(topo, XdpMode::Native)?, VIP, gateway_mac),
+            Variant::RedirectorGeneric => (redirector(topo, XdpMode::Generic)?, VIP, gateway_mac),
             Variant::Ovs => (State::Ovs(open_vswitch(topo)?), VIP, OVS_VIP_MAC),
             Variant::Nat => {
                 nat(topo)?;
@@ -120,19 +124,22 @@ impl Gateway {
     }
 }
 
-/// A: the data plane on both gateway interfaces, one service per port the
-/// benchmark uses, all steered to the region.
-fn redirector(topo: &Topology) -> Result<State> {
+/// A and F: the data plane on both gateway interfaces (in the driver, or
+/// generic as on a NIC without XDP), one service per port the benchmark
+/// uses, all steered to the region.
+fn redirector(topo: &Topology, xdp_mode: XdpMode) -> Result<State> {
     let region = &topo.regions[0];
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter()?;
     let mut dataplane = BpfDataplane::load(&LoadOptions {
         pin_path: pins.0.clone(),
+        xdp_mode,
         ..LoadOptions::default()
     })?;
+    let expected = if xdp_mode == XdpMode::Generic { AttachMode::Generic } else { AttachMode::Native };
     for iface in topo.gateway_interfaces() {
         let mode = dataplane.attach(&iface)?;
-        ensure!(mode == AttachMode::Native, "{iface}: attached in {mode:?} mode, not native");
+        ensure!(mode == expected, "{iface}: attached in {mode:?} mode, not {expected:?}");
     }
     let services: Vec<ServiceSpec> = PORTS
         .iter()

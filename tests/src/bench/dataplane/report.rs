@@ -105,8 +105,8 @@ fn markdown(opts: &Options, s: &[Summary], plots: &[&str]) -> String {
         "# Data plane against its peers\n\n\
          Machine: {}.\n\n\
          `cargo xtask bench dataplane`{}: client → gateway → region in network namespaces \
-         joined by veth pairs, the same traffic through five gateways, interleaved \
-         (A B C D E) × {} round{}, each run on a fresh topology; medians over the rounds. \
+         joined by veth pairs, the same traffic through six gateways, interleaved \
+         (A B C D E F) × {} round{}, each run on a fresh topology; medians over the rounds. \
          How each gateway is set up and how each figure is measured: below the tables.\n\n",
         machine(),
         if opts.quick { " --quick (a check that it runs, not a measurement)" } else { "" },
@@ -195,6 +195,21 @@ fn targets(s: &[Summary]) -> String {
     }
     let added = a.p50 - d.p50;
     writeln!(text, "| latency A over D < 50 µs (p50) | {added:+.1} µs | {} | | |", verdict(added < 50.0)).unwrap();
+    if let Some(f) = get(Variant::RedirectorGeneric) {
+        writeln!(
+            text,
+            "\nGeneric mode (F), small-packet pps: {:.0} % of A delivered ({:.0} % per gateway core), \
+             {:.2} × C ({:.2} × per core), {:.2} × D ({:.2} × per core); latency {:+.1} µs over D (p50).",
+            100.0 * f.delivered / a.delivered,
+            100.0 * f.per_core() / a.per_core(),
+            f.delivered / c.delivered,
+            f.per_core() / c.per_core(),
+            f.delivered / d.delivered,
+            f.per_core() / d.per_core(),
+            f.p50 - d.p50
+        )
+        .unwrap();
+    }
     text
 }
 
@@ -230,7 +245,9 @@ fn method(opts: &Options) -> String {
          - **D**: `ip_forward=1`, nothing else. **E**: `bare_forward` \
          (redirector-ebpf/src/bin/baseline.rs) in native XDP on both veths: Ethernet and IPv4 \
          parsed, `bpf_fib_lookup` on every packet, MACs set, `bpf_redirect`; no flow state, no \
-         rewrite.\n\
+         rewrite. **F**: A's program and services in generic XDP (`xdp_mode = \"generic\"`), as \
+         on a driver without XDP: it runs after the kernel has built an skb for each packet, and \
+         a redirect goes out through the stack's transmit path.\n\
          - **Small UDP packets**: 60-byte frames (64 on a wire) from the kernel's \
          BPF_PROG_TEST_RUN in live-frames mode on the client's veth (`udp_generator`): frames \
          leave from a recycled page pool with no socket, skb or copy, ~100 ns each, so it \
