@@ -62,8 +62,9 @@ pub mod map_names {
     pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
     pub const REASONS: &str = "REASONS";
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    pub const REGION_SIGNALS: &str = "REGION_SIGNALS";
     /// Every map above: what a pin directory holds.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         BACKENDS,
         REGIONS,
@@ -75,6 +76,7 @@ pub mod map_names {
         SERVICE_COUNTERS,
         REASONS,
         FLOW_EVENTS,
+        REGION_SIGNALS,
     ];
 }
 
@@ -310,6 +312,29 @@ pub struct SyncEvent {
     pub _pad: [u8; 5],
 }
 
+/// Bytes of the `REGION_SIGNALS` ring buffer: 64 KiB, about 2 700 signals
+/// (16 bytes each and an 8-byte header). The controller reads each as it
+/// comes; a threshold's worth is all a verdict needs.
+pub const REGION_SIGNALS_BYTES: u32 = 1 << 16;
+
+/// `RegionSignal::kind`: the region answered a SYN with a reset. Nothing
+/// listens on the service's port there: its server is gone.
+pub const SIGNAL_SYN_REFUSED: u8 = 1;
+
+/// A `REGION_SIGNALS` record: what a region's answer told the data plane
+/// about the region's health (passive detection), as it happened.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RegionSignal {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the answer passed.
+    pub at_ns: u64,
+    pub service_id: u16,
+    pub region_id: u8,
+    /// `SIGNAL_*`.
+    pub kind: u8,
+    pub _pad: [u8; 4],
+}
+
 /// Per-CPU traffic counters of a region or a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -383,10 +408,13 @@ pub enum Reason {
     /// behind or stopped); the flow reaches them with the next refresh
     /// (also counted by what follows).
     SyncEventLost,
+    /// A region signal (passive detection) found its ring buffer full;
+    /// the checks still judge the region (also counted by what follows).
+    RegionSignalLost,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::SyncEventLost as u32 + 1;
+    pub const COUNT: u32 = Reason::RegionSignalLost as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::Forwarded,
         Reason::Replied,
@@ -405,6 +433,7 @@ impl Reason {
         Reason::Promoted,
         Reason::MidstreamNoFlow,
         Reason::SyncEventLost,
+        Reason::RegionSignalLost,
     ];
 
     /// Stable name for metrics and the CLI.
@@ -427,6 +456,7 @@ impl Reason {
             Reason::Promoted => "promoted",
             Reason::MidstreamNoFlow => "midstream_no_flow",
             Reason::SyncEventLost => "sync_event_lost",
+            Reason::RegionSignalLost => "region_signal_lost",
         }
     }
 }
@@ -475,6 +505,7 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for SyncEvent {}
+    unsafe impl aya::Pod for RegionSignal {}
 }
 
 #[cfg(test)]
@@ -493,6 +524,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(Flow, handshake), 20);
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<SyncEvent>(), 32);
+        assert_eq!(size_of::<RegionSignal>(), 16);
         assert_eq!(size_of::<SelectionTable>(), SELECTION_SLOTS);
     }
 

@@ -168,6 +168,15 @@ impl Packet {
         }
     }
 
+    /// TCP with RST set.
+    #[inline(always)]
+    pub fn is_tcp_rst(&self) -> bool {
+        match self.l4 {
+            L4::Tcp(tcp) => unsafe { (*tcp).rst() != 0 },
+            _ => false,
+        }
+    }
+
     /// `FLOW_FIN_SEEN` / `FLOW_RST_SEEN` bits this packet carries.
     #[inline(always)]
     pub fn tcp_close_flags(&self) -> u8 {

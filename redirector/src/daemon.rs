@@ -38,7 +38,7 @@ use crate::{
     dataplane::{self, check_services, flow_table, service_specs, BpfDataplane, FlowEventLogger, LoadOptions},
     flow_list::{self, Filter},
     listener::ListenerStats,
-    metrics,
+    metrics, passive,
     sync::{self, Sync},
 };
 
@@ -97,6 +97,7 @@ pub async fn run(options: Options) -> Result<()> {
         pin_path: config.pin_path.clone(),
         log_flow_events: options.log_flow_events,
         sync_flow_events: config.sync.is_some(),
+        passive_detection: config.passive.is_some(),
         flow_table_size: config.flow_table_size,
         xdp_mode: config.xdp_mode,
     })?;
@@ -113,6 +114,10 @@ pub async fn run(options: Options) -> Result<()> {
         _ => None,
     };
     let origin = Instant::now();
+    let (signal_tx, mut signal_rx) = mpsc::channel(1024);
+    if let Some(ring) = dataplane.take_region_signals() {
+        tokio::spawn(passive::read_signals(ring, move || origin.elapsed(), signal_tx));
+    }
     let mut controller = Controller::start(config, dataplane, Box::new(MonotonicClock(origin)), unix_ms())?;
 
     // Probes are timestamped on this runtime's thread, never behind the
@@ -174,6 +179,7 @@ pub async fn run(options: Options) -> Result<()> {
         let deadline = controller.next_deadline().map(|d| tokio::time::Instant::from_std(origin + d));
         tokio::select! {
             Some(report) = probe_rx.recv() => controller.on_probe(report),
+            Some(signal) = signal_rx.recv() => controller.on_region_signal(signal),
             Some(control_server::Call { request, reply, delivered }) = call_rx.recv() => {
                 let response = match request {
                     Request::Reload => match reload(&mut controller, &options.config) {

@@ -283,6 +283,21 @@ impl RegionHealth {
         (held_down != self.condition.held_down).then(|| self.change(now, |c| c.held_down = held_down, why.into()))
     }
 
+    /// Passive detection's verdict: down now, whatever the checks last
+    /// said, and each check must then see `rise` successes in a row to
+    /// bring the region back. None unless the region was up.
+    pub fn force_down(&mut self, at: Duration, why: String) -> Option<Transition> {
+        if self.condition.health != Health::Up {
+            return None;
+        }
+        for check in &mut self.checks {
+            check.health = Health::Down;
+            check.since = at;
+            check.successes = 0;
+        }
+        Some(self.change(at, |c| c.health = Health::Down, why))
+    }
+
     fn aggregate(&self) -> Health {
         let any = |h| self.checks.iter().any(|c| c.health == h);
         if any(Health::Down) {

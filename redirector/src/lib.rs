@@ -21,5 +21,6 @@ pub mod http;
 pub mod listener;
 pub mod maglev;
 pub mod metrics;
+pub mod passive;
 pub mod policy;
 pub mod sync;

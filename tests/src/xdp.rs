@@ -158,6 +158,11 @@ impl Gateway {
         Self::with_options(LoadOptions { sync_flow_events: true, ..LoadOptions::default() })
     }
 
+    /// Telling the controller of refused SYNs (`REGION_SIGNALS`).
+    pub fn with_passive_detection() -> Result<Self> {
+        Self::with_options(LoadOptions { passive_detection: true, ..LoadOptions::default() })
+    }
+
     /// With flow tables of `flow_table_size` entries (new flows': a
     /// quarter of it).
     pub fn with_flow_table_size(flow_table_size: u32) -> Result<Self> {
@@ -243,6 +248,14 @@ impl Gateway {
         &self.pins.0
     }
 
+    /// The ring buffer `name` as a reader other than the loader opens it:
+    /// by its pin (it is pinned with the rest whether or not the loader
+    /// reads it).
+    pub fn pinned_ring(&self, name: &str) -> Result<aya::maps::RingBuf<aya::maps::MapData>> {
+        let pinned = aya::maps::MapData::from_pin(self.pins().join(name))?;
+        Ok(aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(pinned))?)
+    }
+
     pub fn ifindex(&self, iface: &str) -> u32 {
         self.ifindexes[iface]
     }
@@ -315,4 +328,16 @@ pub fn mac_str(mac: &Mac) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// Every record of type `T` the ring holds now (each must be exactly one).
+pub fn drain_ring<T: Copy>(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<T>(), "a record of another size");
+        // SAFETY: T is one of the plain-integer records the program writes,
+        // read unaligned from a buffer of its size.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const T) });
+    }
+    out
 }

@@ -12,12 +12,7 @@ use redirector_tests::{frames::L4, steer::*, xdp::*};
 
 /// Every event the ring holds now.
 fn events(ring: &mut RingBuf<MapData>) -> Vec<SyncEvent> {
-    let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        assert_eq!(item.len(), size_of::<SyncEvent>());
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SyncEvent) });
-    }
-    out
+    drain_ring(ring)
 }
 
 fn gateway() -> (Gateway, RingBuf<MapData>) {
@@ -87,9 +82,7 @@ fn without_sync_nothing_is_announced() {
     let mut gw = Gateway::new().unwrap();
     gw.select(R1.id).unwrap();
     assert!(gw.dataplane.take_flow_events().is_none());
-    // The ring is there (pinned with the rest): open it as a reader would.
-    let pinned = MapData::from_pin(gw.pins().join(redirector_common::map_names::FLOW_EVENTS)).unwrap();
-    let mut ring = RingBuf::try_from(aya::maps::Map::RingBuf(pinned)).unwrap();
+    let mut ring = gw.pinned_ring(redirector_common::map_names::FLOW_EVENTS).unwrap();
     handshake(&gw, R1, 41_003);
     gw.run(&from_client(VIP2, L4::udp(41_004, 53)).bytes(), "cli").unwrap();
     assert!(events(&mut ring).is_empty());

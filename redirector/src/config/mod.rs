@@ -12,6 +12,10 @@
 //!                                # where not; "native" refuses a driver without it;
 //!                                # "generic" always (any driver, slower: see the README)
 //!
+//! [passive]              # off when absent: SYNs a region refuses with a reset take it
+//! syn_refused = 3        # down at once, this many (at least 2) ...
+//! window_ms = 1000       # ... within this window; its checks bring it back (rise)
+//!
 //! [health]               # defaults for every region; a region may override each
 //! interval_ms = 100      # between probes of one check; at least 10
 //! fall = 3               # consecutive misses that take a check down
@@ -175,7 +179,24 @@ pub struct Config {
     pub alerts: Option<AlertsSettings>,
     /// Flow-state sync with peer gateways, off when None.
     pub sync: Option<SyncSettings>,
+    /// Passive detection, off when None.
+    pub passive: Option<PassiveSettings>,
 }
+
+/// `[passive]`: how many SYNs one region may refuse with a reset within
+/// `window` before it is taken down without waiting for its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassiveSettings {
+    pub threshold: u32,
+    pub window: Duration,
+}
+
+/// `[passive]` defaults: three refusals within a second. Two is the least
+/// accepted: one refused SYN is a client at a closed port as often as a
+/// dead server.
+pub(crate) const DEFAULT_PASSIVE: PassiveSettings = PassiveSettings { threshold: 3, window: Duration::from_secs(1) };
+pub(crate) const MIN_PASSIVE_THRESHOLD: u32 = 2;
+pub(crate) const MAX_PASSIVE_WINDOW_MS: u64 = 60_000;
 
 /// `[sync]`: this gateway's sync address, its peers', and the key their
 /// datagrams are signed with.

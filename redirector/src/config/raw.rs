@@ -33,6 +33,14 @@ pub(super) struct RawConfig {
     pub(super) service: Vec<RawService>,
     pub(super) alerts: Option<RawAlerts>,
     pub(super) sync: Option<RawSync>,
+    pub(super) passive: Option<RawPassive>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPassive {
+    pub(super) syn_refused: Option<Spanned<u32>>,
+    pub(super) window_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -844,6 +844,27 @@ fn the_xdp_mode_is_auto_unless_set() {
     assert!(err.starts_with("lab.toml:1: xdp_mode: unknown variant `offload`, expected one of"), "{err}");
 }
 
+#[test]
+fn passive_detection_is_off_by_default_and_never_fires_on_one_reset() {
+    assert_eq!(Config::parse(LAB, "lab.toml").unwrap().passive, None);
+    let defaults = format!("{LAB}\n[passive]\n");
+    assert_eq!(Config::parse(&defaults, "lab.toml").unwrap().passive, Some(DEFAULT_PASSIVE));
+    let set = format!("{LAB}\n[passive]\nsyn_refused = 2\nwindow_ms = 50\n");
+    assert_eq!(
+        Config::parse(&set, "lab.toml").unwrap().passive,
+        Some(PassiveSettings { threshold: 2, window: Duration::from_millis(50) })
+    );
+    let lines = LAB.lines().count();
+    let one = format!("{LAB}\n[passive]\nsyn_refused = 1\n");
+    assert!(
+        refused(&one).starts_with(&format!("lab.toml:{}: passive.syn_refused: 1: at least 2", lines + 3)),
+        "{}",
+        refused(&one)
+    );
+    let long = format!("{LAB}\n[passive]\nwindow_ms = 0\n");
+    assert!(refused(&long).contains("passive.window_ms: 0: it is 1 to 60000"), "{}", refused(&long));
+}
+
 mod properties {
     use proptest::prelude::*;
 

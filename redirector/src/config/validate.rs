@@ -15,10 +15,12 @@ use toml::Spanned;
 
 use super::{
     raw::{
-        RawAlerts, RawBalance, RawCheck, RawConfig, RawFailover, RawHealth, RawRegion, RawService, RawSync, RawWatermarks,
+        RawAlerts, RawBalance, RawCheck, RawConfig, RawFailover, RawHealth, RawPassive, RawRegion, RawService, RawSync,
+        RawWatermarks,
     },
     AlertsSettings, BalanceSettings, Check, CheckKind, Config, ConfigError, FailoverSettings, HealthSettings, HttpCheck,
-    Measure, PolicyKind, Protocol, RegionConfig, ServiceAddr, ServiceConfig, SyncSettings, Watermarks, DEFAULT_ALERT_LABEL, DEFAULT_BALANCE,
+    Measure, PassiveSettings, PolicyKind, Protocol, RegionConfig, ServiceAddr, ServiceConfig, SyncSettings, Watermarks,
+    DEFAULT_ALERT_LABEL, DEFAULT_BALANCE, DEFAULT_PASSIVE, MAX_PASSIVE_WINDOW_MS, MIN_PASSIVE_THRESHOLD,
     DEFAULT_FAILOVER, DEFAULT_HEALTH, DEFAULT_PIN_PATH, DEFAULT_SOCKET, DEFAULT_WEIGHT, MAX_FLOW_TABLE_SIZE,
     MAX_INTERFACE_NAME, MAX_PERCENT, MIN_FLOW_TABLE_SIZE, MIN_INTERVAL_MS, MIN_SAMPLE_MS,
 };
@@ -170,6 +172,7 @@ impl Source<'_> {
         let services = self.services(&raw.service, &regions)?;
         let alerts = raw.alerts.as_ref().map(|a| self.alerts(a, raw.metrics_listen)).transpose()?;
         let sync = raw.sync.as_ref().map(|s| self.sync(s)).transpose()?;
+        let passive = raw.passive.as_ref().map(|p| self.passive(p)).transpose()?;
         Ok(Config {
             interfaces,
             pin_path: raw
@@ -187,7 +190,30 @@ impl Source<'_> {
             services,
             alerts,
             sync,
+            passive,
         })
+    }
+
+    fn passive(&self, raw: &RawPassive) -> Result<PassiveSettings, ConfigError> {
+        let mut settings = DEFAULT_PASSIVE;
+        if let Some(threshold) = &raw.syn_refused {
+            settings.threshold = *threshold.get_ref();
+            if settings.threshold < MIN_PASSIVE_THRESHOLD {
+                return Err(self.error(
+                    threshold.span(),
+                    "passive.syn_refused",
+                    format!("{}: at least {MIN_PASSIVE_THRESHOLD} (one refused SYN is as often a client at a closed port)", settings.threshold),
+                ));
+            }
+        }
+        if let Some(window) = &raw.window_ms {
+            let ms = *window.get_ref();
+            if !(1..=MAX_PASSIVE_WINDOW_MS).contains(&ms) {
+                return Err(self.error(window.span(), "passive.window_ms", format!("{ms}: it is 1 to {MAX_PASSIVE_WINDOW_MS}")));
+            }
+            settings.window = Duration::from_millis(ms);
+        }
+        Ok(settings)
     }
 
     fn sync(&self, raw: &RawSync) -> Result<SyncSettings, ConfigError> {

@@ -38,6 +38,7 @@ use crate::{
     dataplane::{check_services, flow_table::Sweep, service_specs, Dataplane, Selection, Stats},
     health::{Probe, RegionHealth, Transition},
     maglev, metrics,
+    passive::{self, Detector},
     policy::{Decision, Event, EventKind, Load, Policy, Subject},
 };
 
@@ -126,6 +127,8 @@ pub struct Controller<D: Dataplane> {
     traffic: Traffic,
     heartbeat_counters: Vec<Vec<heartbeat::Counters>>,
     agent_reports: Vec<Option<heartbeat::Report>>,
+    /// With `[passive]`: the refusals each region's answers told of.
+    passive: Option<Detector>,
     /// Newest last; `log_base` is the number of events dropped off its front.
     log: VecDeque<Logged>,
     log_base: u64,
@@ -157,6 +160,7 @@ impl<D: Dataplane> Controller<D> {
             traffic: Traffic::default(),
             heartbeat_counters: checks_of(&config),
             agent_reports: vec![None; config.regions.len()],
+            passive: config.passive.map(|settings| Detector::new(settings, config.regions.len())),
             log: VecDeque::new(),
             log_base: 0,
             snapshot: metrics::Shared::default(),
@@ -216,6 +220,20 @@ impl<D: Dataplane> Controller<D> {
         if let Some(transition) = region.record(report.check, report.probe) {
             let event = Event::region(report.region as u8, &transition);
             self.decide(trigger, vec![event]);
+        }
+    }
+
+    /// A SYN the region refused with a reset (passive detection): enough of
+    /// them take an up region down at once, as its checks failing would.
+    pub fn on_region_signal(&mut self, signal: passive::Signal) {
+        let Some(detector) = &mut self.passive else { return };
+        let Some(count) = detector.signal(signal) else { return };
+        let window = detector.settings().window;
+        let Some(region) = self.health.get_mut(signal.region as usize) else { return };
+        let why = format!("passive: {count} SYNs refused by a reset within {} ms", window.as_millis());
+        if let Some(transition) = region.force_down(signal.at, why) {
+            let event = Event::region(signal.region, &transition);
+            self.decide(signal.at, vec![event]);
         }
     }
 
@@ -519,6 +537,9 @@ impl<D: Dataplane> Controller<D> {
         }
         if config.sync != self.config.sync {
             bail!("[sync] takes effect at start only");
+        }
+        if config.passive != self.config.passive {
+            bail!("[passive] takes effect at start only");
         }
         if config.flow_table_size != self.config.flow_table_size {
             bail!(

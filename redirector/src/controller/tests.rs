@@ -282,6 +282,50 @@ fn drain_and_undrain_write_the_region_state_and_move_new_flows() {
 }
 
 #[test]
+fn refused_syns_take_a_region_down_at_once_and_its_checks_bring_it_back() {
+    let passive = format!("{WEB}[passive]\nsyn_refused = 3\nwindow_ms = 100\n");
+    let mut rig = Rig::settled(config(&passive));
+    let web = rig.addr("web");
+    rig.writes();
+    let signal = |rig: &mut Rig, region: u8| {
+        rig.clock.advance(MS);
+        let at = rig.clock.now();
+        rig.controller.on_region_signal(passive::Signal { region, at });
+    };
+    // Two refusals, and two more from another region: nothing.
+    for region in [R2, R2, R1, R1] {
+        signal(&mut rig, region);
+    }
+    assert_eq!(rig.writes(), [], "no region has had three in 100 ms");
+    signal(&mut rig, R2);
+    assert_eq!(
+        rig.writes(),
+        [Write::Selection(web, Selection::all(R1)), Write::RegionState(R2, RegionState::Down)],
+        "the third within the window: down, as a failed check would take it"
+    );
+    let event = rig.controller.events().into_iter().rev().find(|e| e.kind == EventKind::Region).unwrap();
+    assert_eq!(event.why, "passive: 3 SYNs refused by a reset within 100 ms");
+
+    // Its checks, which never failed, bring it back after rise (2) successes.
+    rig.round([true, true, true]);
+    assert_eq!(rig.writes(), [], "one success of two");
+    rig.round([true, true, true]);
+    assert_eq!(rig.writes(), [Write::Selection(web, Selection::all(R2)), Write::RegionState(R2, RegionState::Up)]);
+}
+
+#[test]
+fn without_passive_detection_signals_change_nothing() {
+    let mut rig = Rig::settled(config(WEB));
+    rig.writes();
+    for _ in 0..10 {
+        rig.clock.advance(MS);
+        let at = rig.clock.now();
+        rig.controller.on_region_signal(passive::Signal { region: R2, at });
+    }
+    assert_eq!(rig.writes(), []);
+}
+
+#[test]
 fn down_holds_a_healthy_region_down_and_up_gives_it_back_to_its_checks() {
     let mut rig = Rig::settled(config(WEB));
     let web = rig.addr("web");

@@ -64,6 +64,7 @@ pub struct BpfDataplane {
     xdp_mode: XdpMode,
     logger: Option<FlowEventLogger>,
     flow_events: Option<RingBuf<MapData>>,
+    region_signals: Option<RingBuf<MapData>>,
 }
 
 pub type FlowEventLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -76,6 +77,9 @@ pub struct LoadOptions {
     /// Tell the flow sync, through the `FLOW_EVENTS` ring buffer, of every
     /// flow that enters the established table (costs per new flow).
     pub sync_flow_events: bool,
+    /// Tell the controller, through the `REGION_SIGNALS` ring buffer, of
+    /// every SYN a region refused with a reset (passive detection).
+    pub passive_detection: bool,
     /// Entries of the established flow table; the table of new TCP flows
     /// takes [`new_flow_table_size`] of it. A table already pinned keeps
     /// its size.
@@ -91,6 +95,7 @@ impl Default for LoadOptions {
             pin_path: PathBuf::from(DEFAULT_PIN_PATH),
             log_flow_events: false,
             sync_flow_events: false,
+            passive_detection: false,
             flow_table_size: FLOW_TABLE_SIZE,
             xdp_mode: XdpMode::Auto,
         }
@@ -106,10 +111,12 @@ impl BpfDataplane {
         warn_if_pinned_size_differs(&options.pin_path, options.flow_table_size);
         let log_flow_events = u8::from(options.log_flow_events);
         let sync_flow_events = u8::from(options.sync_flow_events);
+        let passive_detection = u8::from(options.passive_detection);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&options.pin_path)
             .override_global("LOG_FLOW_EVENTS", &log_flow_events, true)
             .override_global("SYNC_FLOW_EVENTS", &sync_flow_events, true)
+            .override_global("PASSIVE_DETECTION", &passive_detection, true)
             .map_max_entries(map_names::FLOWS, options.flow_table_size)
             .map_max_entries(map_names::NEW_FLOWS, new_flow_table_size(options.flow_table_size))
             .load(OBJECT)
@@ -145,6 +152,11 @@ impl BpfDataplane {
             } else {
                 None
             },
+            region_signals: if options.passive_detection {
+                Some(take_map(&mut ebpf, map_names::REGION_SIGNALS)?)
+            } else {
+                None
+            },
             ebpf,
             pin_path: options.pin_path.clone(),
             links: BTreeMap::new(),
@@ -164,6 +176,12 @@ impl BpfDataplane {
     /// (when loaded with `sync_flow_events`).
     pub fn take_flow_events(&mut self) -> Option<RingBuf<MapData>> {
         self.flow_events.take()
+    }
+
+    /// The ring buffer of region signals, read by the daemon (when loaded
+    /// with `passive_detection`).
+    pub fn take_region_signals(&mut self) -> Option<RingBuf<MapData>> {
+        self.region_signals.take()
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.

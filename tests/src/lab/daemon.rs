@@ -130,9 +130,17 @@ impl Daemon {
 
     /// The events in which `service`'s new flows changed regions.
     pub fn switches(&self, service: &str) -> Result<Vec<Event>> {
+        self.events_of(EventKind::Switch, &format!("service {service}"))
+    }
+
+    /// The events in which `region`'s state changed.
+    pub fn region_changes(&self, region: &str) -> Result<Vec<Event>> {
+        self.events_of(EventKind::Region, &format!("region {region}"))
+    }
+
+    fn events_of(&self, kind: EventKind, subject: &str) -> Result<Vec<Event>> {
         let events: Vec<Event> = serde_json::from_str(&self.ctl_ok(&["events", "--json"])?)?;
-        let subject = format!("service {service}");
-        Ok(events.into_iter().filter(|e| e.kind == EventKind::Switch && e.subject == subject).collect())
+        Ok(events.into_iter().filter(|e| e.kind == kind && e.subject == subject).collect())
     }
 
     /// Its /metrics text.

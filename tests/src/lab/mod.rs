@@ -46,6 +46,8 @@ pub const METRICS: &str = "127.0.0.1:9477";
 /// `LabOptions::alerts`, and the bearer token it wants.
 pub const ALERTS: &str = "127.0.0.1:9478";
 pub const ALERT_TOKEN: &str = "lab-alert-token-0123456789";
+/// The port of [`LabOptions::closed_service`], where no region listens.
+pub const CLOSED_PORT: u16 = 8099;
 /// A pair's sync port, on [`SYNC_A`] and [`SYNC_B`].
 pub const SYNC_PORT: u16 = 7947;
 
@@ -167,6 +169,11 @@ pub struct LabOptions {
     pub region_idle_reset: Option<Duration>,
     /// Two gateways ([`Topology::build_pair`]) instead of one.
     pub pair: Option<PairOptions>,
+    /// `[passive]` with `syn_refused` at this threshold (window 1 s).
+    pub passive: Option<u32>,
+    /// A second TCP service, "closed", on [`CLOSED_PORT`] at the same VIP,
+    /// by priority: no region serves it, so every SYN is refused.
+    pub closed_service: bool,
 }
 
 /// How a lab's gateway pair runs.
@@ -204,6 +211,8 @@ impl Default for LabOptions {
             region_idle_reset: None,
             alerts: false,
             pair: None,
+            passive: None,
+            closed_service: false,
         }
     }
 }
@@ -440,6 +449,18 @@ impl Lab {
                 names.join(", ")
             )
             .unwrap();
+        }
+        if o.closed_service {
+            writeln!(
+                text,
+                "\n[[service]]\nname = \"closed\"\nvip = \"{}\"\nport = {CLOSED_PORT}\nprotocol = \"tcp\"\nregions = [{}]",
+                self.vip().ip(),
+                names.join(", ")
+            )
+            .unwrap();
+        }
+        if let Some(threshold) = o.passive {
+            writeln!(text, "\n[passive]\nsyn_refused = {threshold}\nwindow_ms = 1000").unwrap();
         }
         if o.alerts {
             let token = self.alert_token_path().display().to_string();
@@ -704,6 +725,11 @@ impl Lab {
     /// The events in which `service`'s new flows changed regions.
     pub fn switches(&self, service: &str) -> Result<Vec<redirector_proto::control::Event>> {
         self.gateway.switches(service)
+    }
+
+    /// The events in which `region`'s state changed.
+    pub fn region_changes(&self, region: &str) -> Result<Vec<redirector_proto::control::Event>> {
+        self.gateway.region_changes(region)
     }
 }
 

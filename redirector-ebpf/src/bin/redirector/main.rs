@@ -3,7 +3,8 @@
 //!
 //! Packet path, top to bottom:
 //!   parse → classify (service? reply of a tracked flow? neither: pass)
-//!   → flow lookup → select a region for new flows → rewrite → forward.
+//!   → flow lookup → select a region for new flows → rewrite → forward;
+//!   a region's answer during a handshake also feeds passive detection.
 #![no_std]
 #![no_main]
 
@@ -19,6 +20,7 @@ use redirector_common::{
 
 use redirector_ebpf::parse::{self, Packet};
 
+mod detect;
 mod flow;
 mod forward;
 mod maps;
@@ -84,6 +86,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     } else if key.protocol == IPPROTO_TCP {
         match NEW_FLOWS.get_ptr_mut(&key) {
             Some(flow) if unsafe { (*flow).direction } == FLOW_REPLY => {
+                detect::handshake_answer(&pkt, unsafe { &*flow });
                 return to_client(ctx, &pkt, &key, flow, &NEW_FLOWS, now);
             }
             Some(flow) if flow::handshake_holds(flow, &pkt, now) => {

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use redirector_common::{
     new_flow_table_size, Backend, Counters, Flow, FlowKey, Region, SelectionTable, Service,
-    ServiceKey, Reason, FLOW_EVENTS_BYTES, FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
+    ServiceKey, Reason, FLOW_EVENTS_BYTES, REGION_SIGNALS_BYTES, FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
 };
 
 #[map]
@@ -50,3 +50,8 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 /// Flows entering the established table, for the flow sync (`sync.rs`).
 #[map]
 pub static FLOW_EVENTS: RingBuf = RingBuf::pinned(FLOW_EVENTS_BYTES, 0);
+
+/// What regions' answers say of their health, for passive detection
+/// (`detect.rs`).
+#[map]
+pub static REGION_SIGNALS: RingBuf = RingBuf::pinned(REGION_SIGNALS_BYTES, 0);
