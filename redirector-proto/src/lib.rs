@@ -6,6 +6,7 @@
 //! It builds on stable with no eBPF toolchain: the agent and the CLI, which
 //! run where no XDP program is loaded, depend on this crate and not on the
 //! gateway's.
+pub mod bfd;
 pub mod control;
 pub mod file;
 pub mod heartbeat;
