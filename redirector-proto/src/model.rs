@@ -141,6 +141,8 @@ pub enum CheckKind {
     Http,
     /// A TCP connect.
     Tcp,
+    /// A BFD session with the region's router or host (RFC 5880, 5881).
+    Bfd,
 }
 
 impl CheckKind {
@@ -149,6 +151,7 @@ impl CheckKind {
             CheckKind::Heartbeat => "heartbeat",
             CheckKind::Http => "http",
             CheckKind::Tcp => "tcp",
+            CheckKind::Bfd => "bfd",
         }
     }
 }

@@ -6,11 +6,13 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use redirector_proto::{
+    bfd::{packet::AuthKey, session::Settings},
     heartbeat::{Key, Verifier},
     probe::{self, HttpCheck, Outcome, ProbeResult},
 };
@@ -24,15 +26,21 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
+    bfd,
     config::{Check, Config},
     controller::{unix_ms, HeartbeatNews, ProbeReport},
     health::Probe,
 };
 
-/// Heartbeat keys, read with the config so that a missing key file refuses
-/// the config (at start or reload) rather than failing a check later. By
-/// region, then check.
-pub struct Keys(Vec<Vec<Option<Key>>>);
+/// Heartbeat and BFD keys, read with the config so that a missing key file
+/// refuses the config (at start or reload) rather than failing a check
+/// later. By region, then check.
+pub struct Keys(Vec<Vec<Option<CheckKey>>>);
+
+enum CheckKey {
+    Heartbeat(Key),
+    Bfd(AuthKey),
+}
 
 impl Keys {
     pub fn load(config: &Config) -> Result<Keys> {
@@ -41,9 +49,13 @@ impl Keys {
             let mut region_keys = Vec::new();
             for check in &region.checks {
                 region_keys.push(match check {
-                    Check::Heartbeat { key_file: Some(file), .. } => Some(Key::load(file).with_context(|| {
-                        format!("region {}: heartbeat key {}", region.name, file.display())
-                    })?),
+                    Check::Heartbeat { key_file: Some(file), .. } => Some(CheckKey::Heartbeat(
+                        Key::load(file)
+                            .with_context(|| format!("region {}: heartbeat key {}", region.name, file.display()))?,
+                    )),
+                    Check::Bfd { key_file: Some(file), key_id, .. } => Some(CheckKey::Bfd(
+                        bfd::load_key(file, *key_id).with_context(|| format!("region {}: bfd key", region.name))?,
+                    )),
                     _ => None,
                 });
             }
@@ -51,14 +63,29 @@ impl Keys {
         }
         Ok(Keys(keys))
     }
+
+    fn heartbeat(&self, region: usize, check: usize) -> Option<Key> {
+        match &self.0[region][check] {
+            Some(CheckKey::Heartbeat(key)) => Some(key.clone()),
+            _ => None,
+        }
+    }
+
+    fn bfd(&self, region: usize, check: usize) -> Option<AuthKey> {
+        match &self.0[region][check] {
+            Some(CheckKey::Bfd(key)) => Some(key.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// The running checkers of one configuration.
 pub struct Checkers(Vec<JoinHandle<()>>);
 
 impl Checkers {
-    /// Starts a checker for every check of `config` on `runtime`; their
-    /// reports carry `generation` and their times count from `origin`.
+    /// Starts a checker for every check of `config` on `runtime` (one task
+    /// for every BFD session); their reports carry `generation` and their
+    /// times count from `origin`.
     pub fn spawn(
         runtime: &Handle,
         config: &Config,
@@ -66,8 +93,10 @@ impl Checkers {
         generation: u64,
         origin: Instant,
         reports: mpsc::Sender<ProbeReport>,
+        bfd_rejected: Arc<bfd::Rejected>,
     ) -> Checkers {
         let mut handles = Vec::new();
+        let mut bfd_peers = Vec::new();
         for (r, region) in config.regions.iter().enumerate() {
             for (c, check) in region.checks.iter().enumerate() {
                 let checker = Checker {
@@ -81,12 +110,28 @@ impl Checkers {
                 };
                 handles.push(match check.clone() {
                     Check::Heartbeat { address, .. } => {
-                        runtime.spawn(checker.heartbeat(address.into(), keys.0[r][c].clone()))
+                        runtime.spawn(checker.heartbeat(address.into(), keys.heartbeat(r, c)))
                     }
                     Check::Http(http) => runtime.spawn(checker.http(http)),
                     Check::Tcp { address } => runtime.spawn(checker.tcp(address.into())),
+                    Check::Bfd { address, .. } => {
+                        bfd_peers.push(bfd::Peer {
+                            region: r,
+                            check: c,
+                            address,
+                            settings: Settings {
+                                interval: region.health.interval,
+                                detect_mult: region.health.fall.clamp(1, 255) as u8,
+                                key: keys.bfd(r, c),
+                            },
+                        });
+                        continue;
+                    }
                 });
             }
+        }
+        if !bfd_peers.is_empty() {
+            handles.push(runtime.spawn(bfd::run(bfd_peers, generation, origin, reports, bfd_rejected)));
         }
         Checkers(handles)
     }

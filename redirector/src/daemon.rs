@@ -30,7 +30,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    alerts,
+    alerts, bfd,
     checkers::{Checkers, Keys},
     config::Config,
     control_server,
@@ -129,8 +129,17 @@ pub async fn run(options: Options) -> Result<()> {
         .build()
         .context("starting the checkers' runtime")?;
     let (probe_tx, mut probe_rx) = mpsc::channel(1024);
+    let bfd_rejected = Arc::new(bfd::Rejected::default());
     let spawn_checkers = |controller: &Controller<BpfDataplane>, keys: &Keys| {
-        Checkers::spawn(probe_runtime.handle(), controller.config(), keys, controller.generation(), origin, probe_tx.clone())
+        Checkers::spawn(
+            probe_runtime.handle(),
+            controller.config(),
+            keys,
+            controller.generation(),
+            origin,
+            probe_tx.clone(),
+            bfd_rejected.clone(),
+        )
     };
     let mut checkers = spawn_checkers(&controller, &keys);
 
@@ -160,7 +169,14 @@ pub async fn run(options: Options) -> Result<()> {
         let metrics_stats = Arc::new(ListenerStats::default());
         listeners.push(("metrics", metrics_stats.clone()));
         let sync_view = sync.as_ref().map(|s| s.view.clone());
-        tokio::spawn(metrics::serve(listener, controller.metrics(), metrics::Listeners(listeners), sync_view, metrics_stats));
+        tokio::spawn(metrics::serve(
+            listener,
+            controller.metrics(),
+            metrics::Listeners(listeners),
+            sync_view,
+            bfd_rejected.clone(),
+            metrics_stats,
+        ));
     }
     info!(
         "redirectord running: {} regions, {} services, control socket {}",

@@ -257,7 +257,11 @@ impl RegionHealth {
     /// the region's `checks`); a check it does not have changes nothing.
     pub fn record(&mut self, check: usize, probe: Probe) -> Option<Transition> {
         let at = probe.at;
-        let why = self.checks.get_mut(check)?.record(probe, self.rise, self.fall)?;
+        let status = self.checks.get_mut(check)?;
+        // A BFD session applies the multiplier itself (`fall` is its detect
+        // multiplier): its state changes are verdicts.
+        let (rise, fall) = if status.kind == CheckKind::Bfd { (1, 1) } else { (self.rise, self.fall) };
+        let why = status.record(probe, rise, fall)?;
         let health = self.aggregate();
         (health != self.condition.health).then(|| self.change(at, |c| c.health = health, why))
     }
@@ -386,6 +390,19 @@ mod tests {
 
     fn miss(n: usize) -> Vec<Outcome> {
         vec![Outcome::Timeout; n]
+    }
+
+    #[test]
+    fn a_bfd_sessions_state_changes_are_verdicts_at_once() {
+        let mut r = region(1);
+        r.checks[0].kind = CheckKind::Bfd;
+        let mut clock = Duration::ZERO;
+        let up = feed(&mut r, 0, &mut clock, &ok(1));
+        assert_eq!((up.len(), up[0].0, up[0].1.to.health), (1, 1, Health::Up), "one report of Up, not rise (3)");
+        let failed = Outcome::Failure("session down (control detection time expired)".into());
+        let down = feed(&mut r, 0, &mut clock, &[failed]);
+        assert_eq!((down.len(), down[0].1.to.health), (1, Health::Down), "the session's detection is the multiplier");
+        assert!(down[0].1.reason.starts_with("bfd 10.1.0.2:7946: 1 misses in a row"), "{}", down[0].1.reason);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! `dataplane` (the BPF maps and links), `checkers` (probes),
 //! `control_server`, `metrics`, and `daemon`, which wires them.
 pub mod alerts;
+pub mod bfd;
 pub mod checkers;
 pub mod cli;
 pub mod config;

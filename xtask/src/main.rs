@@ -97,6 +97,9 @@ const APT_PACKAGES: &[&str] = &[
     // conntrackd (and `conntrack -F` empties a "rebooted" gateway's table).
     "conntrackd",
     "conntrack",
+    // BFD checks are tested against FRR's bfdd in the regions, the peer
+    // operators' routers run.
+    "frr",
     // The metrics as operators consume them: a test scrapes redirectord with
     // Debian's Prometheus and checks the exposition and the shipped alert
     // rules with its promtool.

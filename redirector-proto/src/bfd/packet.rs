@@ -225,6 +225,26 @@ impl fmt::Display for BfdError {
 impl std::error::Error for BfdError {}
 
 impl Control {
+    /// A packet in `state` between two discriminators, at the given pace,
+    /// with no flag set and no authentication.
+    pub fn new(state: State, mine: u32, yours: u32, detect_mult: u8, desired_min_tx_us: u32, required_min_rx_us: u32) -> Control {
+        Control {
+            diag: 0,
+            state,
+            poll: false,
+            final_: false,
+            control_plane_independent: false,
+            demand: false,
+            detect_mult,
+            my_discriminator: mine,
+            your_discriminator: yours,
+            desired_min_tx_us,
+            required_min_rx_us,
+            required_min_echo_rx_us: 0,
+            auth: None,
+        }
+    }
+
     /// Decodes `datagram` and checks what needs no session. The digest is
     /// not checked here (that needs the session's key): see [`verify`].
     pub fn decode(datagram: &[u8]) -> Result<Control, BfdError> {
@@ -373,21 +393,7 @@ mod tests {
     use super::*;
 
     fn up(my: u32, your: u32) -> Control {
-        Control {
-            diag: 0,
-            state: State::Up,
-            poll: false,
-            final_: false,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: 3,
-            my_discriminator: my,
-            your_discriminator: your,
-            desired_min_tx_us: 10_000,
-            required_min_rx_us: 10_000,
-            required_min_echo_rx_us: 0,
-            auth: None,
-        }
+        Control::new(State::Up, my, your, 3, 10_000, 10_000)
     }
 
     fn key() -> AuthKey {

@@ -193,18 +193,16 @@ impl Session {
     pub fn transmit(&mut self, now: Duration, jitter: f64) -> Vec<u8> {
         let packet = Control {
             diag: self.diag,
-            state: self.state,
             poll: self.polling && !self.final_due,
             final_: self.final_due,
-            control_plane_independent: false,
-            demand: false,
-            detect_mult: self.settings.detect_mult,
-            my_discriminator: self.local_discriminator,
-            your_discriminator: self.remote_discriminator,
-            desired_min_tx_us: micros(self.desired_tx),
-            required_min_rx_us: micros(self.settings.interval),
-            required_min_echo_rx_us: 0,
-            auth: None,
+            ..Control::new(
+                self.state,
+                self.local_discriminator,
+                self.remote_discriminator,
+                self.settings.detect_mult,
+                micros(self.desired_tx),
+                micros(self.settings.interval),
+            )
         };
         self.final_due = false;
         let key = self.settings.key.as_ref().map(|key| {

@@ -328,6 +328,14 @@ pub enum Check {
     Tcp {
         address: SocketAddrV4,
     },
+    /// A BFD session with the region's router or host: `interval_ms` is
+    /// its desired TX and required RX interval, `fall` its detect
+    /// multiplier. With a key file, meticulous keyed SHA1 under `key_id`.
+    Bfd {
+        address: Ipv4Addr,
+        key_file: Option<PathBuf>,
+        key_id: u8,
+    },
 }
 
 impl Check {
@@ -336,6 +344,7 @@ impl Check {
             Check::Heartbeat { .. } => CheckKind::Heartbeat,
             Check::Http(_) => CheckKind::Http,
             Check::Tcp { .. } => CheckKind::Tcp,
+            Check::Bfd { .. } => CheckKind::Bfd,
         }
     }
 
@@ -344,6 +353,7 @@ impl Check {
         match self {
             Check::Heartbeat { address, .. } | Check::Tcp { address } => address.to_string(),
             Check::Http(http) => http.url.clone(),
+            Check::Bfd { address, .. } => address.to_string(),
         }
     }
 }

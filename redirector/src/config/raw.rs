@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
 };
 
@@ -126,8 +126,10 @@ impl RawRegion {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCheck {
     pub(super) kind: Spanned<CheckKind>,
-    pub(super) address: Option<Spanned<SocketAddrV4>>,
+    /// ADDR:PORT, or for BFD the peer's address alone.
+    pub(super) address: Option<Spanned<String>>,
     pub(super) key_file: Option<Spanned<PathBuf>>,
+    pub(super) key_id: Option<Spanned<u8>>,
     pub(super) url: Option<Spanned<String>>,
     pub(super) expect_status: Option<Spanned<u16>>,
 }

@@ -264,6 +264,40 @@ fn a_check_without_its_required_key_is_refused() {
 }
 
 #[test]
+fn a_bfd_check_takes_the_peers_address_alone_and_an_optional_key() {
+    let heartbeat = r#"{ kind = "heartbeat", address = "10.2.0.2:7946" }"#;
+    let with = |check: &str| lab_with(heartbeat, check);
+    let config = Config::parse(&with(r#"{ kind = "bfd", address = "10.2.0.2" }"#), "lab.toml").unwrap();
+    assert_eq!(
+        config.regions[1].checks[0],
+        Check::Bfd { address: "10.2.0.2".parse().unwrap(), key_file: None, key_id: 1 }
+    );
+    assert_eq!(config.regions[1].checks[0].to_string(), "bfd 10.2.0.2");
+    let keyed = with(r#"{ kind = "bfd", address = "10.2.0.2", key_file = "/etc/redirector/bfd.key", key_id = 9 }"#);
+    assert_eq!(
+        Config::parse(&keyed, "lab.toml").unwrap().regions[1].checks[0],
+        Check::Bfd { address: "10.2.0.2".parse().unwrap(), key_file: Some("/etc/redirector/bfd.key".into()), key_id: 9 }
+    );
+    assert_eq!(
+        refused(&with(r#"{ kind = "bfd", address = "10.2.0.2:3784" }"#)),
+        "lab.toml:26: region \"region2\".checks[0].address: \"10.2.0.2:3784\" is not an IPv4 address (a bfd check \
+         takes the peer's address alone: BFD's port is 3784)"
+    );
+    assert_eq!(
+        refused(&with(r#"{ kind = "bfd", address = "10.2.0.2", url = "http://10.2.0.2/" }"#)),
+        "lab.toml:26: region \"region2\".checks[0].url: a bfd check has no url (its keys: address, key_file, key_id)"
+    );
+    assert_eq!(
+        refused(&with(r#"{ kind = "heartbeat", address = "10.2.0.2" }"#)),
+        "lab.toml:26: region \"region2\".checks[0].address: \"10.2.0.2\" is not an IPv4 address and port (ADDR:PORT)"
+    );
+    assert_eq!(
+        refused(&with(r#"{ kind = "heartbeat", address = "10.2.0.2:7946", key_id = 3 }"#)),
+        "lab.toml:26: region \"region2\".checks[0].key_id: a heartbeat check has no key_id (its keys: address, key_file)"
+    );
+}
+
+#[test]
 fn a_missing_key_names_its_table() {
     let text = lab_with("address = \"10.1.0.2\"\n", "");
     assert_eq!(

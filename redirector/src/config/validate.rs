@@ -543,10 +543,12 @@ impl Source<'_> {
             CheckKind::Heartbeat => (&["address", "key_file"], "heartbeat"),
             CheckKind::Http => (&["url", "expect_status"], "http"),
             CheckKind::Tcp => (&["address"], "tcp"),
+            CheckKind::Bfd => (&["address", "key_file", "key_id"], "bfd"),
         };
         let present = [
             ("address", raw.address.as_ref().map(Spanned::span)),
             ("key_file", raw.key_file.as_ref().map(Spanned::span)),
+            ("key_id", raw.key_id.as_ref().map(Spanned::span)),
             ("url", raw.url.as_ref().map(Spanned::span)),
             (
                 "expect_status",
@@ -572,9 +574,13 @@ impl Source<'_> {
                 format!("a {kind_name} check needs {name}"),
             )
         };
+        let address_key = format!("{key}.address");
         let address = || -> Result<SocketAddrV4, ConfigError> {
             let address = raw.address.as_ref().ok_or_else(|| missing("address"))?;
-            self.endpoint(address, &format!("{key}.address"))
+            let parsed = address.get_ref().parse::<SocketAddrV4>().map_err(|_| {
+                self.error(address.span(), &address_key, format!("{:?} is not an IPv4 address and port (ADDR:PORT)", address.get_ref()))
+            })?;
+            self.endpoint(&Spanned::new(address.span(), parsed), &address_key)
         };
         Ok(match kind {
             CheckKind::Heartbeat => Check::Heartbeat {
@@ -582,6 +588,21 @@ impl Source<'_> {
                 key_file: raw.key_file.as_ref().map(|k| k.get_ref().clone()),
             },
             CheckKind::Tcp => Check::Tcp { address: address()? },
+            CheckKind::Bfd => {
+                let address = raw.address.as_ref().ok_or_else(|| missing("address"))?;
+                let peer = address.get_ref().parse::<Ipv4Addr>().map_err(|_| {
+                    self.error(
+                        address.span(),
+                        &address_key,
+                        format!("{:?} is not an IPv4 address (a bfd check takes the peer's address alone: BFD's port is 3784)", address.get_ref()),
+                    )
+                })?;
+                Check::Bfd {
+                    address: self.unicast(&Spanned::new(address.span(), peer), &address_key)?,
+                    key_file: raw.key_file.as_ref().map(|k| k.get_ref().clone()),
+                    key_id: raw.key_id.as_ref().map_or(1, |id| *id.get_ref()),
+                }
+            }
             CheckKind::Http => {
                 let url = raw.url.as_ref().ok_or_else(|| missing("url"))?;
                 let expect_status = match &raw.expect_status {

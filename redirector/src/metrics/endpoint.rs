@@ -10,6 +10,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{render, Listeners, Shared, SharedSync};
+use crate::bfd::Rejected;
 use crate::{
     http::{self, BadRequest},
     listener::{self, ListenerStats},
@@ -20,22 +21,29 @@ const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Serves `GET` (and `HEAD`) `/metrics` on `listener` until the process
 /// ends.
-pub async fn serve(listener: TcpListener, shared: Shared, listeners: Listeners, sync: SharedSync, stats: Arc<ListenerStats>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Shared,
+    listeners: Listeners,
+    sync: SharedSync,
+    bfd: Arc<Rejected>,
+    stats: Arc<ListenerStats>,
+) {
     if let Ok(at) = listener.local_addr() {
         info!("metrics on http://{at}/metrics");
     }
     listener::serve(listener, "metrics", DEADLINE, stats, move |conn| {
-        answer(conn, shared.clone(), listeners.clone(), sync.clone())
+        answer(conn, shared.clone(), listeners.clone(), sync.clone(), bfd.clone())
     })
     .await
 }
 
-async fn answer(mut conn: TcpStream, shared: Shared, listeners: Listeners, sync: SharedSync) {
+async fn answer(mut conn: TcpStream, shared: Shared, listeners: Listeners, sync: SharedSync, bfd: Arc<Rejected>) {
     let response = match http::read_head(&mut conn).await {
         Err(BadRequest::Gone) => return,
         Err(BadRequest::Malformed) => http::answer("400 Bad Request", "", ""),
         Ok(head) => match (head.method.as_str(), head.path.as_str()) {
-            (method @ ("GET" | "HEAD"), "/metrics") => match render(&shared, &listeners, &sync) {
+            (method @ ("GET" | "HEAD"), "/metrics") => match render(&shared, &listeners, &sync, &bfd) {
                 Ok(body) => {
                     let header = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -73,7 +81,7 @@ mod tests {
     async fn get_and_head_of_metrics_with_any_query_are_answered_and_the_rest_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let at = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Shared::default(), Listeners::default(), None, Arc::default()));
+        tokio::spawn(serve(listener, Shared::default(), Listeners::default(), None, Arc::default(), Arc::default()));
         for (request, status) in [
             ("GET /metrics?x=1&y HTTP/1.1\r\n\r\n", "200 OK"),
             ("HEAD /metrics HTTP/1.0\r\n\r\n", "200 OK"),
@@ -91,7 +99,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let at = listener.local_addr().unwrap();
         let stats = Arc::new(ListenerStats::default());
-        tokio::spawn(serve(listener, Shared::default(), Listeners::default(), None, stats.clone()));
+        tokio::spawn(serve(listener, Shared::default(), Listeners::default(), None, Arc::default(), stats.clone()));
         let mut split = TcpStream::connect(at).await.unwrap();
         for part in ["GE", "T /metr", "ics HTTP/1.1\r\n", "Host: x\r\n", "\r\n"] {
             split.write_all(part.as_bytes()).await.unwrap();

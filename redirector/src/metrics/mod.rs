@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::listener::ListenerStats;
+use crate::{bfd::Rejected, listener::ListenerStats};
 
 mod endpoint;
 mod sync;
@@ -227,10 +227,11 @@ pub type SharedSync = Option<Arc<Mutex<SyncView>>>;
 
 /// The exposition text of a snapshot, with what the listeners turned away
 /// and the flow sync's state, in Prometheus's text format 0.0.4.
-pub fn render(shared: &Shared, listeners: &Listeners, sync: &SharedSync) -> Result<String, fmt::Error> {
+pub fn render(shared: &Shared, listeners: &Listeners, sync: &SharedSync, bfd: &Arc<Rejected>) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector(shared.clone())));
     registry.register_collector(Box::new(listeners.clone()));
+    registry.register_collector(Box::new(BfdRejected(bfd.clone())));
     if let Some(view) = sync {
         registry.register_collector(Box::new(sync::SyncCollector(view.clone())));
     }
@@ -261,6 +262,25 @@ fn text_format(open_metrics: &str) -> String {
         text.push('\n');
     }
     text
+}
+
+/// BFD datagrams the checks refused, by cause.
+#[derive(Debug)]
+struct BfdRejected(Arc<Rejected>);
+
+impl Collector for BfdRejected {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "redirector_bfd_rejected",
+            "BFD datagrams refused, by cause (malformed, unknown session, authentication, TTL)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (cause, n) in self.0.snapshot() {
+            ConstCounter::new(n).encode(family.encode_family(&[("cause", cause)])?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The daemon's listeners, by name, with what they turned away.
@@ -334,7 +354,7 @@ mod tests {
         }
         let stats = Arc::new(ListenerStats::default());
         stats.refused.store(9, Ordering::Relaxed);
-        let text = render(&shared, &Listeners(vec![("metrics", stats)]), &None).unwrap();
+        let text = render(&shared, &Listeners(vec![("metrics", stats)]), &None, &Arc::default()).unwrap();
         for line in [
             r#"redirector_region_state{region="region1"} 2"#,
             r#"redirector_region_packets_total{region="region1"} 42"#,

@@ -25,9 +25,11 @@ use crate::{
     xdp::PinDir,
 };
 
+mod bfdd;
 mod daemon;
 mod nat;
 mod pair;
+pub use bfdd::BfdPeer;
 pub use daemon::Daemon;
 pub use pair::{keepalived_config, Guard, Side};
 
@@ -171,6 +173,8 @@ pub struct LabOptions {
     pub pair: Option<PairOptions>,
     /// `[passive]` with `syn_refused` at this threshold (window 1 s).
     pub passive: Option<u32>,
+    /// The regions checked by BFD alone, each peer FRR's bfdd in the region.
+    pub bfd: Option<BfdPeer>,
     /// A second TCP service, "closed", on [`CLOSED_PORT`] at the same VIP,
     /// by priority: no region serves it, so every SYN is refused.
     pub closed_service: bool,
@@ -212,6 +216,7 @@ impl Default for LabOptions {
             alerts: false,
             pair: None,
             passive: None,
+            bfd: None,
             closed_service: false,
         }
     }
@@ -236,6 +241,7 @@ pub struct Lab {
     // files and namespaces.
     servers: Vec<Option<Process>>,
     agents: Vec<Option<Process>>,
+    bfdds: Vec<Option<Process>>,
     /// A pair's keepalived, by [`Side`].
     keepalived: [Option<Process>; 2],
     /// What else runs on a pair's gateway host (conntrackd), by [`Side`].
@@ -286,6 +292,7 @@ impl Lab {
         let mut lab = Self {
             servers: Vec::new(),
             agents: Vec::new(),
+            bfdds: Vec::new(),
             keepalived: [None, None],
             pair_extras: [Vec::new(), Vec::new()],
             gateway,
@@ -326,6 +333,8 @@ impl Lab {
                 None
             };
             lab.agents.push(agent);
+            let bfdd = if lab.options.bfd.is_some() { Some(lab.start_bfdd(region)?) } else { None };
+            lab.bfdds.push(bfdd);
         }
         Ok(lab)
     }
@@ -406,10 +415,10 @@ impl Lab {
         writeln!(text, "\n[balance]\ndwell_ms = {}\nsample_ms = {}", o.dwell_ms, o.sample_ms).unwrap();
         for region in &self.topo.regions {
             let n: u8 = region.name.trim_start_matches("region").parse().unwrap();
-            let mut checks = vec![format!(
-                "{{ kind = \"http\", url = \"http://{}:{HTTP_PORT}/\", expect_status = 200 }}",
-                region.addr
-            )];
+            let mut checks = vec![match o.bfd {
+                Some(_) => format!("{{ kind = \"bfd\", address = \"{}\" }}", region.addr),
+                None => format!("{{ kind = \"http\", url = \"http://{}:{HTTP_PORT}/\", expect_status = 200 }}", region.addr),
+            }];
             if o.heartbeat {
                 let key = if o.heartbeat_key {
                     format!(", key_file = {:?}", self.key_path().display().to_string())
@@ -512,12 +521,29 @@ impl Lab {
         Ok(process)
     }
 
+    /// FRR's bfdd in region `n`, peering with the gateway's address on the
+    /// region's link.
+    pub fn start_bfdd(&self, region: u8) -> Result<Process> {
+        let settings = self.options.bfd.context("start_bfdd needs LabOptions::bfd")?;
+        let addr = self.topo.region(&format!("region{region}")).addr;
+        let gateway_side = Ipv4Addr::new(10, region, 0, 1);
+        bfdd::start(self.region_ns(region), &self.dir.join(format!("bfdd-r{region}")), gateway_side, addr, settings)
+    }
+
+    /// Kills region `n`'s bfdd (SIGKILL: its peer hears nothing more).
+    pub fn kill_bfdd(&mut self, region: u8) -> Result<()> {
+        kill_in(&mut self.bfdds, region)
+    }
+
+    pub fn restore_bfdd(&mut self, region: u8) -> Result<()> {
+        let bfdd = self.start_bfdd(region)?;
+        self.bfdds[region as usize - 1] = Some(bfdd);
+        Ok(())
+    }
+
     /// Kills region `n`'s HTTP server (SIGKILL: no goodbye).
     pub fn kill_server(&mut self, region: u8) -> Result<()> {
-        if let Some(server) = self.servers[region as usize - 1].take() {
-            server.stop(libc::SIGKILL)?;
-        }
-        Ok(())
+        kill_in(&mut self.servers, region)
     }
 
     pub fn restore_server(&mut self, region: u8) -> Result<()> {
@@ -541,10 +567,7 @@ impl Lab {
     }
 
     pub fn kill_agent(&mut self, region: u8) -> Result<()> {
-        if let Some(agent) = self.agents[region as usize - 1].take() {
-            agent.stop(libc::SIGKILL)?;
-        }
-        Ok(())
+        kill_in(&mut self.agents, region)
     }
 
     /// Starts redirectord in the gateway and waits until it answers and
@@ -743,8 +766,17 @@ impl Drop for Lab {
         }
         self.servers.clear();
         self.agents.clear();
+        self.bfdds.clear();
         self.cgroups.clear();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGKILLs region `n`'s process of `slots` (one per region), if running.
+fn kill_in(slots: &mut [Option<Process>], region: u8) -> Result<()> {
+    match slots[region as usize - 1].take() {
+        Some(process) => process.stop(libc::SIGKILL),
+        None => Ok(()),
     }
 }
 
