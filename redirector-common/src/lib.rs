@@ -271,7 +271,9 @@ pub struct Flow {
     /// A new TCP flow's original entry, once the region answered its SYN:
     /// the acknowledgement number (host order) the client's ACK must carry
     /// to complete the handshake and move the flow to the established
-    /// table. 0 otherwise.
+    /// table. Its reply twin, when a SYN opened the flow: the SYN's
+    /// sequence number + 1, what a region refusing it acknowledges
+    /// (passive detection). 0 otherwise.
     pub handshake: u32,
     /// Cached next hop, asked of the FIB again whenever `last_seen_ns` is
     /// refreshed, so routes and neighbours that change apply within

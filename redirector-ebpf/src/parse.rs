@@ -145,6 +145,17 @@ impl Packet {
         }
     }
 
+    /// A SYN's sequence number (host order): the client's ISN.
+    #[inline(always)]
+    pub fn tcp_syn_seq(&self) -> Option<u32> {
+        match self.l4 {
+            L4::Tcp(tcp) => unsafe {
+                ((*tcp).syn() != 0 && (*tcp).ack() == 0).then(|| u32::from_be_bytes((*tcp).seq))
+            },
+            _ => None,
+        }
+    }
+
     /// A SYN-ACK's sequence number (host order): a region answering a SYN.
     #[inline(always)]
     pub fn tcp_synack_seq(&self) -> Option<u32> {
@@ -168,12 +179,15 @@ impl Packet {
         }
     }
 
-    /// TCP with RST set.
+    /// A RST+ACK's acknowledgement number (host order): what a host
+    /// refusing a segment without ACK (a SYN to a closed port) acknowledges.
     #[inline(always)]
-    pub fn is_tcp_rst(&self) -> bool {
+    pub fn tcp_rst_ack_number(&self) -> Option<u32> {
         match self.l4 {
-            L4::Tcp(tcp) => unsafe { (*tcp).rst() != 0 },
-            _ => false,
+            L4::Tcp(tcp) => unsafe {
+                ((*tcp).rst() != 0 && (*tcp).ack() != 0).then(|| u32::from_be_bytes((*tcp).ack_seq))
+            },
+            _ => None,
         }
     }
 

@@ -16,7 +16,7 @@ use redirector_common::{RegionSignal, SIGNAL_SYN_REFUSED};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::warn;
 
-use crate::config::PassiveSettings;
+use crate::{config::PassiveSettings, dataplane::flow_table::monotonic_ns};
 
 /// A SYN refused by `region`, seen at `at` (the controller's clock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,10 @@ impl Detector {
 }
 
 /// Reads the data plane's region signals as they come and passes them to
-/// the controller's loop, stamped with `now()`.
+/// the controller's loop, stamped with `now()`. Signals the data plane
+/// wrote before this reader started (the pinned ring kept them while no
+/// daemon ran: a restart, an upgrade) are dropped: they describe a past
+/// that the checks have judged since.
 pub async fn read_signals(
     ring: RingBuf<MapData>,
     now: impl Fn() -> Duration,
@@ -73,8 +76,12 @@ pub async fn read_signals(
         Ok(ring) => ring,
         Err(e) => return warn!("passive detection: {e}; regions are judged by their checks alone"),
     };
+    let started_ns = monotonic_ns();
     loop {
-        let Ok(mut guard) = ring.readable_mut().await else { return };
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(e) => return warn!("passive detection: reading signals: {e}; regions are judged by their checks alone"),
+        };
         let at = now();
         while let Some(item) = guard.get_inner_mut().next() {
             if item.len() != std::mem::size_of::<RegionSignal>() {
@@ -83,7 +90,8 @@ pub async fn read_signals(
             // SAFETY: RegionSignal is plain integers; read unaligned from a
             // buffer of its size.
             let raw = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const RegionSignal) };
-            if raw.kind == SIGNAL_SYN_REFUSED && signals.send(Signal { region: raw.region_id, at }).await.is_err() {
+            let fresh = raw.at_ns >= started_ns;
+            if fresh && raw.kind == SIGNAL_SYN_REFUSED && signals.send(Signal { region: raw.region_id, at }).await.is_err() {
                 return;
             }
         }
@@ -94,7 +102,6 @@ pub async fn read_signals(
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     fn detector(threshold: u32, window_ms: u64) -> Detector {
         Detector::new(PassiveSettings { threshold, window: Duration::from_millis(window_ms) }, 2)

@@ -58,6 +58,31 @@ fn answers_and_resets_of_established_flows_signal_nothing() {
     assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::RegionSignalLost), 0);
 }
 
+/// Resets a client can draw from a listening region: none may pass for a
+/// refused SYN, or one client could take a healthy region down.
+#[test]
+fn resets_that_do_not_acknowledge_the_flows_syn_signal_nothing() {
+    let mut gw = Gateway::with_passive_detection().unwrap();
+    gw.select(R1.id).unwrap();
+    let mut ring = gw.dataplane.take_region_signals().unwrap();
+    let rst = |client_port: u16, ack: bool, ack_no: u32| {
+        let mut f = refused(R1, client_port);
+        f.l4 = L4::Tcp { src_port: 80, dst_port: client_port, syn: false, ack, fin: false, rst: true, seq: 0, ack_no };
+        f
+    };
+    // The SYN's sequence number is 1000: a refusal acknowledges 1001.
+    gw.run(&from_client(VIP, L4::tcp_syn(42_004, 80)).bytes(), "cli").unwrap();
+    gw.run(&rst(42_004, true, 5_000).bytes(), R1.iface).unwrap();
+    // A bad ACK after the SYN-ACK is reset without ACK.
+    gw.run(&from_client(VIP, L4::tcp_syn(42_005, 80)).bytes(), "cli").unwrap();
+    gw.run(&rst(42_005, false, 0).bytes(), R1.iface).unwrap();
+    // A flow no SYN opened (a client's stray segment, steered as a new flow).
+    gw.run(&from_client(VIP, L4::tcp(42_006, 80)).bytes(), "cli").unwrap();
+    gw.run(&rst(42_006, true, 1001).bytes(), R1.iface).unwrap();
+    assert!(signals(&mut ring).is_empty());
+    assert_eq!(gw.dataplane.new_flows().unwrap().len(), 6, "all three flows were tracked, so each reset was judged");
+}
+
 #[test]
 fn without_passive_detection_nothing_is_signalled() {
     let mut gw = Gateway::new().unwrap();

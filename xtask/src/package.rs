@@ -194,7 +194,7 @@ fn report(built: &Built) -> Result<()> {
 /// happened in between.
 fn check_installed(root: &Path, built: &Built) -> Result<()> {
     // The demo's own tools (the lab, the regions' servers) come from the
-    // test bed's build.
+    // test bed's build (target/release, where the lab runs from).
     run_command(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(root).args([
         "build",
         "--release",
@@ -203,6 +203,11 @@ fn check_installed(root: &Path, built: &Built) -> Result<()> {
         "redirector-tests",
         "--bins",
     ]))?;
+    ensure!(
+        !Path::new(EXAMPLE_PINS).exists(),
+        "{EXAMPLE_PINS} exists (a data plane pinned there?): removing the package would take it down; \
+         run the check where none is"
+    );
     let mut dpkg = Command::new("dpkg");
     dpkg.arg("-i").args(&built.debs);
     run_command(&mut dpkg)?;
@@ -266,13 +271,23 @@ fn check_config_with_its_interfaces(config: &str) -> Result<()> {
     checked.and(removed)
 }
 
+/// The example config's pin path: what removing the package must take down
+/// when redirectord is not there to detach.
+const EXAMPLE_PINS: &str = "/sys/fs/bpf/redirector";
+
+/// Purges both packages. A pin directory stands where the example config
+/// pins its data plane, as a stopped redirectord leaves it: the removal
+/// must take it away.
 fn purge() -> Result<()> {
+    let pins = Path::new(EXAMPLE_PINS);
+    fs::create_dir_all(pins).with_context(|| format!("creating {EXAMPLE_PINS} (is bpffs mounted?)"))?;
     let mut dpkg = Command::new("dpkg");
     dpkg.arg("--purge").args(PACKAGES);
     run_command(&mut dpkg)?;
     for gone in ["/usr/bin/redirectord", "/etc/redirector/redirector.toml", "/etc/default/redirector-agent"] {
         ensure!(!Path::new(gone).exists(), "{gone} is left after the purge");
     }
+    ensure!(!pins.exists(), "{EXAMPLE_PINS} is left after the removal: prerm did not take the data plane down");
     Ok(())
 }
 

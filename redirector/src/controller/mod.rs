@@ -602,6 +602,8 @@ impl<D: Dataplane> Controller<D> {
             .collect();
         self.agent_reports.resize(config.regions.len(), None);
         self.heartbeat_counters = checks_of(&config);
+        // Appended regions are watched too (recent refusals start over).
+        self.passive = config.passive.map(|settings| Detector::new(settings, config.regions.len()));
         self.generation += 1;
         self.config = config;
         self.adopt(live);

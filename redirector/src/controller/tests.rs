@@ -314,6 +314,29 @@ fn refused_syns_take_a_region_down_at_once_and_its_checks_bring_it_back() {
 }
 
 #[test]
+fn a_region_appended_by_reload_is_watched_by_passive_detection() {
+    let two = |text: &str| {
+        let mut c = config(text);
+        c.regions.truncate(2);
+        c.services[0].regions.retain(|r| *r != R3);
+        c
+    };
+    let passive = format!("{WEB}[passive]\nsyn_refused = 2\nwindow_ms = 100\n");
+    let mut rig = Rig::settled(two(&passive));
+    rig.controller.reload(config(&passive)).unwrap();
+    for _ in 0..3 {
+        rig.round([true; 3]);
+    }
+    rig.writes();
+    for _ in 0..2 {
+        rig.clock.advance(MS);
+        let at = rig.clock.now();
+        rig.controller.on_region_signal(passive::Signal { region: R3, at });
+    }
+    assert!(rig.writes().contains(&Write::RegionState(R3, RegionState::Down)), "region3 taken down");
+}
+
+#[test]
 fn without_passive_detection_signals_change_nothing() {
     let mut rig = Rig::settled(config(WEB));
     rig.writes();

@@ -191,9 +191,10 @@ impl Model {
         }
         let twin = reply_key(&p.key, flow.rewrite_addr, flow.rewrite_port);
         self.touched.push(twin);
-        let Some(reply) = self.new_flows.get(&twin).copied() else {
+        let Some(mut reply) = self.new_flows.get(&twin).copied() else {
             return false;
         };
+        reply.handshake = 0;
         let mut original = *flow;
         original.flags &= !FLOW_ANSWERED;
         original.handshake = 0;
@@ -288,6 +289,9 @@ impl Model {
         flow.rewrite_addr = p.key.dst_addr;
         flow.rewrite_port = p.key.dst_port;
         flow.next_hop = NextHop::default();
+        // A SYN's sequence number + 1: what a refusal acknowledges.
+        let syn = p.protocol == IPPROTO_TCP && p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0;
+        flow.handshake = if syn { p.seq.wrapping_add(1) } else { 0 };
         let reply = reply_key(&p.key, backend_addr, backend_port);
         table.insert(reply, flow);
         self.touched.push(reply);

@@ -278,7 +278,7 @@ mod tests {
             .into_iter()
             .map(|(iface, addr)| (iface.to_string(), Ipv4Addr::from(addr)))
             .collect();
-        let expected = keepalived_config(Side::A, &shared, Duration::from_millis(100), Guard::Ready("/usr/local/bin/redirectorctl ready"));
+        let expected = keepalived_config(Side::A, &shared, Duration::from_millis(100), Guard::Ready("/usr/bin/redirectorctl ready"));
         if std::env::var_os("REDIRECTOR_BLESS").is_some() {
             fs::write(DIST, &expected).unwrap();
         }

@@ -3,6 +3,14 @@
 //! in that region; it is told to `redirectord` through a ring buffer as it
 //! passes, and a policy there decides (never on one signal). Only when the
 //! loader sets `PASSIVE_DETECTION`: at 0 the verifier removes the branch.
+//!
+//! "In answer to a SYN" is checked, not assumed: the reset must carry ACK
+//! and acknowledge the flow's SYN (its sequence number + 1, kept in the
+//! reply twin when the SYN pinned it). A client cannot forge the signal
+//! with segments a listening region resets: a bad ACK is reset without
+//! ACK, a segment of a flow no SYN opened has nothing to match, and a
+//! segment without ACK after the SYN is dropped by the region's half-open
+//! connection.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, Global};
 use redirector_common::{Flow, Reason, RegionSignal, SIGNAL_SYN_REFUSED};
@@ -18,7 +26,10 @@ static PASSIVE_DETECTION: Global<u8> = Global::new(0);
 /// entry of a flow still in its handshake.
 #[inline(always)]
 pub fn handshake_answer(pkt: &Packet, reply: &Flow) {
-    if PASSIVE_DETECTION.load() == 0 || !pkt.is_tcp_rst() {
+    if PASSIVE_DETECTION.load() == 0 {
+        return;
+    }
+    if reply.handshake == 0 || pkt.tcp_rst_ack_number() != Some(reply.handshake) {
         return;
     }
     let Some(mut entry) = REGION_SIGNALS.reserve::<RegionSignal>(0) else {

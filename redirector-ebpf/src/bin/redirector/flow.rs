@@ -88,7 +88,9 @@ pub fn promote(key: &FlowKey, flow: *const Flow) -> Option<*mut Flow> {
     original.flags &= !FLOW_ANSWERED;
     original.handshake = 0;
     let twin = key.reply_key(original.rewrite_addr, original.rewrite_port);
-    let reply = unsafe { *NEW_FLOWS.get(&twin)? };
+    let mut reply = unsafe { *NEW_FLOWS.get(&twin)? };
+    // Established: no refusal to recognise any more.
+    reply.handshake = 0;
     FLOWS.insert(&twin, &reply, 0).ok()?;
     FLOWS.insert(key, &original, 0).ok()?;
     sync::announce(key, &original, SYNC_EVENT_PINNED);
@@ -107,6 +109,10 @@ pub struct Placement<'a> {
     /// What the peers are told when the flow lands in `FLOWS`:
     /// `SYNC_EVENT_PINNED` or `SYNC_EVENT_RE_STEERED`.
     pub event: u8,
+    /// Opened by a SYN: its sequence number + 1, what a region refusing it
+    /// acknowledges (kept in the reply twin for passive detection); 0
+    /// otherwise.
+    pub refusal_ack: u32,
 }
 
 /// Pins the flow to `region_id` at `backend` (new, or moved off a down
@@ -143,6 +149,7 @@ pub fn pin(
     flow.direction = FLOW_REPLY;
     flow.rewrite_addr = key.dst_addr;
     flow.rewrite_port = key.dst_port;
+    flow.handshake = placement.refusal_ack;
     // It leaves toward the client: resolved on its first packet.
     flow.next_hop = NextHop::default();
     let _ = table.insert(&key.reply_key(backend.addr, backend.port), &flow, 0);

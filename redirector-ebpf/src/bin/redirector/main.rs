@@ -113,7 +113,12 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             if midstream {
                 stats::count_reason(Reason::MidstreamNoFlow);
             }
-            let placement = Placement { table, flags: carried_flags | pkt.tcp_close_flags(), event };
+            let placement = Placement {
+                table,
+                flags: carried_flags | pkt.tcp_close_flags(),
+                event,
+                refusal_ack: pkt.tcp_syn_seq().map_or(0, |seq| seq.wrapping_add(1)),
+            };
             new_flow(ctx, &pkt, &key, service, &placement, now)
         }
         None => (xdp_action::XDP_PASS, Reason::PassNotService),
