@@ -15,7 +15,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -38,6 +38,27 @@ pub struct Peer {
     pub check: usize,
     pub address: Ipv4Addr,
     pub settings: Settings,
+}
+
+/// What outlives a configuration's BFD task: the receiving socket (a
+/// reload starts the next task before the last one has ended, and both
+/// cannot bind 3784) and the refusal counters.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub rejected: Rejected,
+    receiver: Mutex<Option<std::net::UdpSocket>>,
+}
+
+impl Shared {
+    /// The receiving socket, bound the first time; each task registers a
+    /// duplicate of it with its own runtime.
+    fn receiver(&self) -> io::Result<UdpSocket> {
+        let mut bound = self.receiver.lock().unwrap_or_else(|e| e.into_inner());
+        if bound.is_none() {
+            *bound = Some(receive_socket()?);
+        }
+        UdpSocket::from_std(bound.as_ref().expect("bound above").try_clone()?)
+    }
 }
 
 /// Datagrams refused, by cause ([`BfdError::name`]), for the metrics.
@@ -64,6 +85,9 @@ struct Running {
     peer: Peer,
     session: Session,
     socket: UdpSocket,
+    /// When this task started it: a session that never came up gets its
+    /// verdict counted from here.
+    started: Duration,
     /// When a not-Up session last reported its failure.
     reported_down: Option<Duration>,
 }
@@ -75,33 +99,52 @@ pub async fn run(
     generation: u64,
     origin: Instant,
     reports: mpsc::Sender<ProbeReport>,
-    rejected: Arc<Rejected>,
+    shared: Arc<Shared>,
 ) {
-    let receiver = match receive_socket() {
-        Ok(socket) => socket,
-        Err(e) => return warn!("bfd: cannot receive on UDP {}: {e}; BFD checks report nothing", packet::PORT),
-    };
     let now = || origin.elapsed();
-    let mut sessions = Vec::new();
-    for (i, peer) in peers.into_iter().enumerate() {
-        let socket = match send_socket(i) {
-            Ok(socket) => socket,
-            Err(e) => return warn!("bfd {}: no source port: {e}", peer.address),
-        };
-        // Discriminators: unique per session and per daemon start.
-        let discriminator = (rand_u32() & 0xffff_ff00) | (i as u32 + 1);
-        let session = Session::new(peer.settings.clone(), discriminator, now());
-        sessions.push(Running { peer, session, socket, reported_down: None });
-    }
-    let by_discriminator: BTreeMap<u32, usize> =
-        sessions.iter().enumerate().map(|(i, s)| (s.session.local_discriminator(), i)).collect();
-    let report = |running: &Running, outcome: Outcome| ProbeReport {
+    let report = |region: usize, check: usize, outcome: Outcome| ProbeReport {
         generation,
-        region: running.peer.region,
-        check: running.peer.check,
+        region,
+        check,
         probe: Probe::new(now(), ProbeResult { outcome, latency: Duration::ZERO }),
         heartbeat: None,
     };
+    let sockets = shared.receiver().and_then(|receiver| {
+        let senders = (0..peers.len()).map(send_socket).collect::<io::Result<Vec<_>>>()?;
+        Ok((receiver, senders))
+    });
+    let (receiver, senders) = match sockets {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            // No session can run: the checks fail, saying why, rather than
+            // leave their regions on their last verdict.
+            warn!("bfd: {e}; every BFD check fails");
+            let why = format!("bfd: no socket on this gateway: {e}");
+            loop {
+                for peer in &peers {
+                    if reports.send(report(peer.region, peer.check, Outcome::Failure(why.clone()))).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(SLOW_TX).await;
+            }
+        }
+    };
+    let mut sessions = Vec::new();
+    let mut by_discriminator = BTreeMap::new();
+    for (peer, socket) in peers.into_iter().zip(senders) {
+        // Discriminators: random, nonzero, unique among this task's.
+        let discriminator = loop {
+            let d = rand_u32();
+            if d != 0 && !by_discriminator.contains_key(&d) {
+                break d;
+            }
+        };
+        by_discriminator.insert(discriminator, sessions.len());
+        let session = Session::new(peer.settings.clone(), discriminator, rand_u32(), now());
+        sessions.push(Running { peer, session, socket, started: now(), reported_down: None });
+    }
+    let report = |running: &Running, outcome: Outcome| report(running.peer.region, running.peer.check, outcome);
     let mut buf = [0u8; 512];
     loop {
         let next = sessions.iter().map(|s| s.session.next_deadline()).min().unwrap_or(SLOW_TX);
@@ -141,7 +184,7 @@ pub async fn run(
                         }
                     }
                     Ok((_, None)) => {}
-                    Err(error) => rejected.count(&error),
+                    Err(error) => shared.rejected.count(&error),
                 }
             }
             _ = sleep_until(deadline) => {
@@ -155,7 +198,7 @@ pub async fn run(
                     // Not Up: a failure once a second, the first once a
                     // silent peer had time to answer.
                     let due = match running.reported_down {
-                        None => at >= first_verdict(&running.peer),
+                        None => at >= running.started + first_verdict(&running.peer),
                         Some(last) => at.saturating_sub(last) >= SLOW_TX,
                     };
                     if running.session.state() != State::Up && due {
@@ -183,8 +226,8 @@ fn first_verdict(peer: &Peer) -> Duration {
     SLOW_TX * u32::from(peer.settings.detect_mult.max(1)) + SLOW_TX
 }
 
-/// Logs a state change and reports it: Up is a success, anything else a
-/// failure saying why. False once the controller is gone.
+/// Logs a state change and reports it: reaching Up is a success, leaving
+/// it a failure saying why. False once the controller is gone.
 async fn announce(
     running: &mut Running,
     change: Change,
@@ -202,9 +245,13 @@ async fn announce(
     let outcome = if change.to == State::Up {
         running.reported_down = None;
         Outcome::Success
-    } else {
+    } else if change.from == State::Up {
         running.reported_down = Some(at);
         down_outcome(&running.session)
+    } else {
+        // Down → Init is the handshake under way, not a verdict: a
+        // session that never comes up gets one from the timer.
+        return true;
     };
     reports.send(report(running, outcome)).await.is_ok()
 }
@@ -214,7 +261,7 @@ fn down_outcome(session: &Session) -> Outcome {
 }
 
 /// UDP 3784 on every address, telling each datagram's TTL.
-fn receive_socket() -> io::Result<UdpSocket> {
+fn receive_socket() -> io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, packet::PORT)))?;
     socket.set_nonblocking(true)?;
     let on: libc::c_int = 1;
@@ -231,7 +278,7 @@ fn receive_socket() -> io::Result<UdpSocket> {
     if set != 0 {
         return Err(io::Error::last_os_error());
     }
-    UdpSocket::from_std(socket)
+    Ok(socket)
 }
 
 /// A port of the session's own in 49152-65535 (RFC 5881 §4), TTL 255.
@@ -269,7 +316,7 @@ fn recvmsg_ttl(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, Opti
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&control);
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: every pointer in msg points at a live buffer of the size given.
     let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
     if n < 0 {
@@ -281,8 +328,9 @@ fn recvmsg_ttl(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, Opti
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL {
-                ttl = Some(*(libc::CMSG_DATA(cmsg) as *const libc::c_int) as u8);
+            let holds_int = (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL && holds_int {
+                ttl = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int) as u8);
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }

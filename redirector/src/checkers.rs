@@ -93,7 +93,7 @@ impl Checkers {
         generation: u64,
         origin: Instant,
         reports: mpsc::Sender<ProbeReport>,
-        bfd_rejected: Arc<bfd::Rejected>,
+        bfd: Arc<bfd::Shared>,
     ) -> Checkers {
         let mut handles = Vec::new();
         let mut bfd_peers = Vec::new();
@@ -131,7 +131,7 @@ impl Checkers {
             }
         }
         if !bfd_peers.is_empty() {
-            handles.push(runtime.spawn(bfd::run(bfd_peers, generation, origin, reports, bfd_rejected)));
+            handles.push(runtime.spawn(bfd::run(bfd_peers, generation, origin, reports, bfd)));
         }
         Checkers(handles)
     }

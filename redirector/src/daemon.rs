@@ -129,7 +129,7 @@ pub async fn run(options: Options) -> Result<()> {
         .build()
         .context("starting the checkers' runtime")?;
     let (probe_tx, mut probe_rx) = mpsc::channel(1024);
-    let bfd_rejected = Arc::new(bfd::Rejected::default());
+    let bfd = Arc::new(bfd::Shared::default());
     let spawn_checkers = |controller: &Controller<BpfDataplane>, keys: &Keys| {
         Checkers::spawn(
             probe_runtime.handle(),
@@ -138,7 +138,7 @@ pub async fn run(options: Options) -> Result<()> {
             controller.generation(),
             origin,
             probe_tx.clone(),
-            bfd_rejected.clone(),
+            bfd.clone(),
         )
     };
     let mut checkers = spawn_checkers(&controller, &keys);
@@ -174,7 +174,7 @@ pub async fn run(options: Options) -> Result<()> {
             controller.metrics(),
             metrics::Listeners(listeners),
             sync_view,
-            bfd_rejected.clone(),
+            bfd.clone(),
             metrics_stats,
         ));
     }

@@ -63,6 +63,24 @@ fn each_failure_takes_a_region_with_an_frr_peer_down_within_a_second() {
     }
 }
 
+/// A reload starts the BFD task anew while the last one still holds its
+/// sockets: the sessions come back up with no verdict in between, and
+/// still detect.
+#[test]
+fn a_reload_keeps_every_region_up_and_its_sessions_detecting() {
+    let mut lab = lab();
+    let before = lab.region_changes("region2").unwrap().len();
+    lab.ctl_ok(&["reload"]).unwrap();
+    // The new sessions' handshake at one packet a second, and then some.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.region_changes("region2").unwrap().len(), before, "region2 changed state across the reload");
+    assert_eq!(bfd_check(&lab, "region2").last_ok, Some(true));
+    lab.kill_bfdd(2).unwrap();
+    let took = lab.wait_active("region1", Duration::from_secs(3)).unwrap();
+    assert!(took < Duration::from_secs(1), "after the reload: {took:?}");
+    assert!(lab.daemon_log().matches("every BFD check fails").count() == 0, "{}", lab.daemon_log());
+}
+
 #[test]
 fn datagrams_that_are_not_a_sessions_control_packets_are_refused_and_counted_by_cause() {
     let lab = lab();

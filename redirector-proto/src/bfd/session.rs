@@ -61,11 +61,16 @@ pub struct Session {
     detect_deadline: Option<Duration>,
     tx_sequence: u32,
     rx_sequence: Option<u32>,
+    /// When the last packet was accepted.
+    last_rx: Option<Duration>,
 }
 
 impl Session {
-    /// A session in Down, to send its first packet at `now`.
-    pub fn new(settings: Settings, local_discriminator: u32, now: Duration) -> Session {
+    /// A session in Down, to send its first packet at `now`; its
+    /// authentication sequence numbers start after `sequence_start`, which
+    /// should be random (§6.8.1), so a peer that remembers an earlier run's
+    /// numbers does not take ours for replays.
+    pub fn new(settings: Settings, local_discriminator: u32, sequence_start: u32, now: Duration) -> Session {
         assert_ne!(local_discriminator, 0, "a discriminator is never 0");
         Session {
             settings,
@@ -83,8 +88,9 @@ impl Session {
             final_due: false,
             next_tx: now,
             detect_deadline: None,
-            tx_sequence: 0,
+            tx_sequence: sequence_start,
             rx_sequence: None,
+            last_rx: None,
         }
     }
 
@@ -135,6 +141,7 @@ impl Session {
             self.check_sequence(auth.kind, auth.sequence, packet.detect_mult)?;
             self.rx_sequence = Some(auth.sequence);
         }
+        self.last_rx = Some(now);
         self.remote_discriminator = packet.my_discriminator;
         self.remote_state = packet.state;
         self.remote_desired_tx = Duration::from_micros(u64::from(packet.desired_min_tx_us));
@@ -161,17 +168,22 @@ impl Session {
             (State::Up, State::Down) => Some(self.go(State::Down, Diag::NeighborSignaledDown as u8, now)),
             _ => None,
         };
-        // A packet from the peer restarts the detection timer, once it has
-        // told us its pace (and not while we are Down: nothing to detect).
-        self.detect_deadline = match (self.state, self.detection_time()) {
-            (State::Init | State::Up, Some(detect)) => Some(now + detect),
-            _ => None,
-        };
+        // A packet from the peer restarts the detection timer, in every
+        // state: in Down its expiry forgets the peer's discriminator.
+        self.detect_deadline = self.detection_time().map(|detect| now + detect);
         Ok(change)
     }
 
-    /// Expires the detection timer if `now` is past it.
+    /// Expires the detection timer if `now` is past it (Init or Up: the
+    /// session goes Down), and forgets the peer's sequence number once it
+    /// has been silent for twice the detection time (§6.8.1: a restarted
+    /// peer starts anew).
     pub fn expire(&mut self, now: Duration) -> Option<Change> {
+        if let (Some(last), Some(detect)) = (self.last_rx, self.detection_time()) {
+            if now >= last + 2 * detect {
+                self.rx_sequence = None;
+            }
+        }
         let deadline = self.detect_deadline?;
         if now < deadline {
             return None;
@@ -301,8 +313,8 @@ mod tests {
 
     #[test]
     fn two_sessions_come_up_through_init_and_speed_up_by_a_poll_sequence() {
-        let mut a = Session::new(settings(None), 0xa, Duration::ZERO);
-        let mut b = Session::new(settings(None), 0xb, Duration::ZERO);
+        let mut a = Session::new(settings(None), 0xa, 0, Duration::ZERO);
+        let mut b = Session::new(settings(None), 0xb, 0, Duration::ZERO);
         let (ca, cb) = exchange(&mut a, &mut b, Duration::ZERO, 3 * SLOW_TX);
         // b hears a's Down first (a sends first), goes Init; a hears Init, Up.
         assert_eq!(states(&cb), [State::Init, State::Up]);
@@ -316,8 +328,8 @@ mod tests {
 
     #[test]
     fn silence_for_the_detection_time_takes_the_session_down_and_no_sooner() {
-        let mut a = Session::new(settings(None), 1, Duration::ZERO);
-        let mut b = Session::new(settings(None), 2, Duration::ZERO);
+        let mut a = Session::new(settings(None), 1, 0, Duration::ZERO);
+        let mut b = Session::new(settings(None), 2, 0, Duration::ZERO);
         exchange(&mut a, &mut b, Duration::ZERO, 3 * SLOW_TX);
         assert_eq!(a.state(), State::Up);
         // b goes silent at 3 s: a's timer was restarted by b's last packet,
@@ -335,8 +347,8 @@ mod tests {
     #[test]
     fn a_peer_saying_down_or_admin_down_takes_an_up_session_down() {
         for said in [State::Down, State::AdminDown] {
-            let mut a = Session::new(settings(None), 1, Duration::ZERO);
-            let mut b = Session::new(settings(None), 2, Duration::ZERO);
+            let mut a = Session::new(settings(None), 1, 0, Duration::ZERO);
+            let mut b = Session::new(settings(None), 2, 0, Duration::ZERO);
             exchange(&mut a, &mut b, Duration::ZERO, 3 * SLOW_TX);
             let mut packet = Control::decode(&b.transmit(3 * SLOW_TX, 0.0)).unwrap();
             packet.state = said;
@@ -348,8 +360,8 @@ mod tests {
 
     #[test]
     fn a_poll_is_answered_at_once_with_final() {
-        let mut a = Session::new(settings(None), 1, Duration::ZERO);
-        let mut b = Session::new(settings(None), 2, Duration::ZERO);
+        let mut a = Session::new(settings(None), 1, 0, Duration::ZERO);
+        let mut b = Session::new(settings(None), 2, 0, Duration::ZERO);
         exchange(&mut a, &mut b, Duration::ZERO, 3 * SLOW_TX);
         let now = 3 * SLOW_TX + 2 * MS;
         let mut poll = Control::decode(&b.transmit(now, 0.0)).unwrap();
@@ -362,8 +374,8 @@ mod tests {
 
     #[test]
     fn a_packet_for_another_discriminator_is_not_this_sessions() {
-        let mut a = Session::new(settings(None), 1, Duration::ZERO);
-        let mut packet = Control::decode(&Session::new(settings(None), 9, Duration::ZERO).transmit(Duration::ZERO, 0.0)).unwrap();
+        let mut a = Session::new(settings(None), 1, 0, Duration::ZERO);
+        let mut packet = Control::decode(&Session::new(settings(None), 9, 0, Duration::ZERO).transmit(Duration::ZERO, 0.0)).unwrap();
         packet.your_discriminator = 77;
         packet.state = State::Init;
         let wire = packet.encode(None);
@@ -374,8 +386,8 @@ mod tests {
     #[test]
     fn meticulous_sha1_sessions_come_up_and_refuse_a_replayed_packet() {
         let key = AuthKey { kind: AuthType::MeticulousKeyedSha1, key_id: 1, secret: b"region-bfd-key".to_vec() };
-        let mut a = Session::new(settings(Some(key.clone())), 1, Duration::ZERO);
-        let mut b = Session::new(settings(Some(key)), 2, Duration::ZERO);
+        let mut a = Session::new(settings(Some(key.clone())), 1, 500, Duration::ZERO);
+        let mut b = Session::new(settings(Some(key)), 2, 7_000_000, Duration::ZERO);
         exchange(&mut a, &mut b, Duration::ZERO, 3 * SLOW_TX);
         assert_eq!((a.state(), b.state()), (State::Up, State::Up));
         let now = 3 * SLOW_TX;
@@ -390,8 +402,34 @@ mod tests {
     }
 
     #[test]
+    fn a_keyed_peer_that_restarts_with_other_sequence_numbers_is_taken_back() {
+        let key = AuthKey { kind: AuthType::MeticulousKeyedSha1, key_id: 1, secret: b"region-bfd-key".to_vec() };
+        let mut a = Session::new(settings(Some(key.clone())), 1, 10, Duration::ZERO);
+        let mut b = Session::new(settings(Some(key.clone())), 2, 20, Duration::ZERO);
+        exchange(&mut a, &mut b, Duration::ZERO, 3 * SLOW_TX);
+        assert_eq!(a.state(), State::Up);
+        // b restarts far away in sequence space, after a's detection time.
+        let mut restarted = Session::new(settings(Some(key)), 3, 2_000_000_000, 3 * SLOW_TX);
+        let back = 3 * SLOW_TX + 200 * MS;
+        a.expire(back);
+        assert_eq!(a.state(), State::Down);
+        let (changes, _) = exchange(&mut a, &mut restarted, back, back + 3 * SLOW_TX);
+        assert_eq!(states(&changes).last(), Some(&State::Up), "the restarted peer's numbers are taken");
+    }
+
+    #[test]
+    fn with_a_detect_multiplier_of_one_the_interval_loses_a_tenth_to_a_quarter() {
+        let one = Settings { detect_mult: 1, ..settings(None) };
+        let mut a = Session::new(one, 1, 0, Duration::ZERO);
+        a.transmit(Duration::ZERO, 0.0);
+        assert_eq!(a.next_tx, SLOW_TX.mul_f64(0.9));
+        a.transmit(Duration::ZERO, 0.999);
+        assert!(a.next_tx >= SLOW_TX.mul_f64(0.75) && a.next_tx < SLOW_TX.mul_f64(0.76), "{:?}", a.next_tx);
+    }
+
+    #[test]
     fn the_transmit_interval_is_jittered_by_at_most_a_quarter() {
-        let mut a = Session::new(settings(None), 1, Duration::ZERO);
+        let mut a = Session::new(settings(None), 1, 0, Duration::ZERO);
         for (jitter, expected) in [(0.0, SLOW_TX), (0.999, SLOW_TX.mul_f64(1.0 - 0.25 * 0.999))] {
             a.transmit(Duration::ZERO, jitter);
             assert_eq!(a.next_tx, expected);

@@ -291,6 +291,12 @@ fn a_bfd_check_takes_the_peers_address_alone_and_an_optional_key() {
         refused(&with(r#"{ kind = "heartbeat", address = "10.2.0.2" }"#)),
         "lab.toml:26: region \"region2\".checks[0].address: \"10.2.0.2\" is not an IPv4 address and port (ADDR:PORT)"
     );
+    let twice = with(r#"{ kind = "bfd", address = "10.2.0.2" }, { kind = "bfd", address = "10.2.0.2" }"#);
+    assert_eq!(
+        refused(&twice),
+        "lab.toml:26: region \"region2\".checks[1]: 10.2.0.2 is region \"region2\".checks[0]'s BFD peer too: one \
+         session per peer, one check"
+    );
     assert_eq!(
         refused(&with(r#"{ kind = "heartbeat", address = "10.2.0.2:7946", key_id = 3 }"#)),
         "lab.toml:26: region \"region2\".checks[0].key_id: a heartbeat check has no key_id (its keys: address, key_file)"

@@ -459,6 +459,7 @@ impl Source<'_> {
             return Err(self.error(0..0, "region", "at least one [[region]] is needed"));
         }
         let mut seen = HashMap::new();
+        let mut bfd_peers: HashMap<Ipv4Addr, String> = HashMap::new();
         let mut regions = Vec::new();
         for (i, r) in raw.iter().enumerate() {
             let key = format!("region[{i}]");
@@ -474,13 +475,26 @@ impl Source<'_> {
             let prefix = format!("region {:?}", r.name.get_ref());
             let located = health.overridden(&r.health_overrides(), &prefix, Level::Region);
             self.check_health(&located)?;
+            let checks = self.checks(&r.checks, &prefix)?;
+            for (c, check) in checks.iter().enumerate() {
+                let Check::Bfd { address, .. } = check else { continue };
+                let here = format!("{prefix}.checks[{c}]");
+                if let Some(first) = bfd_peers.insert(*address, here.clone()) {
+                    // RFC 5881: one session per pair of addresses.
+                    return Err(self.error(
+                        r.checks.span(),
+                        here,
+                        format!("{address} is {first}'s BFD peer too: one session per peer, one check"),
+                    ));
+                }
+            }
             regions.push(RegionConfig {
                 id: i as u8,
                 name: r.name.get_ref().clone(),
                 address: self.unicast(&r.address, &format!("{prefix}.address"))?,
                 priority: r.priority,
                 health: located.settings(),
-                checks: self.checks(&r.checks, &prefix)?,
+                checks,
                 weight: r.weight.unwrap_or(DEFAULT_WEIGHT),
                 pps: self.watermarks(&r.pps, &format!("{prefix}.pps"), false)?,
                 flows: self.watermarks(&r.flows, &format!("{prefix}.flows"), false)?,

@@ -10,7 +10,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{render, Listeners, Shared, SharedSync};
-use crate::bfd::Rejected;
+use crate::bfd;
 use crate::{
     http::{self, BadRequest},
     listener::{self, ListenerStats},
@@ -26,7 +26,7 @@ pub async fn serve(
     shared: Shared,
     listeners: Listeners,
     sync: SharedSync,
-    bfd: Arc<Rejected>,
+    bfd: Arc<bfd::Shared>,
     stats: Arc<ListenerStats>,
 ) {
     if let Ok(at) = listener.local_addr() {
@@ -38,7 +38,7 @@ pub async fn serve(
     .await
 }
 
-async fn answer(mut conn: TcpStream, shared: Shared, listeners: Listeners, sync: SharedSync, bfd: Arc<Rejected>) {
+async fn answer(mut conn: TcpStream, shared: Shared, listeners: Listeners, sync: SharedSync, bfd: Arc<bfd::Shared>) {
     let response = match http::read_head(&mut conn).await {
         Err(BadRequest::Gone) => return,
         Err(BadRequest::Malformed) => http::answer("400 Bad Request", "", ""),

@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{bfd::Rejected, listener::ListenerStats};
+use crate::{bfd, listener::ListenerStats};
 
 mod endpoint;
 mod sync;
@@ -227,7 +227,7 @@ pub type SharedSync = Option<Arc<Mutex<SyncView>>>;
 
 /// The exposition text of a snapshot, with what the listeners turned away
 /// and the flow sync's state, in Prometheus's text format 0.0.4.
-pub fn render(shared: &Shared, listeners: &Listeners, sync: &SharedSync, bfd: &Arc<Rejected>) -> Result<String, fmt::Error> {
+pub fn render(shared: &Shared, listeners: &Listeners, sync: &SharedSync, bfd: &Arc<bfd::Shared>) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector(shared.clone())));
     registry.register_collector(Box::new(listeners.clone()));
@@ -266,7 +266,7 @@ fn text_format(open_metrics: &str) -> String {
 
 /// BFD datagrams the checks refused, by cause.
 #[derive(Debug)]
-struct BfdRejected(Arc<Rejected>);
+struct BfdRejected(Arc<bfd::Shared>);
 
 impl Collector for BfdRejected {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -276,7 +276,7 @@ impl Collector for BfdRejected {
             None,
             MetricType::Counter,
         )?;
-        for (cause, n) in self.0.snapshot() {
+        for (cause, n) in self.0.rejected.snapshot() {
             ConstCounter::new(n).encode(family.encode_family(&[("cause", cause)])?)?;
         }
         Ok(())
