@@ -5,7 +5,7 @@
 
 use std::{thread, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use plotters::prelude::*;
 
 use super::{machine, percentile, results_dir, write_result};
@@ -88,13 +88,25 @@ fn measure(row: &Row, failures: usize) -> Result<Measured> {
     })
 }
 
+/// `--quick`: the fast rows, twice each. `--row MS`: the rows of that
+/// interval only, and `--failures N` of them (the tail of one setting,
+/// written to `failover-MSms.md` beside the full table).
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| -> Result<Option<u64>> {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => Ok(Some(args.get(i + 1).with_context(|| format!("{flag} takes a number"))?.parse()?)),
+            None => Ok(None),
+        }
+    };
+    let only = value("--row")?;
     let (rows, failures): (Vec<&Row>, usize) = if quick {
         (ROWS.iter().filter(|r| r.interval_ms <= 100).collect(), 2)
     } else {
-        (ROWS.iter().collect(), 5)
+        (ROWS.iter().filter(|r| only.is_none_or(|ms| r.interval_ms == ms)).collect(), 5)
     };
+    anyhow::ensure!(!rows.is_empty(), "--row: no row has that interval");
+    let failures = value("--failures")?.map_or(failures, |n| n as usize);
     let mut table = String::from(
         "| T_h | n | failures | T_un p50 | T_un p99 | success | requests | reference T_un | reference success |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -119,7 +131,8 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         measured.push((row, m));
     }
-    let plot = results_dir()?.join("failover.png");
+    let name = only.map_or_else(|| "failover".to_string(), |ms| format!("failover-{ms}ms"));
+    let plot = results_dir()?.join(format!("{name}.png"));
     draw(&plot, &measured)?;
     let report = format!(
         "# Failover: unavailability and success rate (the reference's Table 5.6, re-run)\n\n\
@@ -131,11 +144,21 @@ pub fn run(args: &[String]) -> Result<()> {
          request every 10 ms on a new TCP connection with a 200 ms timeout; T_un runs from the last \
          success before a failure to the first success after it. Reference: OpenFlow switch \
          (Open vSwitch on a Raspberry Pi) and an SDN controller, heartbeats every T_h.\n\n\
-         {table}\n![T_un per row](failover.png)\n",
-        machine()
+         {table}\n![T_un per row]({name}.png)\n\nEvery T_un (ms): {}\n",
+        machine(),
+        measured
+            .iter()
+            .map(|(row, m)| format!(
+                "{} ms × {}: {}",
+                row.interval_ms,
+                row.fall,
+                m.t_un.iter().map(|t| format!("{:.1}", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ")
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     println!("{report}");
-    println!("written to {}", write_result("failover", &report)?.display());
+    println!("written to {}", write_result(&name, &report)?.display());
     Ok(())
 }
 
