@@ -38,7 +38,15 @@ struct Measured {
     requests: u64,
 }
 
-fn measure(row: &Row, failures: usize) -> Result<Measured> {
+/// What fails: region2's HTTP server killed (the reference's failure), or
+/// the whole region black-holed (no reply, no reset).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ServerKilled,
+    BlackHoled,
+}
+
+fn measure(row: &Row, failures: usize, kind: Kind) -> Result<Measured> {
     let options = LabOptions {
         interval_ms: row.interval_ms,
         fall: row.fall,
@@ -70,10 +78,16 @@ fn measure(row: &Row, failures: usize) -> Result<Measured> {
         // verdict). Spread them evenly: the golden-ratio sequence.
         let phase = (i as f64 * 0.618_033_988_75).fract();
         thread::sleep(settle + interval.mul_f64(phase));
-        lab.kill_server(2)?;
+        match kind {
+            Kind::ServerKilled => lab.kill_server(2)?,
+            Kind::BlackHoled => lab.black_hole(2)?,
+        }
         lab.wait_active("region1", verdict)?;
         thread::sleep(settle);
-        lab.restore_server(2)?;
+        match kind {
+            Kind::ServerKilled => lab.restore_server(2)?,
+            Kind::BlackHoled => lab.lift_black_hole(2)?,
+        }
         lab.wait_active("region2", verdict)?;
     }
     thread::sleep(settle);
@@ -90,7 +104,9 @@ fn measure(row: &Row, failures: usize) -> Result<Measured> {
 
 /// `--quick`: the fast rows, twice each. `--row MS`: the rows of that
 /// interval only, and `--failures N` of them (the tail of one setting,
-/// written to `failover-MSms.md` beside the full table).
+/// written to `failover-MSms.md` beside the full table); `--black-hole`:
+/// the region black-holed instead of its server killed
+/// (`failover-MSms-black-hole.md`).
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let value = |flag: &str| -> Result<Option<u64>> {
@@ -107,6 +123,8 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     anyhow::ensure!(!rows.is_empty(), "--row: no row has that interval");
     let failures = value("--failures")?.map_or(failures, |n| n as usize);
+    let kind = if args.iter().any(|a| a == "--black-hole") { Kind::BlackHoled } else { Kind::ServerKilled };
+    anyhow::ensure!(kind == Kind::ServerKilled || only.is_some(), "--black-hole goes with --row MS");
     let mut table = String::from(
         "| T_h | n | failures | T_un p50 | T_un p99 | success | requests | reference T_un | reference success |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -114,7 +132,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut measured = Vec::new();
     for row in rows {
         eprintln!("T_h = {} ms, n = {}: {failures} failures...", row.interval_ms, row.fall);
-        let m = measure(row, failures)?;
+        let m = measure(row, failures, kind)?;
         let (reference_t_un, reference_success) = match row.reference {
             Some((t, s)) => (format!("{t:.2} s"), format!("{s:.2} %")),
             None => ("—".into(), "—".into()),
@@ -131,14 +149,19 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         measured.push((row, m));
     }
-    let name = only.map_or_else(|| "failover".to_string(), |ms| format!("failover-{ms}ms"));
+    let suffix = if kind == Kind::BlackHoled { "-black-hole" } else { "" };
+    let name = only.map_or_else(|| "failover".to_string(), |ms| format!("failover-{ms}ms{suffix}"));
     let plot = results_dir()?.join(format!("{name}.png"));
     draw(&plot, &measured)?;
+    let what = match kind {
+        Kind::ServerKilled => "Region2's HTTP server is killed (SIGKILL)",
+        Kind::BlackHoled => "Region2 is black-holed (nftables drops all it receives: no reply, no reset)",
+    };
     let report = format!(
         "# Failover: unavailability and success rate (the reference's Table 5.6, re-run)\n\n\
          Machine: {}\n\n\
          Three regions in namespaces, VIP = region2's address, HTTP health check, rise = 3, \
-         timeout = min(T_h, 1 s). Region2's HTTP server is killed (SIGKILL) at phases spread evenly \
+         timeout = min(T_h, 1 s). {what} at phases spread evenly \
          over the probe interval, then restored after the failover and failed back, {failures} \
          times per row. The measuring client sends a \
          request every 10 ms on a new TCP connection with a 200 ms timeout; T_un runs from the last \
