@@ -16,7 +16,10 @@ use redirector_common::{RegionSignal, SIGNAL_SYN_REFUSED};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::warn;
 
-use crate::{config::PassiveSettings, dataplane::flow_table::monotonic_ns};
+use crate::{
+    config::PassiveSettings,
+    dataplane::{flow_table::monotonic_ns, ring_record},
+};
 
 /// A SYN refused by `region`, seen at `at` (the controller's clock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,12 +87,7 @@ pub async fn read_signals(
         };
         let at = now();
         while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() != std::mem::size_of::<RegionSignal>() {
-                continue;
-            }
-            // SAFETY: RegionSignal is plain integers; read unaligned from a
-            // buffer of its size.
-            let raw = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const RegionSignal) };
+            let Some(raw) = ring_record::<RegionSignal>(&item) else { continue };
             let fresh = raw.at_ns >= started_ns;
             if fresh && raw.kind == SIGNAL_SYN_REFUSED && signals.send(Signal { region: raw.region_id, at }).await.is_err() {
                 return;

@@ -331,13 +331,10 @@ pub fn mac_str(mac: &Mac) -> String {
 }
 
 /// Every record of type `T` the ring holds now (each must be exactly one).
-pub fn drain_ring<T: Copy>(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<T> {
+pub fn drain_ring<T: aya::Pod>(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<T> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        assert_eq!(item.len(), size_of::<T>(), "a record of another size");
-        // SAFETY: T is one of the plain-integer records the program writes,
-        // read unaligned from a buffer of its size.
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const T) });
+        out.push(redirector::dataplane::ring_record(&item).expect("a record of another size"));
     }
     out
 }

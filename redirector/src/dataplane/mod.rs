@@ -74,6 +74,14 @@ pub struct ServiceSpec {
 }
 
 /// The services of a config as the data plane takes them.
+/// A ring buffer record the program wrote as a `T` (`SyncEvent`,
+/// `RegionSignal`: plain integers), or None for a record of another size.
+pub fn ring_record<T: aya::Pod>(item: &[u8]) -> Option<T> {
+    // SAFETY: T is Pod (any bytes are a value); read unaligned from a
+    // buffer of its size.
+    (item.len() == std::mem::size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(item.as_ptr() as *const T) })
+}
+
 pub fn service_specs(config: &Config) -> Vec<ServiceSpec> {
     config
         .services

@@ -49,7 +49,7 @@ use crate::{
     config::{Config, SyncSettings},
     dataplane::{
         flow_table::{coarse_monotonic_ns, FlowTable},
-        service_specs,
+        ring_record, service_specs,
     },
 };
 
@@ -336,13 +336,9 @@ fn unix_us() -> u64 {
 fn drain(ring: &mut RingBuf<MapData>) -> Vec<FlowRecord> {
     let mut records = Vec::new();
     while let Some(item) = ring.next() {
-        if item.len() != std::mem::size_of::<SyncEvent>() {
-            continue;
+        if let Some(event) = ring_record::<SyncEvent>(&item) {
+            records.extend(records::from_dataplane(&event));
         }
-        // SAFETY: SyncEvent is plain integers; read unaligned from a
-        // buffer of its size.
-        let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SyncEvent) };
-        records.extend(records::from_dataplane(&event));
     }
     records
 }
