@@ -156,11 +156,29 @@ struct Checker {
     reports: mpsc::Sender<ProbeReport>,
 }
 
+/// A probe's timeout, counted from its tick rather than from when it got
+/// to run (`late` after the tick); but never less than half of it, so a
+/// probe whose tick came late because this thread stalled still gets its
+/// chance.
+fn probe_limit(timeout: Duration, late: Duration) -> Duration {
+    timeout - late.min(timeout / 2)
+}
+
 impl Checker {
+    /// Probes start on a fixed grid. A probe that times out returns a
+    /// little after the next tick was due (timers fire on the millisecond
+    /// after their deadline): the next probe starts at once, and the one
+    /// after it is back on the grid, so with the timeout equal to the
+    /// interval the misses do not drift later, one late millisecond per
+    /// probe, while a region is black-holed.
     fn ticker(&self) -> tokio::time::Interval {
         let mut ticker = interval(self.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         ticker
+    }
+
+    fn limit(&self, tick: tokio::time::Instant) -> Duration {
+        probe_limit(self.timeout, tokio::time::Instant::now().saturating_duration_since(tick))
     }
 
     /// False once the controller is gone.
@@ -178,8 +196,8 @@ impl Checker {
     async fn http(self, check: HttpCheck) {
         let mut ticker = self.ticker();
         loop {
-            ticker.tick().await;
-            if !self.send(probe::http(&check, self.timeout).await, None).await {
+            let tick = ticker.tick().await;
+            if !self.send(probe::http(&check, self.limit(tick)).await, None).await {
                 return;
             }
         }
@@ -188,8 +206,8 @@ impl Checker {
     async fn tcp(self, address: SocketAddr) {
         let mut ticker = self.ticker();
         loop {
-            ticker.tick().await;
-            if !self.send(probe::tcp(address, self.timeout).await, None).await {
+            let tick = ticker.tick().await;
+            if !self.send(probe::tcp(address, self.limit(tick)).await, None).await {
                 return;
             }
         }
@@ -272,5 +290,22 @@ impl Checker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_ends_on_its_ticks_deadline_unless_its_tick_came_very_late() {
+        let ms = Duration::from_millis;
+        // On time, and a millisecond late after a timed-out probe: the
+        // deadline stays tick + timeout.
+        assert_eq!(probe_limit(ms(10), ms(0)), ms(10));
+        assert_eq!(probe_limit(ms(10), ms(1)), ms(9));
+        // A stalled thread: half the timeout still.
+        assert_eq!(probe_limit(ms(10), ms(7)), ms(5));
+        assert_eq!(probe_limit(ms(10), ms(500)), ms(5));
     }
 }

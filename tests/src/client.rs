@@ -2,7 +2,8 @@
 //! HTTP requests over the real kernel stack, each on a new TCP connection
 //! with a short timeout, counting successes and failures and measuring the
 //! unavailability T_un = time from the last success before a failure to the
-//! first success after it.
+//! first success after it. Requests follow each other as perftest's do, or
+//! start on a fixed clock (an open loop, [`Pacing::OpenLoop`]).
 
 use std::{
     collections::BTreeMap,
@@ -20,12 +21,25 @@ use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
 
+/// How requests follow each other.
+#[derive(Clone, Copy, Debug)]
+pub enum Pacing {
+    /// perftest's way: each request starts this long after the previous
+    /// one ended, so one caught in a black hole holds the next back for its
+    /// whole timeout. Times are when requests ended.
+    Sequential { pause: Duration },
+    /// A request starts every `period` whatever became of the earlier ones,
+    /// as from many independent clients. Times are when requests started:
+    /// T_un is then the window in which a new request fails, to within one
+    /// period, whatever the timeout.
+    OpenLoop { period: Duration },
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// Connect + answer must complete within this.
     pub timeout: Duration,
-    /// Pause between the end of one request and the start of the next.
-    pub pause: Duration,
+    pub pacing: Pacing,
     /// Bounds: whichever comes first ends the run.
     pub max_requests: u64,
     pub max_duration: Duration,
@@ -35,7 +49,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             timeout: Duration::from_millis(200),
-            pause: Duration::from_millis(2),
+            pacing: Pacing::Sequential { pause: Duration::from_millis(2) },
             max_requests: 1_000_000,
             max_duration: Duration::from_secs(120),
         }
@@ -86,6 +100,22 @@ impl Report {
         self.outages.iter().map(Outage::t_un).max().unwrap_or_default()
     }
 
+    /// Outages less than `gap` apart become one, from the first's start to
+    /// the last's end.
+    pub fn merge_outages(&mut self, gap: Duration) {
+        let mut merged: Vec<Outage> = Vec::with_capacity(self.outages.len());
+        for outage in self.outages.drain(..) {
+            match merged.last_mut() {
+                Some(last) if outage.from < last.to + gap => {
+                    last.to = outage.to;
+                    last.failed_requests += outage.failed_requests;
+                }
+                _ => merged.push(outage),
+            }
+        }
+        self.outages = merged;
+    }
+
     /// When `body` first answered, since the start of the run.
     pub fn first_answer_from(&self, body: &str) -> Option<Duration> {
         self.answers.iter().find(|(_, b)| b == body).map(|(at, _)| *at)
@@ -105,10 +135,33 @@ pub fn get_from(source_port: u16, target: SocketAddrV4, timeout: Duration) -> Re
     let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
     conn.set_read_timeout(Some(left))?;
     conn.set_write_timeout(Some(left))?;
-    conn.write_all(format!("GET / HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes())?;
+    conn.write_all(one_shot_request(target).as_bytes())?;
     let mut response = Vec::new();
     conn.read_to_end(&mut response).context("reading the answer")?;
-    let response = String::from_utf8_lossy(&response);
+    one_shot_body(&response)
+}
+
+/// [`get`] on the tokio runtime of the calling thread (and its namespace).
+async fn get_async(target: SocketAddrV4, timeout: Duration) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+        conn.write_all(one_shot_request(target).as_bytes()).await?;
+        let mut response = Vec::new();
+        conn.read_to_end(&mut response).await.context("reading the answer")?;
+        one_shot_body(&response)
+    };
+    tokio::time::timeout(timeout, exchange).await.context("timed out")?
+}
+
+/// A GET the server answers and then closes (HTTP/1.0).
+fn one_shot_request(target: SocketAddrV4) -> String {
+    format!("GET / HTTP/1.0\r\nHost: {target}\r\n\r\n")
+}
+
+/// The body of a whole one-shot answer, if its status is 200.
+fn one_shot_body(response: &[u8]) -> Result<String> {
+    let response = String::from_utf8_lossy(response);
     let Some((head, body)) = response.split_once("\r\n\r\n") else {
         bail!("truncated answer");
     };
@@ -314,7 +367,10 @@ impl Measurement {
         let stop_flag = stop.clone();
         let thread = thread::spawn(move || {
             let _inside = Netns::attach(&ns_name)?.enter()?;
-            Ok(measure(target, options, &stop_flag))
+            match options.pacing {
+                Pacing::Sequential { pause } => Ok(sequential(target, options, pause, &stop_flag)),
+                Pacing::OpenLoop { period } => open_loop(target, options, period, &stop_flag),
+            }
         });
         Self {
             stop,
@@ -345,49 +401,107 @@ impl Drop for Measurement {
     }
 }
 
-fn measure(target: SocketAddrV4, options: Options, stop: &AtomicBool) -> Report {
+fn within_bounds(options: &Options, start: Instant, requests: u64, stop: &AtomicBool) -> bool {
+    !stop.load(Ordering::Relaxed) && requests < options.max_requests && start.elapsed() < options.max_duration
+}
+
+fn sequential(target: SocketAddrV4, options: Options, pause: Duration, stop: &AtomicBool) -> Report {
     let start = Instant::now();
-    let mut report = Report::default();
-    let mut last_success: Option<Duration> = None;
-    let mut failed_since_success = 0u64;
-    while !stop.load(Ordering::Relaxed)
-        && report.requests() < options.max_requests
-        && start.elapsed() < options.max_duration
-    {
+    let mut tally = Tally::default();
+    while within_bounds(&options, start, tally.report.requests(), stop) {
         let result = get(target, options.timeout);
-        let at = start.elapsed();
+        tally.record(start.elapsed(), result);
+        thread::sleep(pause);
+    }
+    tally.finish(start.elapsed())
+}
+
+/// Requests started every `period` on a runtime of this thread (so their
+/// sockets are in its namespace), each on its own; the results are tallied
+/// in the order the requests started.
+fn open_loop(target: SocketAddrV4, options: Options, period: Duration, stop: &AtomicBool) -> Result<Report> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let start = Instant::now();
+        let mut requests = tokio::task::JoinSet::new();
+        let mut clock = tokio::time::interval(period);
+        // A late tick starts one request, not a burst to catch up: the
+        // clock is the period, not a quota.
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut results = Vec::new();
+        let mut started = 0;
+        while within_bounds(&options, start, started, stop) {
+            clock.tick().await;
+            let at = start.elapsed();
+            requests.spawn(async move { (at, get_async(target, options.timeout).await) });
+            started += 1;
+            while let Some(done) = requests.try_join_next() {
+                results.push(done?);
+            }
+        }
+        let elapsed = start.elapsed();
+        while let Some(done) = requests.join_next().await {
+            results.push(done?);
+        }
+        results.sort_by_key(|(at, _)| *at);
+        let mut tally = Tally::default();
+        for (at, result) in results {
+            tally.record(at, result);
+        }
+        let mut report = tally.finish(elapsed);
+        // In start order, one failure's window can show a success inside:
+        // a request that started in it and got through later, as when its
+        // reused port met a TIME_WAIT in the failed region and the SYN
+        // was sent again after the switch. Its window is still one.
+        report.merge_outages(options.timeout);
+        Ok(report)
+    })
+}
+/// Results in the order of their times, into a [`Report`].
+#[derive(Default)]
+struct Tally {
+    report: Report,
+    last_success: Option<Duration>,
+    failed_since_success: u64,
+}
+
+impl Tally {
+    fn record(&mut self, at: Duration, result: Result<String>) {
+        let report = &mut self.report;
         match result {
             Ok(body) => {
                 report.successes += 1;
-                if failed_since_success > 0 {
+                if self.failed_since_success > 0 {
                     report.outages.push(Outage {
-                        from: last_success.unwrap_or_default(),
+                        from: self.last_success.unwrap_or_default(),
                         to: at,
-                        failed_requests: failed_since_success,
+                        failed_requests: self.failed_since_success,
                     });
-                    failed_since_success = 0;
+                    self.failed_since_success = 0;
                 }
-                last_success = Some(at);
+                self.last_success = Some(at);
                 *report.by_body.entry(body.clone()).or_default() += 1;
                 report.answers.push((at, body));
             }
             Err(_) => {
                 report.failures += 1;
-                failed_since_success += 1;
+                self.failed_since_success += 1;
             }
         }
-        thread::sleep(options.pause);
     }
-    report.elapsed = start.elapsed();
-    if failed_since_success > 0 {
-        // Still down at the end: the outage lasts at least until now.
-        report.outages.push(Outage {
-            from: last_success.unwrap_or_default(),
-            to: report.elapsed,
-            failed_requests: failed_since_success,
-        });
+
+    fn finish(mut self, elapsed: Duration) -> Report {
+        self.report.elapsed = elapsed;
+        if self.failed_since_success > 0 {
+            // Still down at the end: the outage lasts at least until now.
+            self.report.outages.push(Outage {
+                from: self.last_success.unwrap_or_default(),
+                to: elapsed,
+                failed_requests: self.failed_since_success,
+            });
+        }
+        self.report
     }
-    report
 }
 
 #[cfg(test)]
@@ -410,5 +524,18 @@ mod tests {
         };
         assert_eq!(r.success_rate(), 0.9);
         assert_eq!(r.max_t_un(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn outages_closer_than_the_gap_are_one() {
+        let ms = Duration::from_millis;
+        let outage = |from, to, failed_requests| Outage { from: ms(from), to: ms(to), failed_requests };
+        let mut r = Report {
+            outages: vec![outage(100, 120, 19), outage(121, 130, 8), outage(2000, 2030, 29)],
+            ..Default::default()
+        };
+        r.merge_outages(ms(200));
+        let seen: Vec<_> = r.outages.iter().map(|o| (o.from, o.to, o.failed_requests)).collect();
+        assert_eq!(seen, [(ms(100), ms(130), 27), (ms(2000), ms(2030), 29)]);
     }
 }

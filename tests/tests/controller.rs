@@ -9,7 +9,7 @@ use redirector_proto::{
 };
 
 use redirector_tests::{
-    client::{Measurement, Options, Session},
+    client::{Measurement, Options, Pacing, Session},
     lab::{body, Lab, LabOptions, AGENT_PORT, ALERTS, ALERT_TOKEN},
     netns::{require_root, unique_name, Netns},
 };
@@ -189,7 +189,7 @@ fn connections_survive_restarts_of_redirectord_at_over_a_thousand_per_second() {
     let mut lab = lab(LabOptions::default());
     lab.wait_active("region2", Duration::from_secs(2)).unwrap();
     lab.ctl_ok(&["set-active", "region1"]).unwrap();
-    let fast = Options { pause: Duration::ZERO, ..Options::default() };
+    let fast = Options { pacing: Pacing::Sequential { pause: Duration::ZERO }, ..Options::default() };
     let client = Measurement::start(&lab.topo.client, lab.vip(), fast);
     thread::sleep(Duration::from_millis(300));
 

@@ -8,9 +8,9 @@ use std::{thread, time::Duration};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use super::{machine, percentile, results_dir, write_result};
+use super::{cpu_ticks, machine, percentile, results_dir, ticks_per_second, write_result};
 use crate::{
-    client::{Measurement, Options},
+    client::{Measurement, Options, Pacing},
     lab::{Lab, LabOptions},
     netns::unique_name,
 };
@@ -36,6 +36,8 @@ struct Measured {
     t_un: Vec<Duration>,
     success_rate: f64,
     requests: u64,
+    /// redirectord's CPU over the run, % of one core.
+    daemon_cpu: f64,
 }
 
 /// What fails: region2's HTTP server killed (the reference's failure), or
@@ -46,12 +48,13 @@ enum Kind {
     BlackHoled,
 }
 
-fn measure(row: &Row, failures: usize, kind: Kind) -> Result<Measured> {
+fn measure(row: &Row, failures: usize, kind: Kind, pacing: Pacing, timeout_ms: Option<u64>) -> Result<Measured> {
+    let timeout_ms = timeout_ms.unwrap_or(row.interval_ms.min(1000));
     let options = LabOptions {
         interval_ms: row.interval_ms,
         fall: row.fall,
         rise: 3,
-        timeout_ms: row.interval_ms.min(1000),
+        timeout_ms,
         // Failures come every few seconds here; the flap limit would hold
         // the failbacks back, which is not what this measures.
         max_switches_per_minute: 1000,
@@ -62,15 +65,17 @@ fn measure(row: &Row, failures: usize, kind: Kind) -> Result<Measured> {
     let interval = Duration::from_millis(row.interval_ms);
     let verdict = interval * (row.fall + 3) * 2 + Duration::from_secs(5);
     let settle = (interval * 2).max(Duration::from_millis(500));
+    // Polling the daemon's status spawns a process every 20 ms: on two
+    // cores that would compete with what is measured, so the polls start
+    // only once the detection should be over.
+    let detection = interval * (row.fall + 1) + Duration::from_millis(timeout_ms);
     lab.wait_active("region2", verdict)?;
+    let pid = lab.daemon_pid().context("daemon not running")?;
+    let ticks_before = cpu_ticks(pid)?;
     let client = Measurement::start(
         &lab.topo.client,
         lab.vip(),
-        Options {
-            pause: Duration::from_millis(10),
-            max_duration: Duration::from_secs(900),
-            ..Default::default()
-        },
+        Options { pacing, max_duration: Duration::from_secs(900), ..Default::default() },
     );
     for i in 0..failures {
         // Real failures strike at any phase of the probe interval; ours
@@ -82,6 +87,7 @@ fn measure(row: &Row, failures: usize, kind: Kind) -> Result<Measured> {
             Kind::ServerKilled => lab.kill_server(2)?,
             Kind::BlackHoled => lab.black_hole(2)?,
         }
+        thread::sleep(detection);
         lab.wait_active("region1", verdict)?;
         thread::sleep(settle);
         match kind {
@@ -92,6 +98,7 @@ fn measure(row: &Row, failures: usize, kind: Kind) -> Result<Measured> {
     }
     thread::sleep(settle);
     let report = client.stop()?;
+    let daemon_cpu = (cpu_ticks(pid)? - ticks_before) as f64 / ticks_per_second() / report.elapsed.as_secs_f64() * 100.0;
     let mut t_un: Vec<Duration> = report.outages.iter().map(|o| o.t_un()).collect();
     t_un.sort();
     anyhow::ensure!(!t_un.is_empty(), "no outage measured: the failures went unnoticed");
@@ -99,14 +106,17 @@ fn measure(row: &Row, failures: usize, kind: Kind) -> Result<Measured> {
         t_un,
         success_rate: report.success_rate() * 100.0,
         requests: report.requests(),
+        daemon_cpu,
     })
 }
 
 /// `--quick`: the fast rows, twice each. `--row MS`: the rows of that
 /// interval only, and `--failures N` of them (the tail of one setting,
-/// written to `failover-MSms.md` beside the full table); `--black-hole`:
+/// written to `failover-MSms.md` beside the full table), measured by an
+/// open-loop client starting a request every millisecond; `--black-hole`:
 /// the region black-holed instead of its server killed
-/// (`failover-MSms-black-hole.md`).
+/// (`failover-MSms-black-hole.md`); `--timeout-ms T`: the checks' timeout,
+/// T_h by default (`failover-MSms-timeout-Tms….md`).
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let value = |flag: &str| -> Result<Option<u64>> {
@@ -116,6 +126,8 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     };
     let only = value("--row")?;
+    let timeout_ms = value("--timeout-ms")?;
+    anyhow::ensure!(timeout_ms.is_none() || only.is_some(), "--timeout-ms goes with --row MS");
     let (rows, failures): (Vec<&Row>, usize) = if quick {
         (ROWS.iter().filter(|r| r.interval_ms <= 100).collect(), 2)
     } else {
@@ -125,20 +137,37 @@ pub fn run(args: &[String]) -> Result<()> {
     let failures = value("--failures")?.map_or(failures, |n| n as usize);
     let kind = if args.iter().any(|a| a == "--black-hole") { Kind::BlackHoled } else { Kind::ServerKilled };
     anyhow::ensure!(kind == Kind::ServerKilled || only.is_some(), "--black-hole goes with --row MS");
+    // The table re-runs the reference's, with its kind of client; the
+    // tail of one setting needs T_un to the millisecond, whatever the
+    // requests' timeout.
+    let (pacing, client) = match only {
+        None => (
+            Pacing::Sequential { pause: Duration::from_millis(10) },
+            "The measuring client sends its requests one after another, 10 ms apart, each on a new TCP \
+             connection with a 200 ms timeout; T_un runs from the end of the last success before a \
+             failure to the end of the first success after it.",
+        ),
+        Some(_) => (
+            Pacing::OpenLoop { period: Duration::from_millis(1) },
+            "The measuring client starts a request every 1 ms whatever became of the earlier ones (an \
+             open loop), each on a new TCP connection with a 200 ms timeout; T_un runs from the start \
+             of the last success before a failure to the start of the first success after it.",
+        ),
+    };
     let mut table = String::from(
-        "| T_h | n | failures | T_un p50 | T_un p99 | success | requests | reference T_un | reference success |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| T_h | n | failures | T_un p50 | T_un p99 | success | requests | redirectord CPU | reference T_un | reference success |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut measured = Vec::new();
     for row in rows {
         eprintln!("T_h = {} ms, n = {}: {failures} failures...", row.interval_ms, row.fall);
-        let m = measure(row, failures, kind)?;
+        let m = measure(row, failures, kind, pacing, timeout_ms)?;
         let (reference_t_un, reference_success) = match row.reference {
             Some((t, s)) => (format!("{t:.2} s"), format!("{s:.2} %")),
             None => ("—".into(), "—".into()),
         };
         table += &format!(
-            "| {} ms | {} | {} | {:.0} ms | {:.0} ms | {:.3} % | {} | {reference_t_un} | {reference_success} |\n",
+            "| {} ms | {} | {} | {:.0} ms | {:.0} ms | {:.3} % | {} | {:.1} % | {reference_t_un} | {reference_success} |\n",
             row.interval_ms,
             row.fall,
             m.t_un.len(),
@@ -146,26 +175,28 @@ pub fn run(args: &[String]) -> Result<()> {
             percentile(&m.t_un, 0.99).as_secs_f64() * 1e3,
             m.success_rate,
             m.requests,
+            m.daemon_cpu,
         );
         measured.push((row, m));
     }
     let suffix = if kind == Kind::BlackHoled { "-black-hole" } else { "" };
-    let name = only.map_or_else(|| "failover".to_string(), |ms| format!("failover-{ms}ms{suffix}"));
+    let timeout_suffix = timeout_ms.map(|t| format!("-timeout-{t}ms")).unwrap_or_default();
+    let name = only.map_or_else(|| "failover".to_string(), |ms| format!("failover-{ms}ms{timeout_suffix}{suffix}"));
     let plot = results_dir()?.join(format!("{name}.png"));
     draw(&plot, &measured)?;
     let what = match kind {
         Kind::ServerKilled => "Region2's HTTP server is killed (SIGKILL)",
         Kind::BlackHoled => "Region2 is black-holed (nftables drops all it receives: no reply, no reset)",
     };
+    let timeout = timeout_ms.map_or_else(|| "min(T_h, 1 s)".to_string(), |t| format!("{t} ms"));
     let report = format!(
         "# Failover: unavailability and success rate (the reference's Table 5.6, re-run)\n\n\
          Machine: {}\n\n\
          Three regions in namespaces, VIP = region2's address, HTTP health check, rise = 3, \
-         timeout = min(T_h, 1 s). {what} at phases spread evenly \
+         timeout = {timeout}. {what} at phases spread evenly \
          over the probe interval, then restored after the failover and failed back, {failures} \
-         times per row. The measuring client sends a \
-         request every 10 ms on a new TCP connection with a 200 ms timeout; T_un runs from the last \
-         success before a failure to the first success after it. Reference: OpenFlow switch \
+         times per row. {client} redirectord's CPU is over the whole run, in % of one core. \
+         Reference: OpenFlow switch \
          (Open vSwitch on a Raspberry Pi) and an SDN controller, heartbeats every T_h.\n\n\
          {table}\n![T_un per row]({name}.png)\n\nEvery T_un (ms): {}\n",
         machine(),

@@ -20,7 +20,7 @@ use plotters::prelude::*;
 
 use super::{machine, results_dir, write_result};
 use crate::{
-    client::{Kept, Measurement, Options, Report, Session},
+    client::{Kept, Measurement, Options, Pacing, Report, Session},
     lab::{body, Lab, LabOptions},
     netns::unique_name,
 };
@@ -117,7 +117,7 @@ fn measure(scenario: &Scenario, duration: Duration) -> Result<Measured> {
         &lab.topo.client,
         lab.vip(),
         Options {
-            pause: Duration::from_millis(5),
+            pacing: Pacing::Sequential { pause: Duration::from_millis(5) },
             timeout: Duration::from_millis(500),
             max_duration: duration + Duration::from_secs(60),
             ..Default::default()

@@ -116,7 +116,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     let measuring = Measurement::start(
         &lab.topo.client,
         vip,
-        client::Options { timeout: REQUEST_TIMEOUT, pause: Duration::from_millis(10), max_duration: limit, max_requests: u64::MAX },
+        client::Options { timeout: REQUEST_TIMEOUT, pacing: client::Pacing::Sequential { pause: Duration::from_millis(10) }, max_duration: limit, max_requests: u64::MAX },
     );
     let measuring_offset = t0.elapsed();
     let kept = Workers::kept(&client_ns, vip, KEPT, KEPT_PAUSE, t0, limit);
