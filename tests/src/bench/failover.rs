@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use super::{cpu_ticks, machine, percentile, results_dir, ticks_per_second, write_result};
 use crate::{
     client::{Measurement, Options, Pacing},
-    lab::{Lab, LabOptions},
+    lab::{Failure, Lab, LabOptions},
     netns::unique_name,
 };
 
@@ -40,15 +40,7 @@ struct Measured {
     daemon_cpu: f64,
 }
 
-/// What fails: region2's HTTP server killed (the reference's failure), or
-/// the whole region black-holed (no reply, no reset).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    ServerKilled,
-    BlackHoled,
-}
-
-fn measure(row: &Row, failures: usize, kind: Kind, pacing: Pacing, timeout_ms: Option<u64>) -> Result<Measured> {
+fn measure(row: &Row, failures: usize, kind: Failure, pacing: Pacing, timeout_ms: Option<u64>) -> Result<Measured> {
     let timeout_ms = timeout_ms.unwrap_or(row.interval_ms.min(1000));
     let options = LabOptions {
         interval_ms: row.interval_ms,
@@ -83,17 +75,11 @@ fn measure(row: &Row, failures: usize, kind: Kind, pacing: Pacing, timeout_ms: O
         // verdict). Spread them evenly: the golden-ratio sequence.
         let phase = (i as f64 * 0.618_033_988_75).fract();
         thread::sleep(settle + interval.mul_f64(phase));
-        match kind {
-            Kind::ServerKilled => lab.kill_server(2)?,
-            Kind::BlackHoled => lab.black_hole(2)?,
-        }
+        lab.fail(2, kind)?;
         thread::sleep(detection);
         lab.wait_active("region1", verdict)?;
         thread::sleep(settle);
-        match kind {
-            Kind::ServerKilled => lab.restore_server(2)?,
-            Kind::BlackHoled => lab.lift_black_hole(2)?,
-        }
+        lab.repair(2, kind)?;
         lab.wait_active("region2", verdict)?;
     }
     thread::sleep(settle);
@@ -135,8 +121,8 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     anyhow::ensure!(!rows.is_empty(), "--row: no row has that interval");
     let failures = value("--failures")?.map_or(failures, |n| n as usize);
-    let kind = if args.iter().any(|a| a == "--black-hole") { Kind::BlackHoled } else { Kind::ServerKilled };
-    anyhow::ensure!(kind == Kind::ServerKilled || only.is_some(), "--black-hole goes with --row MS");
+    let kind = if args.iter().any(|a| a == "--black-hole") { Failure::BlackHoled } else { Failure::ServerKilled };
+    anyhow::ensure!(kind == Failure::ServerKilled || only.is_some(), "--black-hole goes with --row MS");
     // The table re-runs the reference's, with its kind of client; the
     // tail of one setting needs T_un to the millisecond, whatever the
     // requests' timeout.
@@ -179,14 +165,14 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         measured.push((row, m));
     }
-    let suffix = if kind == Kind::BlackHoled { "-black-hole" } else { "" };
+    let suffix = if kind == Failure::BlackHoled { "-black-hole" } else { "" };
     let timeout_suffix = timeout_ms.map(|t| format!("-timeout-{t}ms")).unwrap_or_default();
     let name = only.map_or_else(|| "failover".to_string(), |ms| format!("failover-{ms}ms{timeout_suffix}{suffix}"));
     let plot = results_dir()?.join(format!("{name}.png"));
     draw(&plot, &measured)?;
     let what = match kind {
-        Kind::ServerKilled => "Region2's HTTP server is killed (SIGKILL)",
-        Kind::BlackHoled => "Region2 is black-holed (nftables drops all it receives: no reply, no reset)",
+        Failure::ServerKilled => "Region2's HTTP server is killed (SIGKILL)",
+        Failure::BlackHoled => "Region2 is black-holed (nftables drops all it receives: no reply, no reset)",
     };
     let timeout = timeout_ms.map_or_else(|| "min(T_h, 1 s)".to_string(), |t| format!("{t} ms"));
     let report = format!(

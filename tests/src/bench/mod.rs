@@ -1,6 +1,7 @@
 //! Benchmarks: each prints a markdown table and writes it, with the machine
 //! it ran on, under bench/results/.
 
+pub mod availability;
 pub mod daemon;
 pub mod dataplane;
 pub mod failover;

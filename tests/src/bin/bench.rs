@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|daemon|failover|dataplane|lb|flows|sync|pair] [--quick]`
+//! `cargo xtask bench [xdp|daemon|failover|availability|dataplane|lb|flows|sync|pair] [--quick]`
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -8,12 +8,13 @@ fn main() -> ExitCode {
         "xdp" => redirector_tests::bench::xdp::run(rest),
         "daemon" => redirector_tests::bench::daemon::run(rest),
         "failover" => redirector_tests::bench::failover::run(rest),
+        "availability" => redirector_tests::bench::availability::run(rest),
         "dataplane" => redirector_tests::bench::dataplane::run(rest),
         "lb" => redirector_tests::bench::lb::run(rest),
         "flows" => redirector_tests::bench::flows::run(rest),
         "sync" => redirector_tests::bench::sync::run(rest),
         "pair" => redirector_tests::bench::pair::run(rest),
-        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, dataplane, lb, flows, sync, pair")),
+        other => Err(anyhow::anyhow!("unknown benchmark {other:?}; known: xdp, daemon, failover, availability, dataplane, lb, flows, sync, pair")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -222,6 +222,25 @@ impl Default for LabOptions {
     }
 }
 
+/// What the benchmarks strike a region with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Its HTTP server killed (the reference's failure): the next SYN is
+    /// refused.
+    ServerKilled,
+    /// Everything it receives dropped: no answer, no reset.
+    BlackHoled,
+}
+
+impl Failure {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Failure::ServerKilled => "server killed",
+            Failure::BlackHoled => "black-holed",
+        }
+    }
+}
+
 /// Priorities as in the reference setup: region2 > region1 > region3 ...
 pub fn priority(region: u8) -> u32 {
     match region {
@@ -539,6 +558,22 @@ impl Lab {
         let bfdd = self.start_bfdd(region)?;
         self.bfdds[region as usize - 1] = Some(bfdd);
         Ok(())
+    }
+
+    /// Strikes region `n` with `failure`.
+    pub fn fail(&mut self, region: u8, failure: Failure) -> Result<()> {
+        match failure {
+            Failure::ServerKilled => self.kill_server(region),
+            Failure::BlackHoled => self.black_hole(region),
+        }
+    }
+
+    /// Undoes [`Lab::fail`].
+    pub fn repair(&mut self, region: u8, failure: Failure) -> Result<()> {
+        match failure {
+            Failure::ServerKilled => self.restore_server(region),
+            Failure::BlackHoled => self.lift_black_hole(region),
+        }
     }
 
     /// Kills region `n`'s HTTP server (SIGKILL: no goodbye).
