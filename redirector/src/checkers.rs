@@ -157,20 +157,21 @@ struct Checker {
 }
 
 /// A probe's timeout, counted from its tick rather than from when it got
-/// to run (`late` after the tick); but never less than half of it, so a
-/// probe whose tick came late because this thread stalled still gets its
-/// chance.
+/// to run (`late` after the tick). A probe that times out returns a little
+/// after the next tick (timers fire on the millisecond after their
+/// deadline); counted from its start, each timed-out probe pushed the next
+/// one's deadline that much later, and in a black hole the misses drifted
+/// 3-5 ms late by the third. Never less than half the timeout, so a probe
+/// whose tick came late because this thread stalled still gets its chance.
 fn probe_limit(timeout: Duration, late: Duration) -> Duration {
     timeout - late.min(timeout / 2)
 }
 
 impl Checker {
-    /// Probes start on a fixed grid. A probe that times out returns a
-    /// little after the next tick was due (timers fire on the millisecond
-    /// after their deadline): the next probe starts at once, and the one
-    /// after it is back on the grid, so with the timeout equal to the
-    /// interval the misses do not drift later, one late millisecond per
-    /// probe, while a region is black-holed.
+    /// Probes start on a fixed grid (what keeps them there when each one
+    /// times out is [`probe_limit`]). After a stall of this thread longer
+    /// than tokio forgives (5 ms), the missed ticks are skipped: the grid
+    /// stays where it was, with no burst of probes to catch up.
     fn ticker(&self) -> tokio::time::Interval {
         let mut ticker = interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);

@@ -30,8 +30,8 @@ pub enum Pacing {
     Sequential { pause: Duration },
     /// A request starts every `period` whatever became of the earlier ones,
     /// as from many independent clients. Times are when requests started:
-    /// T_un is then the window in which a new request fails, to within one
-    /// period, whatever the timeout.
+    /// T_un is then the window in which a new request fails, to within the
+    /// gap between starts ([`Report::largest_gap`]), whatever the timeout.
     OpenLoop { period: Duration },
 }
 
@@ -82,6 +82,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// (time since start, body) of every success, in order.
     pub answers: Vec<(Duration, String)>,
+    /// Open loop: the longest time between two requests' starts, what T_un
+    /// is measured to (the client's thread can be held up).
+    pub largest_gap: Duration,
 }
 
 impl Report {
@@ -425,15 +428,19 @@ fn open_loop(target: SocketAddrV4, options: Options, period: Duration, stop: &At
         let start = Instant::now();
         let mut requests = tokio::task::JoinSet::new();
         let mut clock = tokio::time::interval(period);
-        // A late tick starts one request, not a burst to catch up: the
-        // clock is the period, not a quota.
+        // After a stall of this thread tokio catches up with a burst (up
+        // to 5 ms late) or, beyond, starts again from now: either way a
+        // request's time is taken when it really starts (its first poll
+        // sends the SYN), and the largest gap between starts is reported.
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut results = Vec::new();
         let mut started = 0;
         while within_bounds(&options, start, started, stop) {
             clock.tick().await;
-            let at = start.elapsed();
-            requests.spawn(async move { (at, get_async(target, options.timeout).await) });
+            requests.spawn(async move {
+                let at = start.elapsed();
+                (at, get_async(target, options.timeout).await)
+            });
             started += 1;
             while let Some(done) = requests.try_join_next() {
                 results.push(done?);
@@ -444,11 +451,13 @@ fn open_loop(target: SocketAddrV4, options: Options, period: Duration, stop: &At
             results.push(done?);
         }
         results.sort_by_key(|(at, _)| *at);
+        let largest_gap = results.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap_or_default();
         let mut tally = Tally::default();
         for (at, result) in results {
             tally.record(at, result);
         }
         let mut report = tally.finish(elapsed);
+        report.largest_gap = largest_gap;
         // In start order, one failure's window can show a success inside:
         // a request that started in it and got through later, as when its
         // reused port met a TIME_WAIT in the failed region and the SYN
@@ -457,6 +466,7 @@ fn open_loop(target: SocketAddrV4, options: Options, period: Duration, stop: &At
         Ok(report)
     })
 }
+
 /// Results in the order of their times, into a [`Report`].
 #[derive(Default)]
 struct Tally {
@@ -531,7 +541,8 @@ mod tests {
         let ms = Duration::from_millis;
         let outage = |from, to, failed_requests| Outage { from: ms(from), to: ms(to), failed_requests };
         let mut r = Report {
-            outages: vec![outage(100, 120, 19), outage(121, 130, 8), outage(2000, 2030, 29)],
+            // The second starts where the first ended: one success between.
+            outages: vec![outage(100, 120, 19), outage(120, 130, 8), outage(2000, 2030, 29)],
             ..Default::default()
         };
         r.merge_outages(ms(200));

@@ -20,7 +20,7 @@
 //! interval_ms = 100      # between probes of one check; at least 10
 //! fall = 3               # consecutive misses that take a check down
 //! rise = 3               # consecutive successes that bring it up
-//! timeout_ms = 100       # a probe unanswered this long is a miss; <= interval_ms
+//! timeout_ms = 100       # a probe unanswered this long after its tick is a miss; <= interval_ms
 //!
 //! [failover]
 //! preempt = true                 # a better region coming back takes new flows

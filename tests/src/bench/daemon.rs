@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use redirector::dataplane::flow_table::monotonic_ns;
 use redirector_common::FLOW_TABLE_SIZE;
 
-use super::{cpu_ticks, machine, percentile, ticks_per_second, write_result};
+use super::{machine, percentile, write_result, CpuMeter};
 use crate::{
     lab::{Lab, LabOptions},
     netns::unique_name,
@@ -36,9 +36,9 @@ struct Phase {
 
 fn measure(lab: &Lab, window: Duration, switches: usize) -> Result<Phase> {
     let pid = lab.daemon_pid().context("daemon not running")?;
-    let before = cpu_ticks(pid)?;
+    let meter = CpuMeter::start(pid)?;
     thread::sleep(window);
-    let cpu = (cpu_ticks(pid)? - before) as f64 / ticks_per_second() / window.as_secs_f64();
+    let cpu_percent = meter.percent()?;
 
     let events_before = set_active_writes(lab)?.len();
     let mut round_trips = Vec::new();
@@ -55,7 +55,7 @@ fn measure(lab: &Lab, window: Duration, switches: usize) -> Result<Phase> {
     anyhow::ensure!(!writes.is_empty(), "no map write recorded");
     writes.sort_by(|a, b| a.total_cmp(b));
     round_trips.sort_by(|a, b| a.total_cmp(b));
-    Ok(Phase { cpu_percent: cpu * 100.0, writes, round_trips })
+    Ok(Phase { cpu_percent, writes, round_trips })
 }
 
 /// Decision → map write of every `set-active` in the event log, oldest first.

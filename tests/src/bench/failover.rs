@@ -8,7 +8,7 @@ use std::{thread, time::Duration};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use super::{cpu_ticks, machine, percentile, results_dir, ticks_per_second, write_result};
+use super::{machine, percentile, results_dir, spread_phase, write_result, CpuMeter};
 use crate::{
     client::{Measurement, Options, Pacing},
     lab::{Failure, Lab, LabOptions},
@@ -38,6 +38,8 @@ struct Measured {
     requests: u64,
     /// redirectord's CPU over the run, % of one core.
     daemon_cpu: f64,
+    /// Open loop: the longest time between two requests' starts.
+    largest_gap: Duration,
 }
 
 fn measure(row: &Row, failures: usize, kind: Failure, pacing: Pacing, timeout_ms: Option<u64>) -> Result<Measured> {
@@ -62,19 +64,14 @@ fn measure(row: &Row, failures: usize, kind: Failure, pacing: Pacing, timeout_ms
     // only once the detection should be over.
     let detection = interval * (row.fall + 1) + Duration::from_millis(timeout_ms);
     lab.wait_active("region2", verdict)?;
-    let pid = lab.daemon_pid().context("daemon not running")?;
-    let ticks_before = cpu_ticks(pid)?;
+    let cpu = CpuMeter::start(lab.daemon_pid().context("daemon not running")?)?;
     let client = Measurement::start(
         &lab.topo.client,
         lab.vip(),
         Options { pacing, max_duration: Duration::from_secs(900), ..Default::default() },
     );
     for i in 0..failures {
-        // Real failures strike at any phase of the probe interval; ours
-        // would all strike just after a probe (the settle follows a
-        // verdict). Spread them evenly: the golden-ratio sequence.
-        let phase = (i as f64 * 0.618_033_988_75).fract();
-        thread::sleep(settle + interval.mul_f64(phase));
+        thread::sleep(settle + interval.mul_f64(spread_phase(i)));
         lab.fail(2, kind)?;
         thread::sleep(detection);
         lab.wait_active("region1", verdict)?;
@@ -84,7 +81,7 @@ fn measure(row: &Row, failures: usize, kind: Failure, pacing: Pacing, timeout_ms
     }
     thread::sleep(settle);
     let report = client.stop()?;
-    let daemon_cpu = (cpu_ticks(pid)? - ticks_before) as f64 / ticks_per_second() / report.elapsed.as_secs_f64() * 100.0;
+    let daemon_cpu = cpu.percent()?;
     let mut t_un: Vec<Duration> = report.outages.iter().map(|o| o.t_un()).collect();
     t_un.sort();
     anyhow::ensure!(!t_un.is_empty(), "no outage measured: the failures went unnoticed");
@@ -93,6 +90,7 @@ fn measure(row: &Row, failures: usize, kind: Failure, pacing: Pacing, timeout_ms
         success_rate: report.success_rate() * 100.0,
         requests: report.requests(),
         daemon_cpu,
+        largest_gap: report.largest_gap,
     })
 }
 
@@ -102,7 +100,7 @@ fn measure(row: &Row, failures: usize, kind: Failure, pacing: Pacing, timeout_ms
 /// open-loop client starting a request every millisecond; `--black-hole`:
 /// the region black-holed instead of its server killed
 /// (`failover-MSms-black-hole.md`); `--timeout-ms T`: the checks' timeout,
-/// T_h by default (`failover-MSms-timeout-Tms….md`).
+/// min(T_h, 1 s) by default (`failover-MSms-timeout-Tms….md`).
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let value = |flag: &str| -> Result<Option<u64>> {
@@ -137,12 +135,13 @@ pub fn run(args: &[String]) -> Result<()> {
             Pacing::OpenLoop { period: Duration::from_millis(1) },
             "The measuring client starts a request every 1 ms whatever became of the earlier ones (an \
              open loop), each on a new TCP connection with a 200 ms timeout; T_un runs from the start \
-             of the last success before a failure to the start of the first success after it.",
+             of the last success before a failure to the start of the first success after it; \
+             failed requests less than the timeout apart are one outage.",
         ),
     };
     let mut table = String::from(
-        "| T_h | n | failures | T_un p50 | T_un p99 | success | requests | redirectord CPU | reference T_un | reference success |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| T_h | n | failures | outages | T_un p50 | T_un p99 | success | requests | redirectord CPU | reference T_un | reference success |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut measured = Vec::new();
     for row in rows {
@@ -153,7 +152,7 @@ pub fn run(args: &[String]) -> Result<()> {
             None => ("—".into(), "—".into()),
         };
         table += &format!(
-            "| {} ms | {} | {} | {:.0} ms | {:.0} ms | {:.3} % | {} | {:.1} % | {reference_t_un} | {reference_success} |\n",
+            "| {} ms | {} | {failures} | {} | {:.0} ms | {:.0} ms | {:.3} % | {} | {:.1} % | {reference_t_un} | {reference_success} |\n",
             row.interval_ms,
             row.fall,
             m.t_un.len(),
@@ -189,10 +188,14 @@ pub fn run(args: &[String]) -> Result<()> {
         measured
             .iter()
             .map(|(row, m)| format!(
-                "{} ms × {}: {}",
+                "{} ms × {}: {}{}",
                 row.interval_ms,
                 row.fall,
-                m.t_un.iter().map(|t| format!("{:.1}", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ")
+                m.t_un.iter().map(|t| format!("{:.1}", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", "),
+                match only {
+                    Some(_) => format!(" (largest gap between request starts: {:.1} ms)", m.largest_gap.as_secs_f64() * 1e3),
+                    None => String::new(),
+                }
             ))
             .collect::<Vec<_>>()
             .join("; ")

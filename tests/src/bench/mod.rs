@@ -28,6 +28,33 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     stat_ticks(&format!("/proc/{pid}/stat"))
 }
 
+/// A process's CPU over a window of wall time.
+pub struct CpuMeter {
+    pid: u32,
+    ticks: u64,
+    started: std::time::Instant,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> Result<Self> {
+        Ok(Self { pid, ticks: cpu_ticks(pid)?, started: std::time::Instant::now() })
+    }
+
+    /// % of one core since the start.
+    pub fn percent(&self) -> Result<f64> {
+        let used = (cpu_ticks(self.pid)? - self.ticks) as f64 / ticks_per_second();
+        Ok(100.0 * used / self.started.elapsed().as_secs_f64())
+    }
+}
+
+/// The phase (0 to 1) of the probe interval at which failure `i` strikes.
+/// Real failures strike at any phase; failures that all struck just after
+/// a probe (as they would, paced by verdicts) would all read alike. The
+/// golden-ratio sequence spreads them evenly, whatever their number.
+pub fn spread_phase(i: usize) -> f64 {
+    (i as f64 * 0.618_033_988_75).fract()
+}
+
 /// utime + stime of a process's threads named `name` (its `comm`), in
 /// clock ticks.
 pub fn thread_cpu_ticks(pid: u32, name: &str) -> Result<u64> {
