@@ -164,7 +164,11 @@ mod tests {
     }
 
     async fn responder(key: Option<Key>) -> (Responder, SocketAddr) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        responder_on("127.0.0.1:0", key).await
+    }
+
+    async fn responder_on(address: &str, key: Option<Key>) -> (Responder, SocketAddr) {
+        let socket = UdpSocket::bind(address).await.unwrap();
         let addr = socket.local_addr().unwrap();
         let report = LatestReport::default();
         report.update(|r| *r = sample_report());
@@ -226,6 +230,31 @@ mod tests {
         assert_eq!(second.seq, 8);
         assert_eq!(second.report.service, ServiceCheck::Failed);
         assert_eq!(counters.answered, 2);
+    }
+
+    /// One keyed heartbeat from a client bound at `client_bind` to `agent`,
+    /// checked by the verifier as redirectord's heartbeat check checks it.
+    async fn one_heartbeat(responder: Responder, client_bind: &str, agent: SocketAddr) -> u64 {
+        let client = UdpSocket::bind(client_bind).await.unwrap();
+        let mut verifier = Verifier::new(agent, Some(key()), 40);
+        let (accepted, _) = exchange(responder, async {
+            client.send_to(&verifier.request(Duration::from_millis(1)), agent).await.unwrap();
+            let (from, reply) = receive(&client).await;
+            verifier.accept(from, &reply, Duration::from_millis(2)).unwrap()
+        })
+        .await;
+        accepted.seq
+    }
+
+    #[tokio::test]
+    async fn the_responder_answers_over_ipv6_and_both_families_on_an_unspecified_ipv6_address() {
+        let (responder, agent) = responder_on("[::1]:0", Some(key())).await;
+        assert_eq!(one_heartbeat(responder, "[::1]:0", agent).await, 40);
+        // `--listen [::]:PORT`: an IPv4 heartbeat is answered from the
+        // IPv4 address it was sent to, which the check insists on.
+        let (responder, dual) = responder_on("[::]:0", Some(key())).await;
+        let over_ipv4 = SocketAddr::from(([127, 0, 0, 1], dual.port()));
+        assert_eq!(one_heartbeat(responder, "127.0.0.1:0", over_ipv4).await, 40);
     }
 
     #[tokio::test]

@@ -61,7 +61,8 @@ pub struct HttpCheck {
 }
 
 impl HttpCheck {
-    /// `http://HOST[:PORT][/PATH]`: the checker speaks plain HTTP only.
+    /// `http://HOST[:PORT][/PATH]`, HOST a name, an IPv4 address or an
+    /// IPv6 address in brackets: the checker speaks plain HTTP only.
     pub fn parse(url: &str, expect_status: u16) -> Result<HttpCheck, String> {
         let (host, port, path) = parse_http_url(url)?;
         Ok(HttpCheck {
@@ -71,6 +72,14 @@ impl HttpCheck {
             path,
             expect_status,
         })
+    }
+
+    /// The Host header's value: an IPv6 address goes back in brackets.
+    pub fn host_header(&self) -> String {
+        match self.host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]"),
+            Err(_) => self.host.clone(),
+        }
     }
 }
 
@@ -82,21 +91,41 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) => {
-            let port = port
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| format!("{url:?}: bad port {port:?}"))?;
-            (host, port)
+    let (host, port) = match authority.strip_prefix('[') {
+        // RFC 3986's IP-literal: [ADDRESS] or [ADDRESS]:PORT.
+        Some(literal) => {
+            let (address, after) = literal
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: no ']' after the IPv6 address"))?;
+            let address = address
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{url:?}: {address:?} is not an IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(|| format!("{url:?}: bad port {after:?}"))?),
+            };
+            (address.to_string(), port)
         }
-        None => (authority, 80),
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (authority.to_string(), None),
+        },
     };
-    if host.is_empty() || host.contains(['@', '[', ']', '?', '#']) {
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{url:?}: bad port {port:?}"))?,
+        None => 80,
+    };
+    if host.is_empty() || (host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err()) {
+        return Err(format!("{url:?}: bad host {host:?} (an IPv6 address goes in brackets)"));
+    }
+    if host.contains(['@', '[', ']', '?', '#']) {
         return Err(format!("{url:?}: bad host {host:?}"));
     }
-    Ok((host.to_string(), port, path.to_string()))
+    Ok((host, port, path.to_string()))
 }
 
 #[cfg(any(feature = "probe", test))]
@@ -146,7 +175,8 @@ mod sockets {
                 .map_err(|e| Outcome::of_error(&e, "connect"))?;
             let request = format!(
                 "GET {} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\nUser-Agent: redirectord\r\n\r\n",
-                check.path, check.host
+                check.path,
+                check.host_header()
             );
             conn.write_all(request.as_bytes()).await.map_err(|e| Outcome::of_error(&e, ""))?;
             let status = read_status(&mut conn).await.map_err(Outcome::Failure)?;
@@ -196,7 +226,11 @@ mod tests {
     use super::*;
 
     async fn server(answer: &'static [u8]) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        server_on("127.0.0.1:0", answer).await
+    }
+
+    async fn server_on(address: &str, answer: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind(address).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
@@ -239,6 +273,15 @@ mod tests {
         assert_eq!(slow.outcome, Outcome::Timeout);
         assert!(slow.latency >= Duration::from_millis(50));
         drop(silent);
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_reach_an_ipv6_address() {
+        let addr = server_on("[::1]:0", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        let check = check(addr, 200);
+        assert_eq!((check.host.as_str(), check.host_header()), ("::1", "[::1]".to_string()));
+        assert_eq!(http(&check, Duration::from_secs(1)).await.outcome, Outcome::Success);
+        assert_eq!(tcp(addr, Duration::from_secs(1)).await.outcome, Outcome::Success);
     }
 
     #[tokio::test]
@@ -288,9 +331,23 @@ mod url_tests {
             parts("https://10.1.0.2/"),
             Err("\"https://10.1.0.2/\": only http:// URLs are supported".into())
         );
-        for bad in ["http://10.1.0.2:0/", "http://:80/", "http://user@host/", "http://x:y/", "http://[::1]/"] {
+        for bad in ["http://10.1.0.2:0/", "http://:80/", "http://user@host/", "http://x:y/", "http://[10.1.0.2]/"] {
             assert!(parts(bad).is_err(), "{bad}");
         }
         assert_eq!(HttpCheck::parse("http://localhost", 204).unwrap().expect_status, 204);
+    }
+
+    #[test]
+    fn ipv6_addresses_come_in_brackets() {
+        assert_eq!(parts("http://[fd00:2::2]:8080/x"), Ok(("fd00:2::2".into(), 8080, "/x".into())));
+        assert_eq!(parts("http://[FD00:2:0::2]"), Ok(("fd00:2::2".into(), 80, "/".into())));
+        assert_eq!(
+            parts("http://fd00:2::2/"),
+            Err("\"http://fd00:2::2/\": bad host \"fd00:2:\" (an IPv6 address goes in brackets)".into())
+        );
+        assert_eq!(parts("http://[fd00::2/"), Err("\"http://[fd00::2/\": no ']' after the IPv6 address".into()));
+        assert_eq!(parts("http://[fd00::zz]/"), Err("\"http://[fd00::zz]/\": \"fd00::zz\" is not an IPv6 address".into()));
+        assert_eq!(parts("http://[fd00::2]x/"), Err("\"http://[fd00::2]x/\": bad port \"x\"".into()));
+        assert_eq!(parts("http://[fd00::2]:0/"), Err("\"http://[fd00::2]:0/\": bad port \"0\"".into()));
     }
 }

@@ -110,10 +110,10 @@ impl Checkers {
                 };
                 handles.push(match check.clone() {
                     Check::Heartbeat { address, .. } => {
-                        runtime.spawn(checker.heartbeat(address.into(), keys.heartbeat(r, c)))
+                        runtime.spawn(checker.heartbeat(address, keys.heartbeat(r, c)))
                     }
                     Check::Http(http) => runtime.spawn(checker.http(http)),
-                    Check::Tcp { address } => runtime.spawn(checker.tcp(address.into())),
+                    Check::Tcp { address } => runtime.spawn(checker.tcp(address)),
                     Check::Bfd { address, .. } => {
                         bfd_peers.push(bfd::Peer {
                             region: r,

@@ -46,6 +46,8 @@
 //! address = "10.2.0.2"
 //! priority = 200
 //! checks = [{ kind = "heartbeat", address = "10.2.0.2:7946", key_file = "/etc/redirector/hb.key" }]
+//!                                # http, tcp and heartbeat checks reach IPv6 too:
+//!                                # "http://[fd00:2::2]/", "[fd00:2::2]:7946"
 //! weight = 1                     # default 1: the share of new flows under weighted;
 //!                                # 0: a backup, taking new flows only when no region of
 //!                                # positive weight is eligible
@@ -320,13 +322,13 @@ impl RegionConfig {
 pub enum Check {
     /// The region's redirector-agent, over the UDP heartbeat protocol.
     Heartbeat {
-        address: SocketAddrV4,
+        address: SocketAddr,
         key_file: Option<PathBuf>,
     },
     Http(HttpCheck),
     /// A TCP connect.
     Tcp {
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
     /// A BFD session with the region's router or host: `interval_ms` is
     /// its desired TX and required RX interval, `fall` its detect

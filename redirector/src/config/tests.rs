@@ -289,7 +289,8 @@ fn a_bfd_check_takes_the_peers_address_alone_and_an_optional_key() {
     );
     assert_eq!(
         refused(&with(r#"{ kind = "heartbeat", address = "10.2.0.2" }"#)),
-        "lab.toml:26: region \"region2\".checks[0].address: \"10.2.0.2\" is not an IPv4 address and port (ADDR:PORT)"
+        "lab.toml:26: region \"region2\".checks[0].address: \"10.2.0.2\" is not an address and port (ADDR:PORT, or \
+         [ADDR]:PORT for IPv6)"
     );
     let twice = with(r#"{ kind = "bfd", address = "10.2.0.2" }, { kind = "bfd", address = "10.2.0.2" }"#);
     assert_eq!(
@@ -300,6 +301,43 @@ fn a_bfd_check_takes_the_peers_address_alone_and_an_optional_key() {
     assert_eq!(
         refused(&with(r#"{ kind = "heartbeat", address = "10.2.0.2:7946", key_id = 3 }"#)),
         "lab.toml:26: region \"region2\".checks[0].key_id: a heartbeat check has no key_id (its keys: address, key_file)"
+    );
+}
+
+#[test]
+fn heartbeat_tcp_and_http_checks_may_reach_a_region_over_ipv6() {
+    let heartbeat = r#"{ kind = "heartbeat", address = "10.2.0.2:7946" }"#;
+    let with = |checks: &str| lab_with(heartbeat, checks);
+    let config = Config::parse(
+        &with(
+            r#"{ kind = "heartbeat", address = "[fd00:2::2]:7946" }, { kind = "tcp", address = "[fd00:2::2]:80" }, { kind = "http", url = "http://[fd00:2::2]:8080/health" }"#,
+        ),
+        "lab.toml",
+    )
+    .unwrap();
+    let shown: Vec<String> = config.regions[1].checks.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["heartbeat [fd00:2::2]:7946", "tcp [fd00:2::2]:80", "http http://[fd00:2::2]:8080/health"]);
+    assert_eq!(
+        config.regions[1].checks[1],
+        Check::Tcp { address: "[fd00:2::2]:80".parse().unwrap() }
+    );
+    let refusals = [
+        (
+            r#"{ kind = "tcp", address = "fd00:2::2:80" }"#,
+            "\"fd00:2::2:80\" is not an address and port (ADDR:PORT, or [ADDR]:PORT for IPv6)",
+        ),
+        (r#"{ kind = "tcp", address = "[fd00:2::zz]:80" }"#, "\"[fd00:2::zz]:80\" is not an address and port (ADDR:PORT, or [ADDR]:PORT for IPv6)"),
+        (r#"{ kind = "heartbeat", address = "[::]:7946" }"#, ":: is the unspecified address, not a host's"),
+        (r#"{ kind = "tcp", address = "[ff02::1]:80" }"#, "ff02::1 is a multicast address, not a host's"),
+        (r#"{ kind = "tcp", address = "[fd00:2::2]:0" }"#, "[fd00:2::2]:0: port 0 is no port to probe"),
+    ];
+    for (check, why) in refusals {
+        assert_eq!(refused(&with(check)), format!("lab.toml:26: region \"region2\".checks[0].address: {why}"), "{check}");
+    }
+    assert_eq!(
+        refused(&with(r#"{ kind = "http", url = "http://fd00:2::2/" }"#)),
+        "lab.toml:26: region \"region2\".checks[0].url: \"http://fd00:2::2/\": bad host \"fd00:2:\" (an IPv6 address \
+         goes in brackets)"
     );
 }
 

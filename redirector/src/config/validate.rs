@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::Range,
     path::PathBuf,
     time::Duration,
@@ -304,23 +304,29 @@ impl Source<'_> {
 
     /// An address a host can have: not 0.0.0.0, broadcast or multicast.
     fn unicast(&self, addr: &Spanned<Ipv4Addr>, key: &str) -> Result<Ipv4Addr, ConfigError> {
+        self.host_address(&Spanned::new(addr.span(), IpAddr::V4(*addr.get_ref())), key)?;
+        Ok(*addr.get_ref())
+    }
+
+    /// [`Self::unicast`] for either family (IPv6: not :: or multicast).
+    fn host_address(&self, addr: &Spanned<IpAddr>, key: &str) -> Result<(), ConfigError> {
         let ip = *addr.get_ref();
         let what = if ip.is_unspecified() {
             "the unspecified address"
-        } else if ip.is_broadcast() {
+        } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
             "the broadcast address"
         } else if ip.is_multicast() {
             "a multicast address"
         } else {
-            return Ok(ip);
+            return Ok(());
         };
         Err(self.error(addr.span(), key, format!("{ip} is {what}, not a host's")))
     }
 
     /// An address and port a probe can reach: a host's address, a port.
-    fn endpoint(&self, addr: &Spanned<SocketAddrV4>, key: &str) -> Result<SocketAddrV4, ConfigError> {
+    fn endpoint(&self, addr: &Spanned<SocketAddr>, key: &str) -> Result<SocketAddr, ConfigError> {
         let endpoint = *addr.get_ref();
-        self.unicast(&Spanned::new(addr.span(), *endpoint.ip()), key)?;
+        self.host_address(&Spanned::new(addr.span(), endpoint.ip()), key)?;
         if endpoint.port() == 0 {
             return Err(self.error(addr.span(), key, format!("{endpoint}: port 0 is no port to probe")));
         }
@@ -589,10 +595,14 @@ impl Source<'_> {
             )
         };
         let address_key = format!("{key}.address");
-        let address = || -> Result<SocketAddrV4, ConfigError> {
+        let address = || -> Result<SocketAddr, ConfigError> {
             let address = raw.address.as_ref().ok_or_else(|| missing("address"))?;
-            let parsed = address.get_ref().parse::<SocketAddrV4>().map_err(|_| {
-                self.error(address.span(), &address_key, format!("{:?} is not an IPv4 address and port (ADDR:PORT)", address.get_ref()))
+            let parsed = address.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    address.span(),
+                    &address_key,
+                    format!("{:?} is not an address and port (ADDR:PORT, or [ADDR]:PORT for IPv6)", address.get_ref()),
+                )
             })?;
             self.endpoint(&Spanned::new(address.span(), parsed), &address_key)
         };
