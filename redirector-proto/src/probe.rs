@@ -74,11 +74,16 @@ impl HttpCheck {
         })
     }
 
-    /// The Host header's value: an IPv6 address goes back in brackets.
+    /// The Host header's value (RFC 9110: the port unless the default):
+    /// an IPv6 address goes back in brackets.
     pub fn host_header(&self) -> String {
-        match self.host.parse::<std::net::Ipv6Addr>() {
+        let host = match self.host.parse::<std::net::Ipv6Addr>() {
             Ok(v6) => format!("[{v6}]"),
             Err(_) => self.host.clone(),
+        };
+        match self.port {
+            80 => host,
+            port => format!("{host}:{port}"),
         }
     }
 }
@@ -106,7 +111,10 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
             };
             (address.to_string(), port)
         }
-        None => match authority.rsplit_once(':') {
+        None if authority.matches(':').count() > 1 => {
+            return Err(format!("{url:?}: bad host {authority:?} (an IPv6 address goes in brackets)"));
+        }
+        None => match authority.split_once(':') {
             Some((host, port)) => (host.to_string(), Some(port)),
             None => (authority.to_string(), None),
         },
@@ -119,10 +127,7 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
             .ok_or_else(|| format!("{url:?}: bad port {port:?}"))?,
         None => 80,
     };
-    if host.is_empty() || (host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err()) {
-        return Err(format!("{url:?}: bad host {host:?} (an IPv6 address goes in brackets)"));
-    }
-    if host.contains(['@', '[', ']', '?', '#']) {
+    if host.is_empty() || (!host.contains(':') && host.contains(['@', '[', ']', '?', '#'])) {
         return Err(format!("{url:?}: bad host {host:?}"));
     }
     Ok((host, port, path.to_string()))
@@ -226,11 +231,7 @@ mod tests {
     use super::*;
 
     async fn server(answer: &'static [u8]) -> SocketAddr {
-        server_on("127.0.0.1:0", answer).await
-    }
-
-    async fn server_on(address: &str, answer: &'static [u8]) -> SocketAddr {
-        let listener = TcpListener::bind(address).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
@@ -277,10 +278,22 @@ mod tests {
 
     #[tokio::test]
     async fn http_and_tcp_probes_reach_an_ipv6_address() {
-        let addr = server_on("[::1]:0", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        let listener = TcpListener::bind("[::1]:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent, mut request) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+                let _ = sent.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
         let check = check(addr, 200);
-        assert_eq!((check.host.as_str(), check.host_header()), ("::1", "[::1]".to_string()));
+        assert_eq!(check.host, "::1");
         assert_eq!(http(&check, Duration::from_secs(1)).await.outcome, Outcome::Success);
+        let request = request.recv().await.unwrap();
+        assert!(request.contains(&format!("\r\nHost: [::1]:{}\r\n", addr.port())), "{request:?}");
         assert_eq!(tcp(addr, Duration::from_secs(1)).await.outcome, Outcome::Success);
     }
 
@@ -341,10 +354,9 @@ mod url_tests {
     fn ipv6_addresses_come_in_brackets() {
         assert_eq!(parts("http://[fd00:2::2]:8080/x"), Ok(("fd00:2::2".into(), 8080, "/x".into())));
         assert_eq!(parts("http://[FD00:2:0::2]"), Ok(("fd00:2::2".into(), 80, "/".into())));
-        assert_eq!(
-            parts("http://fd00:2::2/"),
-            Err("\"http://fd00:2::2/\": bad host \"fd00:2:\" (an IPv6 address goes in brackets)".into())
-        );
+        for bare in ["http://fd00:2::2/", "http://fd00::2:8080/", "http://::1:80/"] {
+            assert!(parts(bare).unwrap_err().ends_with("(an IPv6 address goes in brackets)"), "{bare}");
+        }
         assert_eq!(parts("http://[fd00::2/"), Err("\"http://[fd00::2/\": no ']' after the IPv6 address".into()));
         assert_eq!(parts("http://[fd00::zz]/"), Err("\"http://[fd00::zz]/\": \"fd00::zz\" is not an IPv6 address".into()));
         assert_eq!(parts("http://[fd00::2]x/"), Err("\"http://[fd00::2]x/\": bad port \"x\"".into()));

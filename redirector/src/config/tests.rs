@@ -330,15 +330,46 @@ fn heartbeat_tcp_and_http_checks_may_reach_a_region_over_ipv6() {
         (r#"{ kind = "heartbeat", address = "[::]:7946" }"#, ":: is the unspecified address, not a host's"),
         (r#"{ kind = "tcp", address = "[ff02::1]:80" }"#, "ff02::1 is a multicast address, not a host's"),
         (r#"{ kind = "tcp", address = "[fd00:2::2]:0" }"#, "[fd00:2::2]:0: port 0 is no port to probe"),
+        (r#"{ kind = "tcp", address = "[::ffff:0.0.0.0]:80" }"#, "0.0.0.0 is the unspecified address, not a host's"),
+        (
+            r#"{ kind = "heartbeat", address = "[fe80::1]:7946" }"#,
+            "fe80::1 is link-local (give a tcp or heartbeat check its interface: [ADDR%IFINDEX]:PORT), not a host's",
+        ),
     ];
     for (check, why) in refusals {
         assert_eq!(refused(&with(check)), format!("lab.toml:26: region \"region2\".checks[0].address: {why}"), "{check}");
     }
     assert_eq!(
         refused(&with(r#"{ kind = "http", url = "http://fd00:2::2/" }"#)),
-        "lab.toml:26: region \"region2\".checks[0].url: \"http://fd00:2::2/\": bad host \"fd00:2:\" (an IPv6 address \
+        "lab.toml:26: region \"region2\".checks[0].url: \"http://fd00:2::2/\": bad host \"fd00:2::2\" (an IPv6 address \
          goes in brackets)"
     );
+    assert_eq!(
+        refused(&with(r#"{ kind = "http", url = "http://[::]/" }"#)),
+        "lab.toml:26: region \"region2\".checks[0].url: :: is the unspecified address, not a host's"
+    );
+    // An IPv4-mapped address is the IPv4 address; a link-local one with
+    // its interface is taken as given.
+    let config = Config::parse(
+        &with(r#"{ kind = "heartbeat", address = "[::ffff:10.2.0.2]:7946" }, { kind = "tcp", address = "[fe80::2%3]:80" }"#),
+        "lab.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.regions[1].checks,
+        [
+            Check::Heartbeat { address: "10.2.0.2:7946".parse().unwrap(), key_file: None },
+            Check::Tcp { address: "[fe80::2%3]:80".parse().unwrap() },
+        ]
+    );
+    let Check::Http(http) = &Config::parse(&with(r#"{ kind = "http", url = "http://[fd00:2::2]:8080/health" }"#), "lab.toml")
+        .unwrap()
+        .regions[1]
+        .checks[0]
+    else {
+        panic!("an http check")
+    };
+    assert_eq!((http.host.as_str(), http.port, http.path.as_str()), ("fd00:2::2", 8080, "/health"));
 }
 
 #[test]

@@ -308,7 +308,9 @@ impl Source<'_> {
         Ok(*addr.get_ref())
     }
 
-    /// [`Self::unicast`] for either family (IPv6: not :: or multicast).
+    /// [`Self::unicast`] for either family (IPv6: not ::, multicast, or
+    /// link-local: a probe there needs its interface, `%IFINDEX`, which
+    /// [`Self::endpoint`] takes).
     fn host_address(&self, addr: &Spanned<IpAddr>, key: &str) -> Result<(), ConfigError> {
         let ip = *addr.get_ref();
         let what = if ip.is_unspecified() {
@@ -317,6 +319,8 @@ impl Source<'_> {
             "the broadcast address"
         } else if ip.is_multicast() {
             "a multicast address"
+        } else if matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+            "link-local (give a tcp or heartbeat check its interface: [ADDR%IFINDEX]:PORT)"
         } else {
             return Ok(());
         };
@@ -324,9 +328,16 @@ impl Source<'_> {
     }
 
     /// An address and port a probe can reach: a host's address, a port.
+    /// An IPv4-mapped IPv6 address is taken as the IPv4 address it is.
     fn endpoint(&self, addr: &Spanned<SocketAddr>, key: &str) -> Result<SocketAddr, ConfigError> {
-        let endpoint = *addr.get_ref();
-        self.host_address(&Spanned::new(addr.span(), endpoint.ip()), key)?;
+        let given = *addr.get_ref();
+        let endpoint = match given {
+            SocketAddr::V6(v6) if v6.scope_id() != 0 => given,
+            _ => SocketAddr::new(given.ip().to_canonical(), given.port()),
+        };
+        if !matches!(endpoint, SocketAddr::V6(v6) if v6.scope_id() != 0) {
+            self.host_address(&Spanned::new(addr.span(), endpoint.ip()), key)?;
+        }
         if endpoint.port() == 0 {
             return Err(self.error(addr.span(), key, format!("{endpoint}: port 0 is no port to probe")));
         }
@@ -640,10 +651,12 @@ impl Source<'_> {
                     Some(s) => *s.get_ref(),
                     None => 200,
                 };
-                Check::Http(
-                    HttpCheck::parse(url.get_ref(), expect_status)
-                        .map_err(|m| self.error(url.span(), format!("{key}.url"), m))?,
-                )
+                let check = HttpCheck::parse(url.get_ref(), expect_status)
+                    .map_err(|m| self.error(url.span(), format!("{key}.url"), m))?;
+                if let Ok(ip) = check.host.parse::<IpAddr>() {
+                    self.host_address(&Spanned::new(url.span(), ip.to_canonical()), &format!("{key}.url"))?;
+                }
+                Check::Http(check)
             }
         })
     }
