@@ -28,6 +28,17 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
     )
 }
 
+/// `check` after an address of the covered data changed, word by word
+/// (one for IPv4, four for IPv6).
+#[inline(always)]
+pub fn replace_addr<A: crate::Address>(check: u16, old: &A, new: &A) -> u16 {
+    let mut check = check;
+    for (old, new) in old.words().iter().zip(new.words()) {
+        check = replace4(check, *old, *new);
+    }
+    check
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;

@@ -5,8 +5,11 @@
 //! never swaps bytes on the fast path; userspace converts at the edge.
 #![no_std]
 
+pub mod address;
 pub mod csum;
 pub mod lifetime;
+
+pub use address::{Addr4, Addr6, Address};
 
 /// Services the data plane can hold (selection tables are preallocated).
 pub const MAX_SERVICES: u32 = 64;
@@ -48,6 +51,14 @@ pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// IPv6 extension headers (hop-by-hop, routing, destination options) the
+/// parser skips before giving up on a packet, counted as
+/// [`Reason::PassIpv6Extensions`]. RFC 8200's order puts at most four
+/// before the upper layer when there is no Fragment or IPsec header
+/// (hop-by-hop, destination options, routing, destination options).
+pub const MAX_IPV6_EXTENSION_HEADERS: usize = 4;
 
 /// Names of the maps in the object, used by userspace to open (and pin) them.
 pub mod map_names {
@@ -63,8 +74,13 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const REGION_SIGNALS: &str = "REGION_SIGNALS";
+    /// The IPv6 twins of the maps keyed or valued by address.
+    pub const SERVICES6: &str = "SERVICES6";
+    pub const BACKENDS6: &str = "BACKENDS6";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const NEW_FLOWS6: &str = "NEW_FLOWS6";
     /// Every map above: what a pin directory holds.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
         REGIONS,
@@ -77,18 +93,22 @@ pub mod map_names {
         REASONS,
         FLOW_EVENTS,
         REGION_SIGNALS,
+        SERVICES6,
+        BACKENDS6,
+        FLOWS6,
+        NEW_FLOWS6,
     ];
 }
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "redirector";
 
-/// `SERVICES` key: what a client addresses.
+/// `SERVICES` (`SERVICES6`) key: what a client addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ServiceKey {
+pub struct ServiceKey<A: Address = Addr4> {
     /// VIP, network order.
-    pub vip: u32,
+    pub vip: A,
     /// Destination port, network order; 0 for ICMP echo services.
     pub port: u16,
     pub protocol: u8,
@@ -126,13 +146,13 @@ pub struct SelectionTable {
     pub slots: [u8; SELECTION_SLOTS],
 }
 
-/// `BACKENDS` value, indexed by [`backend_index`]: where a region serves a
-/// service.
+/// `BACKENDS` (`BACKENDS6`) value, indexed by [`backend_index`]: where a
+/// region serves a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Backend {
+pub struct Backend<A: Address = Addr4> {
     /// Network order; 0 means the service has no endpoint in this region.
-    pub addr: u32,
+    pub addr: A,
     /// Network order; the service's own port unless the region serves on
     /// another one.
     pub port: u16,
@@ -175,12 +195,12 @@ pub struct Region {
     pub _pad: [u8; 7],
 }
 
-/// `FLOWS` key: a 5-tuple as it appears in the packet.
+/// `FLOWS` (`FLOWS6`) key: a 5-tuple as it appears in the packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
-    pub src_addr: u32,
-    pub dst_addr: u32,
+pub struct FlowKey<A: Address = Addr4> {
+    pub src_addr: A,
+    pub dst_addr: A,
     /// For ICMP echo: the echo identifier on the client's side, 0 on the
     /// region's side.
     pub src_port: u16,
@@ -189,11 +209,11 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-impl FlowKey {
+impl<A: Address> FlowKey<A> {
     /// The key of an original entry's reply twin: the region endpoint it
     /// is rewritten to (network order) answering the client.
     #[inline(always)]
-    pub fn reply_key(&self, endpoint_addr: u32, endpoint_port: u16) -> Self {
+    pub fn reply_key(&self, endpoint_addr: A, endpoint_port: u16) -> Self {
         Self {
             src_addr: endpoint_addr,
             dst_addr: self.src_addr,
@@ -253,13 +273,13 @@ pub struct NextHop {
 /// so it costs one hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Flow {
+pub struct Flow<A: Address = Addr4> {
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC epoch) of the last
     /// packet, refreshed every [`LAST_SEEN_GRANULARITY_NS`].
     pub last_seen_ns: u64,
     /// Network order. Original: the region endpoint the destination is
     /// rewritten to. Reply: the VIP and port the source is rewritten to.
-    pub rewrite_addr: u32,
+    pub rewrite_addr: A,
     pub rewrite_port: u16,
     pub service_id: u16,
     pub region_id: u8,
@@ -279,6 +299,7 @@ pub struct Flow {
     /// refreshed, so routes and neighbours that change apply within
     /// `LAST_SEEN_GRANULARITY_NS`.
     pub next_hop: NextHop,
+    pub _tail: A::FlowPad,
 }
 
 /// Bytes of the `FLOW_EVENTS` ring buffer: 4 MiB, about 100 000 events
@@ -370,15 +391,18 @@ pub enum Reason {
     Forwarded = 0,
     /// Region → client packet sent out by the program.
     Replied,
-    /// Not IPv4 (ARP, IPv6, stacked VLANs...): the kernel's business.
-    PassNotIpv4,
-    /// A header ends past the frame, or the IPv4 header is malformed.
+    /// Neither IPv4 nor IPv6 (ARP, stacked VLANs...): the kernel's
+    /// business.
+    PassNotIp,
+    /// A header ends past the frame, or the IP header is malformed.
     PassMalformed,
-    /// IPv4 fragment: no reassembly here, the kernel routes it unchanged.
+    /// IPv4 fragment, or IPv6 packet with a Fragment header: no reassembly
+    /// here, the kernel routes it unchanged.
     PassFragment,
     /// Neither to a service nor a reply of a tracked flow.
     PassNotService,
-    /// ICMP other than echo (errors included): untouched.
+    /// ICMP or ICMPv6 other than echo (errors, neighbour discovery, router
+    /// advertisements): untouched.
     PassIcmpOther,
     /// Rewritten, but the next hop's MAC is unknown: the kernel forwards it
     /// and resolves the neighbour.
@@ -413,14 +437,17 @@ pub enum Reason {
     /// A region signal (passive detection) found its ring buffer full;
     /// the checks still judge the region (also counted by what follows).
     RegionSignalLost,
+    /// IPv6 with more extension headers before its upper layer than the
+    /// parser skips ([`MAX_IPV6_EXTENSION_HEADERS`]): untouched.
+    PassIpv6Extensions,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::RegionSignalLost as u32 + 1;
+    pub const COUNT: u32 = Reason::PassIpv6Extensions as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::Forwarded,
         Reason::Replied,
-        Reason::PassNotIpv4,
+        Reason::PassNotIp,
         Reason::PassMalformed,
         Reason::PassFragment,
         Reason::PassNotService,
@@ -436,6 +463,7 @@ impl Reason {
         Reason::MidstreamNoFlow,
         Reason::SyncEventLost,
         Reason::RegionSignalLost,
+        Reason::PassIpv6Extensions,
     ];
 
     /// Stable name for metrics and the CLI.
@@ -443,7 +471,7 @@ impl Reason {
         match self {
             Reason::Forwarded => "forwarded",
             Reason::Replied => "replied",
-            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotIp => "pass_not_ip",
             Reason::PassMalformed => "pass_malformed",
             Reason::PassFragment => "pass_fragment",
             Reason::PassNotService => "pass_not_service",
@@ -459,6 +487,7 @@ impl Reason {
             Reason::MidstreamNoFlow => "midstream_no_flow",
             Reason::SyncEventLost => "sync_event_lost",
             Reason::RegionSignalLost => "region_signal_lost",
+            Reason::PassIpv6Extensions => "pass_ipv6_extensions",
         }
     }
 }
@@ -469,11 +498,15 @@ impl Reason {
 /// Words are taken as they sit in the packet; the mixing is murmur3's
 /// finaliser, which spreads sequential client ports across the table.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
+pub fn flow_hash<A: Address>(key: &FlowKey<A>) -> u32 {
     let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
     let mut h = 0x9e37_79b9u32 ^ key.protocol as u32;
-    h = mix(h ^ key.src_addr);
-    h = mix(h ^ key.dst_addr);
+    for word in key.src_addr.words() {
+        h = mix(h ^ word);
+    }
+    for word in key.dst_addr.words() {
+        h = mix(h ^ word);
+    }
     mix(h ^ ports)
 }
 
@@ -488,7 +521,7 @@ fn mix(mut h: u32) -> u32 {
 
 /// Slot of a flow in its service's selection table.
 #[inline(always)]
-pub fn selection_slot(key: &FlowKey) -> usize {
+pub fn selection_slot<A: Address>(key: &FlowKey<A>) -> usize {
     (flow_hash(key) % SELECTION_SLOTS as u32) as usize
 }
 
@@ -497,13 +530,13 @@ mod pod {
     use super::*;
     // SAFETY: all of these are #[repr(C)], Copy, and made only of integers
     // with explicit padding fields, so every byte pattern is a valid value.
-    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl<A: Address> aya::Pod for ServiceKey<A> {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for SelectionTable {}
-    unsafe impl aya::Pod for Backend {}
+    unsafe impl<A: Address> aya::Pod for Backend<A> {}
     unsafe impl aya::Pod for Region {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for Flow {}
+    unsafe impl<A: Address> aya::Pod for FlowKey<A> {}
+    unsafe impl<A: Address> aya::Pod for Flow<A> {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for SyncEvent {}
@@ -524,6 +557,11 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 40);
         assert_eq!(core::mem::offset_of!(Flow, handshake), 20);
+        assert_eq!(size_of::<ServiceKey<Addr6>>(), 20);
+        assert_eq!(size_of::<Backend<Addr6>>(), 20);
+        assert_eq!(size_of::<FlowKey<Addr6>>(), 40);
+        assert_eq!(size_of::<Flow<Addr6>>(), 56);
+        assert_eq!(core::mem::offset_of!(Flow<Addr6>, _tail), 52);
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<SyncEvent>(), 32);
         assert_eq!(size_of::<RegionSignal>(), 16);

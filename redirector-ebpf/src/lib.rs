@@ -1,6 +1,6 @@
-//! What every XDP program of this crate shares: the header parser, the FIB
-//! lookup, the panic handler and the licence. The programs are in
-//! `src/bin/`: `redirector/` (what redirectord loads; its packet path, one
+//! What every XDP program of this crate shares: the header parser, the two
+//! IP families behind one trait, the FIB lookup, the panic handler and the
+//! licence. The programs are in `src/bin/`: `redirector/` (what redirectord loads; its packet path, one
 //! small file per stage, as Cilium's `bpf/lib`) and `baseline.rs` (the
 //! reference programs the benchmarks measure it against). The maps stay
 //! with their program: a map defined here would be created by every
@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod fib;
+pub mod ip;
 pub mod parse;
 
 #[cfg(not(test))]

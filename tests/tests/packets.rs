@@ -441,10 +441,11 @@ fn traffic_not_for_a_service_passes_untouched() {
 
     let mut arp = from_client(VIP, L4::tcp(1, 80)).bytes();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_passed_untouched(&gw, &arp, "cli", Reason::PassNotIpv4);
-    let mut ipv6 = from_client(VIP, L4::tcp(1, 80)).bytes();
-    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    assert_passed_untouched(&gw, &ipv6, "cli", Reason::PassNotIpv4);
+    assert_passed_untouched(&gw, &arp, "cli", Reason::PassNotIp);
+    // An IPv4 header behind IPv6's EtherType: version 4 where 6 belongs.
+    let mut mislabelled = from_client(VIP, L4::tcp(1, 80)).bytes();
+    mislabelled[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_passed_untouched(&gw, &mislabelled, "cli", Reason::PassMalformed);
     let mut gre = from_client(VIP, L4::tcp(1, 80)).bytes();
     gre[14 + 9] = 47; // protocol field; checksum now wrong, which is not ours to judge
     assert_passed_untouched(&gw, &gre, "cli", Reason::PassNotService);
@@ -463,7 +464,7 @@ fn vlan_tagged_frame_is_steered_with_its_tag_kept() {
     qinq.vlan = Some(100);
     let mut bytes = qinq.bytes();
     bytes[16..18].copy_from_slice(&[0x81, 0x00]); // a second tag
-    assert_passed_untouched(&gw, &bytes, "cli", Reason::PassNotIpv4);
+    assert_passed_untouched(&gw, &bytes, "cli", Reason::PassNotIp);
 }
 
 #[test]

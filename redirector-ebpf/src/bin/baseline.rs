@@ -17,7 +17,7 @@ use network_types::{
 };
 use redirector_common::IPPROTO_UDP;
 use redirector_ebpf::{
-    fib::{lookup_ipv4, BPF_FIB_LKUP_RET_SUCCESS},
+    fib::{lookup, BPF_FIB_LKUP_RET_SUCCESS},
     parse::header,
 };
 
@@ -44,7 +44,7 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN).ok()?;
-    let (ret, fib) = lookup_ipv4(ctx, ip);
+    let (ret, fib) = lookup(ctx, ip, unsafe { (*ip).proto });
     if ret != BPF_FIB_LKUP_RET_SUCCESS {
         return None;
     }

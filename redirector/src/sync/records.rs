@@ -63,6 +63,7 @@ pub fn entries(record: &FlowRecord, now_ns: u64) -> [(FlowKey, Flow); 2] {
         _pad: 0,
         handshake: 0,
         next_hop: NextHop::default(),
+        _tail: [],
     };
     let reply = Flow {
         direction: FLOW_REPLY,

@@ -20,7 +20,7 @@ use redirector_common::{
     lifetime::{handshake_keeps_region, keeps_region},
     selection_slot, Counters, Flow, FlowKey, NextHop, Reason, RegionState, FLOW_ANSWERED,
     FLOW_FIN_SEEN, FLOW_ORIGINAL, FLOW_REPLY, FLOW_RST_SEEN, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, MAX_REGIONS, MAX_SERVICES, NO_REGION,
+    IPPROTO_ICMPV6, IPPROTO_UDP, MAX_IPV6_EXTENSION_HEADERS, MAX_REGIONS, MAX_SERVICES, NO_REGION,
 };
 
 use crate::{
@@ -282,6 +282,7 @@ impl Model {
             _pad: 0,
             handshake: 0,
             next_hop: fib.unwrap_or_default(),
+            _tail: [],
         };
         let table = self.table(into_new);
         table.insert(p.key, flow);
@@ -405,6 +406,46 @@ fn close_flags(tcp_flags: u8) -> u8 {
     flags
 }
 
+/// What the data plane does with an IPv6 frame. The fuzzed gateway has
+/// IPv4 services only, so no IPv6 frame is steered: the parse alone decides
+/// the reason it passes with (`redirector-ebpf/src/parse.rs`).
+fn ipv6_verdict(frame: &[u8], l3: usize) -> Reason {
+    let len = frame.len();
+    if len < l3 + 40 {
+        return Reason::PassMalformed;
+    }
+    if frame[l3] >> 4 != 6 {
+        return Reason::PassMalformed;
+    }
+    let mut next = frame[l3 + 6];
+    let mut offset = l3 + 40;
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+        if !matches!(next, 0 | 43 | 60) {
+            break;
+        }
+        if len < offset + 2 {
+            return Reason::PassMalformed;
+        }
+        next = frame[offset];
+        offset += (frame[offset + 1] as usize + 1) * 8;
+    }
+    let needed = match next {
+        44 => return Reason::PassFragment,
+        0 | 43 | 60 => return Reason::PassIpv6Extensions,
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP | IPPROTO_ICMPV6 => 8,
+        _ => return Reason::PassNotService,
+    };
+    if len < offset + needed {
+        return Reason::PassMalformed;
+    }
+    match next {
+        IPPROTO_TCP if frame[offset + 12] >> 4 < 5 => Reason::PassMalformed,
+        IPPROTO_ICMPV6 if frame[offset + 1] != 0 || !matches!(frame[offset], 128 | 129) => Reason::PassIcmpOther,
+        _ => Reason::PassNotService,
+    }
+}
+
 fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
     let len = frame.len();
     if len < 14 {
@@ -419,8 +460,11 @@ fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
         ether_type = u16::from_be_bytes([frame[16], frame[17]]);
         l3 = 18;
     }
+    if ether_type == 0x86dd {
+        return Err(ipv6_verdict(frame, l3));
+    }
     if ether_type != 0x0800 {
-        return Err(Reason::PassNotIpv4);
+        return Err(Reason::PassNotIp);
     }
     if len < l3 + 20 {
         return Err(Reason::PassMalformed);

@@ -14,29 +14,26 @@
 use aya_ebpf::maps::LruHashMap;
 use redirector_common::{
     lifetime::{handshake_keeps_region, keeps_region},
-    Backend, Flow, FlowKey, NextHop, FLOW_ANSWERED, SYNC_EVENT_PINNED, FLOW_ORIGINAL, FLOW_REPLY,
+    Address, Backend, Flow, FlowKey, NextHop, Service, FLOW_ANSWERED, SYNC_EVENT_PINNED, FLOW_ORIGINAL, FLOW_REPLY,
     FLOW_SYNCED, LAST_SEEN_GRANULARITY_NS,
 };
 use redirector_ebpf::parse::Packet;
 
-use crate::{
-    maps::{FLOWS, NEW_FLOWS},
-    sync,
-};
+use crate::family::Family;
 
-pub type Table = LruHashMap<FlowKey, Flow>;
+pub type Table<A> = LruHashMap<FlowKey<A>, Flow<A>>;
 
 /// Whether an original entry of the established table still holds for this
 /// packet, or the packet opens the flow anew.
 #[inline(always)]
-pub fn holds(flow: *const Flow, key: &FlowKey, pkt: &Packet, now: u64) -> bool {
+pub fn holds<F: Family>(flow: *const Flow<F::Addr>, key: &FlowKey<F::Addr>, pkt: &Packet<F>, now: u64) -> bool {
     let (last_seen, flags) = unsafe { ((*flow).last_seen_ns, (*flow).flags) };
     keeps_region(key.protocol, flags, now.wrapping_sub(last_seen), pkt.is_tcp_syn())
 }
 
 /// [`holds`] for an entry of the table of new flows.
 #[inline(always)]
-pub fn handshake_holds(flow: *const Flow, pkt: &Packet, now: u64) -> bool {
+pub fn handshake_holds<F: Family>(flow: *const Flow<F::Addr>, pkt: &Packet<F>, now: u64) -> bool {
     let (last_seen, flags) = unsafe { ((*flow).last_seen_ns, (*flow).flags) };
     handshake_keeps_region(flags, now.wrapping_sub(last_seen), pkt.is_tcp_syn())
 }
@@ -46,7 +43,7 @@ pub fn handshake_holds(flow: *const Flow, pkt: &Packet, now: u64) -> bool {
 /// True when the last-seen time was refreshed (and so the cached next hop
 /// is due for a refresh too).
 #[inline(always)]
-pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
+pub fn touch<F: Family>(flow: *mut Flow<F::Addr>, pkt: &Packet<F>, now: u64) -> bool {
     let close = pkt.tcp_close_flags();
     unsafe {
         if close & !(*flow).flags != 0 {
@@ -64,7 +61,7 @@ pub fn touch(flow: *mut Flow, pkt: &Packet, now: u64) -> bool {
 /// A region's SYN-ACK of sequence number `seq` answered the flow: its
 /// client's ACK of `seq + 1` completes the handshake.
 #[inline(always)]
-pub fn answered(original: *mut Flow, seq: u32) {
+pub fn answered<A: Address>(original: *mut Flow<A>, seq: u32) {
     unsafe {
         (*original).flags |= FLOW_ANSWERED;
         (*original).handshake = seq.wrapping_add(1);
@@ -74,7 +71,7 @@ pub fn answered(original: *mut Flow, seq: u32) {
 /// Whether this client packet completes the new flow's handshake: the
 /// region answered, and the packet acknowledges its SYN-ACK.
 #[inline(always)]
-pub fn completes_handshake(flow: *const Flow, pkt: &Packet) -> bool {
+pub fn completes_handshake<F: Family>(flow: *const Flow<F::Addr>, pkt: &Packet<F>) -> bool {
     let (flags, expected) = unsafe { ((*flow).flags, (*flow).handshake) };
     flags & FLOW_ANSWERED != 0 && pkt.tcp_ack_number() == Some(expected)
 }
@@ -82,27 +79,31 @@ pub fn completes_handshake(flow: *const Flow, pkt: &Packet) -> bool {
 /// Moves a new flow whose handshake completed, both entries, to the
 /// established table; its original entry there, or None if it could not
 /// move (its reply twin evicted, the table refusing): it stays new.
-#[inline(always)]
-pub fn promote(key: &FlowKey, flow: *const Flow) -> Option<*mut Flow> {
+/// Once per connection, so it takes a stack frame of its own.
+#[inline(never)]
+pub fn promote<F: Family>(key: &FlowKey<F::Addr>, flow: *const Flow<F::Addr>) -> Option<*mut Flow<F::Addr>> {
+    let (flows, new_flows) = (F::flows(), F::new_flows());
     let mut original = unsafe { *flow };
     original.flags &= !FLOW_ANSWERED;
     original.handshake = 0;
     let twin = key.reply_key(original.rewrite_addr, original.rewrite_port);
-    let mut reply = unsafe { *NEW_FLOWS.get(&twin)? };
+    let mut reply = unsafe { *new_flows.get(&twin)? };
     // Established: no refusal to recognise any more.
     reply.handshake = 0;
-    FLOWS.insert(&twin, &reply, 0).ok()?;
-    FLOWS.insert(key, &original, 0).ok()?;
-    sync::announce(key, &original, SYNC_EVENT_PINNED);
-    let _ = NEW_FLOWS.remove(key);
-    let _ = NEW_FLOWS.remove(&twin);
-    FLOWS.get_ptr_mut(key)
+    flows.insert(&twin, &reply, 0).ok()?;
+    flows.insert(key, &original, 0).ok()?;
+    F::announce(key, &original, SYNC_EVENT_PINNED);
+    let _ = new_flows.remove(key);
+    let _ = new_flows.remove(&twin);
+    flows.get_ptr_mut(key)
 }
 
 /// Where a flow is pinned and what it carries over.
-pub struct Placement<'a> {
+pub struct Placement<'a, A: Address> {
+    /// The service the flow addressed.
+    pub service: Service,
     /// `NEW_FLOWS` for a TCP flow still in its handshake, else `FLOWS`.
-    pub table: &'a Table,
+    pub table: &'a Table<A>,
     /// The `FLOW_*_SEEN` bits it starts with, so a flow that closed stays
     /// closed when moved.
     pub flags: u8,
@@ -113,37 +114,39 @@ pub struct Placement<'a> {
     /// acknowledges (kept in the reply twin for passive detection); 0
     /// otherwise.
     pub refusal_ack: u32,
+    /// The packet's time: the flow's last-seen time.
+    pub now: u64,
 }
 
 /// Pins the flow to `region_id` at `backend` (new, or moved off a down
-/// region), with the reply twin that answers from the VIP.
-#[inline(always)]
-pub fn pin(
-    placement: &Placement,
-    key: &FlowKey,
-    service_id: u16,
+/// region), with the reply twin that answers from the VIP. In a frame of
+/// its own, as the other stages of a new flow (`main.rs`).
+#[inline(never)]
+pub fn pin<F: Family>(
+    placement: &Placement<F::Addr>,
+    key: &FlowKey<F::Addr>,
     region_id: u8,
-    backend: &Backend,
-    next_hop: NextHop,
-    now: u64,
+    backend: &Backend<F::Addr>,
+    next_hop: &NextHop,
 ) {
     let table = placement.table;
     let mut flow = Flow {
-        last_seen_ns: now,
+        last_seen_ns: placement.now,
         rewrite_addr: backend.addr,
         rewrite_port: backend.port,
-        service_id,
+        service_id: placement.service.id as u16,
         region_id,
         direction: FLOW_ORIGINAL,
         flags: placement.flags,
         _pad: 0,
         handshake: 0,
-        next_hop,
+        next_hop: *next_hop,
+        _tail: Default::default(),
     };
     // On a full table the LRU evicts the coldest entry; an insert only fails
     // on allocation failure, and then the flow is re-selected next packet.
-    if table.insert(key, &flow, 0).is_ok() && core::ptr::eq(table, &FLOWS) {
-        sync::announce(key, &flow, placement.event);
+    if table.insert(key, &flow, 0).is_ok() && core::ptr::eq(table, F::flows()) {
+        F::announce(key, &flow, placement.event);
     }
 
     flow.direction = FLOW_REPLY;
@@ -155,9 +158,10 @@ pub fn pin(
     let _ = table.insert(&key.reply_key(backend.addr, backend.port), &flow, 0);
 }
 
-/// Removes an original entry of `table` and its reply twin.
-#[inline(always)]
-pub fn forget(table: &Table, key: &FlowKey, original: *const Flow) {
+/// Removes an original entry of `table` and its reply twin. Only when a
+/// SYN reopens a tuple, so in a frame of its own.
+#[inline(never)]
+pub fn forget<A: Address>(table: &Table<A>, key: &FlowKey<A>, original: *const Flow<A>) {
     let (addr, port) = unsafe { ((*original).rewrite_addr, (*original).rewrite_port) };
     let _ = table.remove(&key.reply_key(addr, port));
     let _ = table.remove(key);
@@ -165,7 +169,7 @@ pub fn forget(table: &Table, key: &FlowKey, original: *const Flow) {
 
 /// The client's flow key as the reply twin `reply` remembers it.
 #[inline(always)]
-pub fn original_key(reply_key: &FlowKey, reply: &Flow) -> FlowKey {
+pub fn original_key<A: Address>(reply_key: &FlowKey<A>, reply: &Flow<A>) -> FlowKey<A> {
     FlowKey {
         src_addr: reply_key.dst_addr,
         dst_addr: reply.rewrite_addr,

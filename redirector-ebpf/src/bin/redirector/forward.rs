@@ -4,13 +4,14 @@
 //! route not forwardable, egress not attached) goes to the kernel with its
 //! addresses rewritten and its MACs untouched: the kernel forwards it like
 //! any routed packet and resolves the neighbour, so nothing is lost while
-//! ARP runs.
+//! ARP or neighbour discovery runs.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use redirector_common::{NextHop, Reason};
 
 use redirector_ebpf::{
-    fib::{lookup_ipv4, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    fib::{lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    ip::IpHeader,
     parse::Packet,
 };
 
@@ -19,8 +20,8 @@ use crate::{maps::EGRESS, rewrite::rewrite_macs};
 /// Asks the kernel where the (already rewritten) packet's destination is,
 /// and whether the program can send it there itself.
 #[inline(always)]
-pub fn resolve(ctx: &XdpContext, pkt: &Packet) -> Result<NextHop, Reason> {
-    let (ret, fib) = lookup_ipv4(ctx, pkt.ip);
+pub fn resolve<H: IpHeader>(ctx: &XdpContext, pkt: &Packet<H>) -> Result<NextHop, Reason> {
+    let (ret, fib) = lookup(ctx, pkt.ip, pkt.protocol);
     let ingress = ctx.ingress_ifindex() as u32;
     match ret {
         BPF_FIB_LKUP_RET_SUCCESS => {}
@@ -41,7 +42,7 @@ pub fn resolve(ctx: &XdpContext, pkt: &Packet) -> Result<NextHop, Reason> {
 /// interface it came in on, or redirected to another attached one. `sent` is
 /// the reason recorded when it leaves from here.
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, pkt: &Packet, hop: &NextHop, sent: Reason) -> (u32, Reason) {
+pub fn transmit<H>(ctx: &XdpContext, pkt: &Packet<H>, hop: &NextHop, sent: Reason) -> (u32, Reason) {
     rewrite_macs(pkt, hop.src_mac, hop.dst_mac);
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return (xdp_action::XDP_TX, sent);

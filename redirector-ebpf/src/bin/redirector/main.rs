@@ -1,7 +1,8 @@
 //! redirector: XDP transparent redirection of a service's traffic between
 //! regions.
 //!
-//! Packet path, top to bottom:
+//! Packet path, top to bottom, the same for IPv4 and IPv6 (compiled once
+//! per family, each with its own maps: `family.rs`):
 //!   parse → classify (service? reply of a tracked flow? neither: pass)
 //!   → flow lookup → select a region for new flows → rewrite → forward;
 //!   a region's answer during a handshake also feeds passive detection.
@@ -12,15 +13,18 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
     Global,
 };
-use aya_log_ebpf::debug;
 use redirector_common::{
-    Flow, FlowKey, NextHop, Reason, Service, ServiceKey, SYNC_EVENT_PINNED, SYNC_EVENT_RE_STEERED, FLOW_REPLY,
+    Backend, Flow, FlowKey, NextHop, Reason, ServiceKey, SYNC_EVENT_PINNED, SYNC_EVENT_RE_STEERED, FLOW_REPLY,
     IPPROTO_TCP,
 };
 
-use redirector_ebpf::parse::{self, Packet};
+use redirector_ebpf::{
+    ip::End,
+    parse::{self, Packet, Parsed},
+};
 
 mod detect;
+mod family;
 mod flow;
 mod forward;
 mod maps;
@@ -30,9 +34,8 @@ mod stats;
 mod sync;
 
 use crate::{
+    family::Family,
     flow::{Placement, Table},
-    maps::{FLOWS, NEW_FLOWS, SERVICES},
-    rewrite::End,
     stats::Direction,
 };
 
@@ -51,50 +54,69 @@ pub fn redirector(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn process(ctx: &XdpContext) -> (u32, Reason) {
-    let pkt = match parse::parse(ctx) {
-        Ok(pkt) => pkt,
-        Err(reason) => return (xdp_action::XDP_PASS, reason),
-    };
-    let key = pkt.flow_key();
-    let now = now_ns();
+    match parse::parse(ctx) {
+        Ok(Parsed::V4(pkt)) => steer(ctx, &pkt),
+        Ok(Parsed::V6(pkt)) => steer(ctx, &pkt),
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    }
+}
+
+/// What every stage of a packet's path reads.
+struct Steering<'a, F: Family> {
+    ctx: &'a XdpContext,
+    pkt: &'a Packet<F>,
+    key: FlowKey<F::Addr>,
+    now: u64,
+}
+
+/// The verifier allows 512 bytes of stack to the deepest chain of calls,
+/// and an IPv6 path inlined whole spills past that (40-byte keys, 56-byte
+/// entries, four-word addresses in ten registers). So each family's path
+/// and each stage it takes gets a frame of its own, called one after the
+/// other from here, never nested more than once.
+#[inline(never)]
+fn steer<F: Family>(ctx: &XdpContext, pkt: &Packet<F>) -> (u32, Reason) {
+    let (flows, new_flows) = (F::flows(), F::new_flows());
+    let s = Steering { ctx, pkt, key: pkt.flow_key(), now: now_ns() };
+    let key = &s.key;
 
     // Established flows first: one lookup carries all they need.
     // A flow re-steered off a down region keeps what it saw of its close,
     // and an established one stays in the established table.
     let mut carried_flags = 0;
     let mut event = SYNC_EVENT_PINNED;
-    let mut table = if key.protocol == IPPROTO_TCP { &NEW_FLOWS } else { &FLOWS };
+    let mut table = if key.protocol == IPPROTO_TCP { new_flows } else { flows };
     let mut midstream = false;
-    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+    if let Some(flow) = flows.get_ptr_mut(key) {
         if unsafe { (*flow).direction } == FLOW_REPLY {
-            return to_client(ctx, &pkt, &key, flow, &FLOWS, now);
+            return to_client(&s, flow, flows);
         }
-        if flow::holds(flow, &key, &pkt, now) {
+        if flow::holds(flow, key, pkt, s.now) {
             if !select::region_is_down(unsafe { (*flow).region_id }) {
-                return to_region(ctx, &pkt, flow, now);
+                return to_region(&s, flow);
             }
             stats::count_reason(Reason::ReSteered);
-            log_flow_event(ctx, &key, "re-steered off a down region");
+            log_flow_event::<F>(ctx, key, "re-steered off a down region");
             carried_flags = unsafe { (*flow).flags };
-            table = &FLOWS;
+            table = flows;
             event = SYNC_EVENT_RE_STEERED;
         } else if key.protocol == IPPROTO_TCP {
             // A SYN reopens the tuple as a new flow: the old one's entries
             // must not answer for it.
-            flow::forget(&FLOWS, &key, flow);
+            flow::forget(flows, key, flow);
         }
     } else if key.protocol == IPPROTO_TCP {
-        match NEW_FLOWS.get_ptr_mut(&key) {
+        match new_flows.get_ptr_mut(key) {
             Some(flow) if unsafe { (*flow).direction } == FLOW_REPLY => {
-                detect::handshake_answer(&pkt, unsafe { &*flow });
-                return to_client(ctx, &pkt, &key, flow, &NEW_FLOWS, now);
+                detect::handshake_answer(pkt, unsafe { &*flow });
+                return to_client(&s, flow, new_flows);
             }
-            Some(flow) if flow::handshake_holds(flow, &pkt, now) => {
+            Some(flow) if flow::handshake_holds(flow, pkt, s.now) => {
                 if !select::region_is_down(unsafe { (*flow).region_id }) {
-                    return to_region(ctx, &pkt, established(&key, flow, &pkt), now);
+                    return to_region(&s, established(key, flow, pkt));
                 }
                 stats::count_reason(Reason::ReSteered);
-                log_flow_event(ctx, &key, "re-steered off a down region");
+                log_flow_event::<F>(ctx, key, "re-steered off a down region");
                 carried_flags = unsafe { (*flow).flags };
             }
             Some(_) => {}
@@ -108,18 +130,20 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         protocol: key.protocol,
         _pad: 0,
     };
-    match unsafe { SERVICES.get(&service_key) } {
+    match unsafe { F::services().get(&service_key) } {
         Some(service) => {
             if midstream {
                 stats::count_reason(Reason::MidstreamNoFlow);
             }
             let placement = Placement {
+                service: *service,
                 table,
                 flags: carried_flags | pkt.tcp_close_flags(),
                 event,
                 refusal_ack: pkt.tcp_syn_seq().map_or(0, |seq| seq.wrapping_add(1)),
+                now: s.now,
             };
-            new_flow(ctx, &pkt, &key, service, &placement, now)
+            new_flow(&s, &placement)
         }
         None => (xdp_action::XDP_PASS, Reason::PassNotService),
     }
@@ -128,11 +152,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
 /// A new flow's entry, or its entry in the established table if this
 /// packet completes its handshake.
 #[inline(always)]
-fn established(key: &FlowKey, flow: *mut Flow, pkt: &Packet) -> *mut Flow {
+fn established<F: Family>(key: &FlowKey<F::Addr>, flow: *mut Flow<F::Addr>, pkt: &Packet<F>) -> *mut Flow<F::Addr> {
     if !flow::completes_handshake(flow, pkt) {
         return flow;
     }
-    match flow::promote(key, flow) {
+    match flow::promote::<F>(key, flow) {
         Some(moved) => {
             stats::count_reason(Reason::Promoted);
             moved
@@ -142,51 +166,55 @@ fn established(key: &FlowKey, flow: *mut Flow, pkt: &Packet) -> *mut Flow {
 }
 
 /// Client → VIP, established: to the region the flow is pinned to.
-#[inline(always)]
-fn to_region(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> (u32, Reason) {
+#[inline(never)]
+fn to_region<F: Family>(s: &Steering<F>, flow: *mut Flow<F::Addr>) -> (u32, Reason) {
+    let (ctx, pkt) = (s.ctx, s.pkt);
     let f = unsafe { &*flow };
     let direction = Direction::ToRegion { new_flow: false };
     stats::count_traffic(f.service_id as u32, f.region_id, pkt.len, direction);
-    rewrite::rewrite_end(pkt, End::Destination, f.rewrite_addr, f.rewrite_port);
-    match next_hop(ctx, pkt, flow, now) {
+    rewrite::rewrite_end(pkt, End::Destination, &f.rewrite_addr, f.rewrite_port);
+    match next_hop(ctx, pkt, flow, s.now) {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
         Err(reason) => (xdp_action::XDP_PASS, reason),
     }
 }
 
 /// Client → VIP, first packet (or re-steered off a down region): pick a
-/// region, pin the flow both ways as `placement` says, rewrite toward it.
+/// region of the service, pin the flow both ways as `placement` says,
+/// rewrite toward it.
 #[inline(always)]
-fn new_flow(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    key: &FlowKey,
-    service: &Service,
-    placement: &Placement,
-    now: u64,
-) -> (u32, Reason) {
-    let Some(region_id) = select::select_region(service, key) else {
+fn new_flow<F: Family>(s: &Steering<F>, placement: &Placement<F::Addr>) -> (u32, Reason) {
+    let service = &placement.service;
+    let Some(region_id) = select::select_region(service, &s.key) else {
         return (xdp_action::XDP_DROP, Reason::DropNoRegion);
     };
-    let Some(backend) = select::backend(service.id, region_id) else {
+    let Some(backend) = select::backend::<F>(service.id, region_id) else {
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
-    let direction = Direction::ToRegion { new_flow: true };
-    stats::count_traffic(service.id, region_id, pkt.len, direction);
-    rewrite::rewrite_end(pkt, End::Destination, backend.addr, backend.port);
-    let hop = forward::resolve(ctx, pkt);
-    flow::pin(placement, key, service.id as u16, region_id, backend, hop.unwrap_or_default(), now);
-    log_flow_event(ctx, key, "new flow");
+    let hop = toward_backend(s, service.id, region_id, backend);
+    flow::pin::<F>(placement, &s.key, region_id, backend, &hop.unwrap_or_default());
+    log_flow_event::<F>(s.ctx, &s.key, "new flow");
     match hop {
-        Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
+        Ok(hop) => forward::transmit(s.ctx, s.pkt, &hop, Reason::Forwarded),
         Err(reason) => (xdp_action::XDP_PASS, reason),
     }
 }
 
+/// A new flow's first packet, counted and rewritten toward `backend`; where
+/// it goes from here.
+#[inline(never)]
+fn toward_backend<F: Family>(s: &Steering<F>, service_id: u32, region_id: u8, backend: &Backend<F::Addr>) -> Result<NextHop, Reason> {
+    let direction = Direction::ToRegion { new_flow: true };
+    stats::count_traffic(service_id, region_id, s.pkt.len, direction);
+    rewrite::rewrite_end(s.pkt, End::Destination, &backend.addr, backend.port);
+    forward::resolve(s.ctx, s.pkt)
+}
+
 /// Region → client, in reply to a flow of `table`: the client sees the
 /// VIP.
-#[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut Flow, table: &Table, now: u64) -> (u32, Reason) {
+#[inline(never)]
+fn to_client<F: Family>(s: &Steering<F>, reply: *mut Flow<F::Addr>, table: &Table<F::Addr>) -> (u32, Reason) {
+    let (ctx, pkt, key, now) = (s.ctx, s.pkt, &s.key, s.now);
     let r = unsafe { &*reply };
     let synack = pkt.tcp_synack_seq();
     if pkt.tcp_close_flags() != 0 || synack.is_some() {
@@ -201,7 +229,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut Flow, ta
         }
     }
     stats::count_traffic(r.service_id as u32, r.region_id, pkt.len, Direction::ToClient);
-    rewrite::rewrite_end(pkt, End::Source, r.rewrite_addr, r.rewrite_port);
+    rewrite::rewrite_end(pkt, End::Source, &r.rewrite_addr, r.rewrite_port);
     match next_hop(ctx, pkt, reply, now) {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Replied),
         Err(reason) => (xdp_action::XDP_PASS, reason),
@@ -211,7 +239,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut Flow, ta
 /// The flow's cached next hop, asked of the FIB again when the flow's
 /// last-seen time is refreshed or nothing is cached yet.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> Result<NextHop, Reason> {
+fn next_hop<F: Family>(ctx: &XdpContext, pkt: &Packet<F>, flow: *mut Flow<F::Addr>, now: u64) -> Result<NextHop, Reason> {
     let refresh = flow::touch(flow, pkt, now);
     let cached = unsafe { (*flow).next_hop };
     if cached.ifindex != 0 && !refresh {
@@ -229,18 +257,11 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-#[inline(always)]
-fn log_flow_event(ctx: &XdpContext, key: &FlowKey, what: &str) {
+/// Not inlined: its arguments would weigh on every caller's frame, and at
+/// `LOG_FLOW_EVENTS` 0 the verifier removes the calls.
+#[inline(never)]
+fn log_flow_event<F: Family>(ctx: &XdpContext, key: &FlowKey<F::Addr>, what: &str) {
     if LOG_FLOW_EVENTS.load() != 0 {
-        debug!(
-            ctx,
-            "{}: {:i}:{} -> {:i}:{} proto {}",
-            what,
-            u32::from_be(key.src_addr),
-            u16::from_be(key.src_port),
-            u32::from_be(key.dst_addr),
-            u16::from_be(key.dst_port),
-            key.protocol
-        );
+        F::log_flow_event(ctx, key, what);
     }
 }

@@ -6,15 +6,26 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_common::{
-    new_flow_table_size, Backend, Counters, Flow, FlowKey, Region, SelectionTable, Service,
+    new_flow_table_size, Addr6, Backend, Counters, Flow, FlowKey, Region, SelectionTable, Service,
     ServiceKey, Reason, FLOW_EVENTS_BYTES, REGION_SIGNALS_BYTES, FLOW_TABLE_SIZE, MAX_INTERFACES, MAX_REGIONS, MAX_SERVICES,
 };
+
+// IPv4 and IPv6 services, backends and flows live in maps of their own, so
+// an IPv4 entry keeps its size (a 16-byte key, a 40-byte value) instead of
+// taking IPv6's (40 and 56). Service ids, regions, selection tables and
+// counters are shared: a service is one id whatever its family.
 
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
 
 #[map]
+pub static SERVICES6: HashMap<ServiceKey<Addr6>, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_SERVICES * MAX_REGIONS, 0);
+
+#[map]
+pub static BACKENDS6: Array<Backend<Addr6>> = Array::pinned(MAX_SERVICES * MAX_REGIONS, 0);
 
 #[map]
 pub static REGIONS: Array<Region> = Array::pinned(MAX_REGIONS, 0);
@@ -32,6 +43,14 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(FLOW_TABLE_SIZE
 /// region answered: spoofed SYNs churn this table and never reach FLOWS.
 #[map]
 pub static NEW_FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::pinned(new_flow_table_size(FLOW_TABLE_SIZE), 0);
+
+/// `FLOWS` and `NEW_FLOWS` of IPv6, sized alike by the loader.
+#[map]
+pub static FLOWS6: LruHashMap<FlowKey<Addr6>, Flow<Addr6>> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
+
+#[map]
+pub static NEW_FLOWS6: LruHashMap<FlowKey<Addr6>, Flow<Addr6>> =
     LruHashMap::pinned(new_flow_table_size(FLOW_TABLE_SIZE), 0);
 
 /// Interfaces the program may redirect to, keyed by ifindex.

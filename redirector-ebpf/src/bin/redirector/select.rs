@@ -1,13 +1,18 @@
 //! Region selection for new flows, and what the controller says of regions.
 
-use crate::maps::{BACKENDS, REGIONS, SELECTION};
+use crate::{
+    family::Family,
+    maps::{REGIONS, SELECTION},
+};
 use redirector_common::{
-    backend_index, selection_slot, Backend, FlowKey, RegionState, Service, NO_REGION,
+    backend_index, selection_slot, Address, Backend, FlowKey, RegionState, Service, NO_REGION,
 };
 
 /// The region the service's live selection table gives this flow.
-#[inline(always)]
-pub fn select_region(service: &Service, key: &FlowKey) -> Option<u8> {
+/// Not inlined: LLVM would keep the key's words it hashed in registers for
+/// the rewrites that follow, and spill an IPv6 key's past the stack.
+#[inline(never)]
+pub fn select_region<A: Address>(service: &Service, key: &FlowKey<A>) -> Option<u8> {
     let table = SELECTION.get(service.selection_index())?;
     // LLVM turns `% SELECTION_SLOTS` into a multiply-shift whose range the
     // verifier cannot see, and then drops the bounds check as redundant.
@@ -20,10 +25,10 @@ pub fn select_region(service: &Service, key: &FlowKey) -> Option<u8> {
 
 /// Where `region_id` serves the service; None if it does not.
 #[inline(always)]
-pub fn backend(service_id: u32, region_id: u8) -> Option<&'static Backend> {
-    BACKENDS
+pub fn backend<F: Family>(service_id: u32, region_id: u8) -> Option<&'static Backend<F::Addr>> {
+    F::backends()
         .get(backend_index(service_id, region_id))
-        .filter(|b| b.addr != 0)
+        .filter(|b| !b.addr.is_unspecified())
 }
 
 #[inline(always)]

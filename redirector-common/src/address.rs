@@ -1,0 +1,84 @@
+//! The two address families as the maps hold them: an IPv4 address is one
+//! 32-bit word, an IPv6 address four, each word as it sits in the packet
+//! (network order read natively). The map layouts are generic over the
+//! family, so both share one definition and one set of rules (hashing,
+//! checksum arithmetic) and each family keeps entries of its own size.
+
+/// An IPv4 address, network order.
+pub type Addr4 = u32;
+/// An IPv6 address: its four 32-bit words, each in network order.
+pub type Addr6 = [u32; 4];
+
+pub trait Address: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'static {
+    /// Tail padding that makes `Flow<Self>` a whole number of its 8-byte
+    /// alignment with every byte named: no implicit padding in a map value.
+    type FlowPad: Copy + Default + Eq + core::fmt::Debug;
+    /// The words the flow hash mixes and the checksums sum.
+    fn words(&self) -> &[u32];
+
+    /// The all-zero address: a backend slot without an endpoint.
+    #[inline(always)]
+    fn is_unspecified(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Address for Addr4 {
+    type FlowPad = [u8; 0];
+    #[inline(always)]
+    fn words(&self) -> &[u32] {
+        core::slice::from_ref(self)
+    }
+}
+
+impl Address for Addr6 {
+    type FlowPad = [u8; 4];
+    #[inline(always)]
+    fn words(&self) -> &[u32] {
+        self
+    }
+}
+
+/// An IPv6 address from the 16 bytes of a header.
+#[inline(always)]
+pub fn addr6_from_bytes(bytes: &[u8; 16]) -> Addr6 {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        words[i] = u32::from_ne_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+        i += 1;
+    }
+    words
+}
+
+/// The 16 bytes of a header holding `addr`.
+#[inline(always)]
+pub fn addr6_to_bytes(addr: &Addr6) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let word = addr[i].to_ne_bytes();
+        bytes[4 * i] = word[0];
+        bytes[4 * i + 1] = word[1];
+        bytes[4 * i + 2] = word[2];
+        bytes[4 * i + 3] = word[3];
+        i += 1;
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_words_round_trip_and_keep_packet_order() {
+        let bytes: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
+        let words = addr6_from_bytes(&bytes);
+        assert_eq!(words[1], u32::from_ne_bytes([68, 85, 102, 119]));
+        assert_eq!(addr6_to_bytes(&words), bytes);
+        assert!(!words.is_unspecified());
+        assert!(Addr6::default().is_unspecified());
+        assert!(0u32.is_unspecified());
+    }
+}

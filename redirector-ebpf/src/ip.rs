@@ -1,0 +1,131 @@
+//! IPv4 and IPv6 behind one trait, so the packet path is written once and
+//! compiled once per family: what differs is where the addresses sit,
+//! whether the header has a checksum of its own, what a zero UDP checksum
+//! means and how the FIB is asked.
+
+use aya_ebpf::bindings::bpf_fib_lookup;
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use redirector_common::{csum, Addr4, Addr6, Address, IPPROTO_ICMP, IPPROTO_ICMPV6};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Which end of a packet: its source or its destination.
+#[derive(Clone, Copy)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+pub trait IpHeader {
+    type Addr: Address;
+    /// The protocol number of ICMP echo in this family.
+    const ICMP: u8;
+    /// A UDP checksum of zero says "none" (IPv4, RFC 768); over IPv6 it is
+    /// invalid (RFC 8200).
+    const UDP_ZERO_CHECKSUM_IS_NONE: bool;
+    /// ICMP's checksum covers the addresses through a pseudo-header
+    /// (ICMPv6, RFC 4443), or not (ICMPv4).
+    const ICMP_COVERS_ADDRESSES: bool;
+
+    fn addr(ip: *const Self, end: End) -> Self::Addr;
+    /// Sets one address, and the header's own checksum if it has one.
+    fn set_addr(ip: *mut Self, end: End, old: &Self::Addr, new: &Self::Addr);
+    /// The `bpf_fib_lookup` parameters of the packet's route, but for the
+    /// upper-layer protocol (after IPv6's extension headers).
+    fn fib_params(ip: *const Self, fib: &mut bpf_fib_lookup);
+}
+
+impl IpHeader for Ipv4Hdr {
+    type Addr = Addr4;
+    const ICMP: u8 = IPPROTO_ICMP;
+    const UDP_ZERO_CHECKSUM_IS_NONE: bool = true;
+    const ICMP_COVERS_ADDRESSES: bool = false;
+
+    #[inline(always)]
+    fn addr(ip: *const Self, end: End) -> Addr4 {
+        unsafe {
+            match end {
+                End::Source => u32::from_ne_bytes((*ip).src_addr),
+                End::Destination => u32::from_ne_bytes((*ip).dst_addr),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn set_addr(ip: *mut Self, end: End, old: &Addr4, new: &Addr4) {
+        unsafe {
+            match end {
+                End::Source => (*ip).src_addr = new.to_ne_bytes(),
+                End::Destination => (*ip).dst_addr = new.to_ne_bytes(),
+            }
+            let check = u16::from_ne_bytes((*ip).check);
+            (*ip).check = csum::replace4(check, *old, *new).to_ne_bytes();
+        }
+    }
+
+    #[inline(always)]
+    fn fib_params(ip: *const Self, fib: &mut bpf_fib_lookup) {
+        unsafe {
+            let ip = &*ip;
+            fib.family = AF_INET;
+            fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+            fib.__bindgen_anon_2.tos = ip.tos;
+            fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
+            fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+        }
+    }
+}
+
+/// IPv6 addresses are read and written as four 32-bit words where they sit
+/// in the frame, 2-byte aligned behind Ethernet. Loads of a byte each, what
+/// an unaligned read compiles to for BPF, spill the path's registers past
+/// its 512-byte stack; the verifier accepts word access at any packet
+/// offset on the architectures with efficient unaligned access (x86-64,
+/// arm64), as Katran's and Cilium's `in6_addr` copies rely on.
+impl IpHeader for Ipv6Hdr {
+    type Addr = Addr6;
+    const ICMP: u8 = IPPROTO_ICMPV6;
+    const UDP_ZERO_CHECKSUM_IS_NONE: bool = false;
+    const ICMP_COVERS_ADDRESSES: bool = true;
+
+    #[inline(always)]
+    fn addr(ip: *const Self, end: End) -> Addr6 {
+        let field = unsafe {
+            match end {
+                End::Source => &(*ip).src_addr,
+                End::Destination => &(*ip).dst_addr,
+            }
+        };
+        let words = field.as_ptr() as *const u32;
+        unsafe { [words.read(), words.add(1).read(), words.add(2).read(), words.add(3).read()] }
+    }
+
+    #[inline(always)]
+    fn set_addr(ip: *mut Self, end: End, _old: &Addr6, new: &Addr6) {
+        // No header checksum in IPv6: the upper layer's covers the
+        // addresses alone.
+        let field = unsafe {
+            match end {
+                End::Source => &mut (*ip).src_addr,
+                End::Destination => &mut (*ip).dst_addr,
+            }
+        };
+        let words = field.as_mut_ptr() as *mut u32;
+        for (i, word) in new.iter().enumerate() {
+            unsafe { words.add(i).write(*word) };
+        }
+    }
+
+    #[inline(always)]
+    fn fib_params(ip: *const Self, fib: &mut bpf_fib_lookup) {
+        unsafe {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).payload_len).saturating_add(Ipv6Hdr::LEN as u16);
+            // Traffic class and flow label, as the kernel reads them.
+            fib.__bindgen_anon_2.flowinfo = u32::from_ne_bytes((*ip).vcf) & 0x0fff_ffffu32.to_be();
+            fib.__bindgen_anon_3.ipv6_src = Self::addr(ip, End::Source);
+            fib.__bindgen_anon_4.ipv6_dst = Self::addr(ip, End::Destination);
+        }
+    }
+}
