@@ -5,7 +5,7 @@
 
 use aya_ebpf::bindings::bpf_fib_lookup;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
-use redirector_common::{csum, Addr4, Addr6, Address, IPPROTO_ICMP, IPPROTO_ICMPV6};
+use redirector_common::{csum, Addr4, Addr6, Address};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -19,8 +19,6 @@ pub enum End {
 
 pub trait IpHeader {
     type Addr: Address;
-    /// The protocol number of ICMP echo in this family.
-    const ICMP: u8;
     /// A UDP checksum of zero says "none" (IPv4, RFC 768); over IPv6 it is
     /// invalid (RFC 8200).
     const UDP_ZERO_CHECKSUM_IS_NONE: bool;
@@ -38,7 +36,6 @@ pub trait IpHeader {
 
 impl IpHeader for Ipv4Hdr {
     type Addr = Addr4;
-    const ICMP: u8 = IPPROTO_ICMP;
     const UDP_ZERO_CHECKSUM_IS_NONE: bool = true;
     const ICMP_COVERS_ADDRESSES: bool = false;
 
@@ -85,7 +82,6 @@ impl IpHeader for Ipv4Hdr {
 /// arm64), as Katran's and Cilium's `in6_addr` copies rely on.
 impl IpHeader for Ipv6Hdr {
     type Addr = Addr6;
-    const ICMP: u8 = IPPROTO_ICMPV6;
     const UDP_ZERO_CHECKSUM_IS_NONE: bool = false;
     const ICMP_COVERS_ADDRESSES: bool = true;
 

@@ -338,6 +338,7 @@ mod tests {
             id: 0,
             name: "region1".into(),
             address: "10.1.0.2".parse().unwrap(),
+            address6: None,
             priority: 100,
             health: HealthSettings {
                 interval: T,

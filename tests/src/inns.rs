@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -91,12 +91,13 @@ impl Drop for Server {
 }
 
 /// Connects from inside `ns` and reads until the server closes.
-pub fn fetch(ns: &Netns, addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<String> {
-    let mut conn = Conn::open(ns, addr, port, timeout)?;
+pub fn fetch(ns: &Netns, addr: impl Into<IpAddr>, port: u16, timeout: Duration) -> Result<String> {
+    let target = SocketAddr::new(addr.into(), port);
+    let mut conn = Conn::open(ns, target.ip(), port, timeout)?;
     let mut body = String::new();
     conn.stream
         .read_to_string(&mut body)
-        .with_context(|| format!("reading from {addr}:{port}"))?;
+        .with_context(|| format!("reading from {target}"))?;
     Ok(body)
 }
 
@@ -107,10 +108,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn open(ns: &Netns, addr: Ipv4Addr, port: u16, timeout: Duration) -> Result<Self> {
+    pub fn open(ns: &Netns, addr: impl Into<IpAddr>, port: u16, timeout: Duration) -> Result<Self> {
+        let target = SocketAddr::new(addr.into(), port);
         let stream = ns.on_thread(|| {
-            let stream = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)
-                .with_context(|| format!("connecting to {addr}:{port}"))?;
+            let stream = TcpStream::connect_timeout(&target, timeout)
+                .with_context(|| format!("connecting to {target}"))?;
             stream.set_read_timeout(Some(timeout))?;
             Ok(stream)
         })?;

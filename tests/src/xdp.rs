@@ -11,7 +11,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -74,26 +74,34 @@ const fn region(id: u8, addr: [u8; 4], iface: &'static str) -> RegionLink {
 
 /// Services of the fixture.
 pub const WEB: ServiceAddr = ServiceAddr {
-    vip: VIP,
+    vip: IpAddr::V4(VIP),
     port: 80,
     protocol: Protocol::Tcp,
 };
 /// Regions serve it on 8081: the port is rewritten too.
 pub const ALT: ServiceAddr = ServiceAddr {
-    vip: VIP2,
+    vip: IpAddr::V4(VIP2),
     port: 8080,
     protocol: Protocol::Tcp,
 };
 pub const DNS: ServiceAddr = ServiceAddr {
-    vip: VIP2,
+    vip: IpAddr::V4(VIP2),
     port: 53,
     protocol: Protocol::Udp,
 };
 pub const PING: ServiceAddr = ServiceAddr {
-    vip: VIP2,
+    vip: IpAddr::V4(VIP2),
     port: 0,
     protocol: Protocol::Icmp,
 };
+
+/// The VIP of an IPv4 fixture service.
+pub fn vip4(service: &ServiceAddr) -> Ipv4Addr {
+    match service.vip {
+        IpAddr::V4(vip) => vip,
+        IpAddr::V6(vip) => panic!("{vip}: an IPv6 service where the fixture wants IPv4"),
+    }
+}
 
 /// Where each fixture service is served: the same port, except ALT and DNS.
 pub fn backend_port(service: &ServiceAddr) -> u16 {
@@ -214,7 +222,7 @@ impl Gateway {
                 addr: *addr,
                 backends: REGIONS
                     .iter()
-                    .map(|r| (r.id, SocketAddrV4::new(r.addr, backend_port(addr))))
+                    .map(|r| (r.id, SocketAddr::new(r.addr.into(), backend_port(addr))))
                     .collect(),
             })
             .collect();

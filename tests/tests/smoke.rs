@@ -1,7 +1,7 @@
 //! Real TCP through the XDP data plane: client namespace → VIP → gateway
 //! namespace running the program → region namespace, and back from the VIP.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use redirector::{
     config::{Protocol, ServiceAddr},
@@ -38,7 +38,7 @@ fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
     ];
     // The VIP is region2's own address, as in the reference deployment:
     // without the data plane every request would reach region2.
-    let web = ServiceAddr { vip: r2.addr, port: 80, protocol: Protocol::Tcp };
+    let web = ServiceAddr { vip: r2.addr.into(), port: 80, protocol: Protocol::Tcp };
 
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter().unwrap();
@@ -46,7 +46,7 @@ fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
     dp.set_services(&[ServiceSpec {
         id: 0,
         addr: web,
-        backends: [(1, SocketAddrV4::new(r1.addr, 80)), (2, SocketAddrV4::new(r2.addr, 80))].into(),
+        backends: [(1, SocketAddr::new(r1.addr.into(), 80)), (2, SocketAddr::new(r2.addr.into(), 80))].into(),
     }])
     .unwrap();
     dp.set_region_state(1, RegionState::Up).unwrap();
@@ -54,10 +54,10 @@ fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
 
     dp.set_selection(&web, &Selection::all(1)).unwrap();
     for _ in 0..5 {
-        assert_eq!(fetch(&topo.client, web.vip, 80, TIMEOUT).unwrap(), "I am region1");
+        assert_eq!(fetch(&topo.client, r2.addr, 80, TIMEOUT).unwrap(), "I am region1");
     }
     dp.set_selection(&web, &Selection::all(2)).unwrap();
-    assert_eq!(fetch(&topo.client, web.vip, 80, TIMEOUT).unwrap(), "I am region2");
+    assert_eq!(fetch(&topo.client, r2.addr, 80, TIMEOUT).unwrap(), "I am region2");
 
     let stats = dp.stats().unwrap();
     assert_eq!(stats.regions[1].new_flows, 5);
@@ -69,7 +69,7 @@ fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
     let replies: Vec<_> = flows.iter().filter(|(_, f)| f.direction == FLOW_REPLY).collect();
     assert_eq!(replies.len(), 6);
     for (key, flow) in replies {
-        assert_eq!((flow.rewrite_addr, flow.rewrite_port), (u32::from(web.vip).to_be(), 80u16.to_be()));
+        assert_eq!((flow.rewrite_addr, flow.rewrite_port), (u32::from(r2.addr).to_be(), 80u16.to_be()));
         assert_eq!(key.dst_addr, u32::from(CLIENT_ADDR).to_be());
     }
 }
@@ -84,8 +84,8 @@ fn traffic_not_for_a_service_is_routed_as_before() {
     let _inside = topo.gateway.enter().unwrap();
     let mut dp = attached(&topo, &pins);
     // A service on port 80 of region1's address; port 8080 is not one.
-    let web = ServiceAddr { vip: r1.addr, port: 80, protocol: Protocol::Tcp };
-    dp.set_services(&[ServiceSpec { id: 0, addr: web, backends: [(1, SocketAddrV4::new(r1.addr, 80))].into() }]).unwrap();
+    let web = ServiceAddr { vip: r1.addr.into(), port: 80, protocol: Protocol::Tcp };
+    dp.set_services(&[ServiceSpec { id: 0, addr: web, backends: [(1, SocketAddr::new(r1.addr.into(), 80))].into() }]).unwrap();
     dp.set_selection(&web, &Selection::all(1)).unwrap();
 
     assert_eq!(fetch(&topo.client, r1.addr, 8080, TIMEOUT).unwrap(), "plain routing");
@@ -102,7 +102,7 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
     let topo = Topology::build(&unique_name("rds"), 2).unwrap();
     let (r1, r2) = (topo.region("region1"), topo.region("region2"));
     let _servers = [Server::echo(&r1.ns, 80, "region1:").unwrap(), Server::echo(&r2.ns, 80, "region2:").unwrap()];
-    let web = ServiceAddr { vip: r2.addr, port: 80, protocol: Protocol::Tcp };
+    let web = ServiceAddr { vip: r2.addr.into(), port: 80, protocol: Protocol::Tcp };
     let pins = PinDir::unique();
     let options = LoadOptions { pin_path: pins.0.clone(), ..LoadOptions::default() };
     let _inside = topo.gateway.enter().unwrap();
@@ -111,7 +111,7 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
     first.set_services(&[ServiceSpec {
         id: 0,
         addr: web,
-        backends: [(1, SocketAddrV4::new(r1.addr, 80)), (2, SocketAddrV4::new(r2.addr, 80))].into(),
+        backends: [(1, SocketAddr::new(r1.addr.into(), 80)), (2, SocketAddr::new(r2.addr.into(), 80))].into(),
     }])
     .unwrap();
     first.set_region_state(1, RegionState::Up).unwrap();
@@ -150,6 +150,6 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
 
 /// Which region answers a new connection to `vip`:80 (echo servers greet
 /// with their name).
-fn greeting(client: &redirector_tests::netns::Netns, vip: std::net::Ipv4Addr) -> String {
+fn greeting(client: &redirector_tests::netns::Netns, vip: std::net::IpAddr) -> String {
     Conn::open(client, vip, 80, TIMEOUT).unwrap().read(8).unwrap()
 }

@@ -101,7 +101,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -282,7 +282,10 @@ pub enum AllDown {
 pub struct RegionConfig {
     pub id: u8,
     pub name: String,
-    pub address: Ipv4Addr,
+    /// Where the region serves, of either family.
+    pub address: IpAddr,
+    /// Its IPv6 address too, when `address` is IPv4: a dual-stack region.
+    pub address6: Option<Ipv6Addr>,
     pub priority: u32,
     /// The `[health]` defaults with this region's overrides applied.
     pub health: HealthSettings,
@@ -302,6 +305,15 @@ pub struct RegionConfig {
 }
 
 impl RegionConfig {
+    /// The region's address of `vip`'s family, if it has one.
+    pub fn address_for(&self, vip: IpAddr) -> Option<IpAddr> {
+        match (vip, self.address) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => Some(self.address),
+            (IpAddr::V6(_), IpAddr::V4(_)) => self.address6.map(IpAddr::V6),
+            (IpAddr::V4(_), IpAddr::V6(_)) => None,
+        }
+    }
+
     /// The watermarks a spill policy compares this region's `measure` with.
     pub fn watermarks(&self, measure: Measure) -> Option<Watermarks> {
         match measure {
@@ -370,7 +382,7 @@ impl fmt::Display for Check {
 /// What a client addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceAddr {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     /// 0 for ICMP echo services.
     pub port: u16,
     pub protocol: Protocol,
@@ -378,7 +390,7 @@ pub struct ServiceAddr {
 
 impl fmt::Display for ServiceAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}:{}", self.protocol, self.vip, self.port)
+        write!(f, "{} {}", self.protocol, SocketAddr::new(self.vip, self.port))
     }
 }
 
@@ -397,10 +409,12 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    /// Where `region` serves this service: its address, at `target_port`
-    /// or the service's own port.
-    pub fn endpoint(&self, region: &RegionConfig) -> SocketAddrV4 {
-        SocketAddrV4::new(region.address, self.target_port.unwrap_or(self.addr.port))
+    /// Where `region` serves this service: its address of the VIP's family,
+    /// at `target_port` or the service's own port. None if the region has
+    /// no address of that family (a checked config never lists it then).
+    pub fn endpoint(&self, region: &RegionConfig) -> Option<SocketAddr> {
+        let address = region.address_for(self.addr.vip)?;
+        Some(SocketAddr::new(address, self.target_port.unwrap_or(self.addr.port)))
     }
 
     /// Refuses weights that would leave a weighted service without a region

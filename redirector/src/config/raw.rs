@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
 
@@ -88,7 +88,8 @@ pub(super) struct RawBalance {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRegion {
     pub(super) name: Spanned<String>,
-    pub(super) address: Spanned<Ipv4Addr>,
+    pub(super) address: Spanned<IpAddr>,
+    pub(super) address6: Option<Spanned<Ipv6Addr>>,
     #[serde(default)]
     pub(super) priority: u32,
     pub(super) checks: Spanned<Vec<RawCheck>>,
@@ -138,7 +139,7 @@ pub(super) struct RawCheck {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub(super) name: Spanned<String>,
-    pub(super) vip: Spanned<Ipv4Addr>,
+    pub(super) vip: Spanned<IpAddr>,
     pub(super) port: Option<Spanned<u16>>,
     pub(super) protocol: Spanned<Protocol>,
     pub(super) policy: Option<Spanned<PolicyKind>>,

@@ -93,7 +93,7 @@ fn the_lab_config_loads_with_defaults_filled_in() {
     assert_eq!(
         web.addr,
         ServiceAddr {
-            vip: Ipv4Addr::new(10, 2, 0, 2),
+            vip: Ipv4Addr::new(10, 2, 0, 2).into(),
             port: 80,
             protocol: Protocol::Tcp
         }
@@ -385,16 +385,87 @@ fn a_missing_key_names_its_table() {
 }
 
 #[test]
-fn addresses_must_be_ipv4() {
+fn addresses_must_parse() {
     let text = lab_with(r#"vip = "10.2.0.2""#, r#"vip = "10.2.0.300""#);
+    assert_eq!(refused(&text), "lab.toml:30: service[0].vip: invalid IP address syntax");
+    let text = lab_with(r#"address = "10.1.0.2""#, r#"address = "fd00:1::2::3""#);
+    assert_eq!(refused(&text), "lab.toml:18: region[0].address: invalid IP address syntax");
+    let text = lab_with(r#"address = "10.1.0.2""#, "address = \"10.1.0.2\"\naddress6 = \"10.1.0.2\"");
+    assert_eq!(refused(&text), "lab.toml:19: region[0].address6: invalid IPv6 address syntax");
+}
+
+/// LAB with an IPv6 service `web6` on `vip` next to `web`, and region2
+/// at `region2` (its address lines).
+fn dual_stack(vip: &str, region2: &str) -> String {
+    let text = lab_with(r#"address = "10.2.0.2""#, region2);
+    format!("{text}\n[[service]]\nname = \"web6\"\nvip = {vip:?}\nport = 80\nprotocol = \"tcp\"\nregions = [\"region2\"]\n")
+}
+
+#[test]
+fn an_ipv6_service_takes_its_regions_ipv6_addresses() {
+    let c = Config::parse(&dual_stack("fd00:2::100", "address = \"10.2.0.2\"\naddress6 = \"fd00:2::2\""), "lab.toml").unwrap();
+    let (web, web6, region2) = (&c.services[0], &c.services[1], &c.regions[1]);
+    assert_eq!(web6.addr.vip, "fd00:2::100".parse::<IpAddr>().unwrap());
+    assert_eq!(web6.addr.to_string(), "tcp [fd00:2::100]:80");
+    assert_eq!(web6.endpoint(region2), Some("[fd00:2::2]:80".parse().unwrap()));
+    assert_eq!(web.endpoint(region2), Some("10.2.0.2:80".parse().unwrap()), "the IPv4 service keeps IPv4");
+    // A region of IPv6 alone serves IPv6 services alone.
+    let c = Config::parse(&dual_stack("fd00:2::100", "address = \"fd00:2::2\"").replace(r#"regions = ["region1", "region2"]"#, r#"regions = ["region1"]"#), "lab.toml").unwrap();
+    assert_eq!(c.services[1].endpoint(&c.regions[1]), Some("[fd00:2::2]:80".parse().unwrap()));
+    assert_eq!(c.services[0].endpoint(&c.regions[1]), None);
+}
+
+#[test]
+fn a_service_and_its_regions_share_a_family() {
+    let line = |text: &str, needle: &str| line_of(text, needle);
+    let text = dual_stack("fd00:2::100", "address = \"10.2.0.2\"");
     assert_eq!(
         refused(&text),
-        "lab.toml:30: service[0].vip: invalid IPv4 address syntax"
+        format!(
+            "lab.toml:{}: service \"web6\".regions: region \"region2\" has no IPv6 address for VIP fd00:2::100 (give it address6)",
+            line(&text, r#"regions = ["region2"]"#)
+        )
     );
-    let text = lab_with(r#"address = "10.1.0.2""#, r#"address = "fe80::1""#);
+    let text = dual_stack("fd00:2::100", "address = \"fd00:2::2\"");
     assert_eq!(
         refused(&text),
-        "lab.toml:18: region[0].address: invalid IPv4 address syntax"
+        format!(
+            "lab.toml:{}: service \"web\".regions: region \"region2\" has no IPv4 address for VIP 10.2.0.2 (its address is IPv6 only)",
+            line(&text, r#"regions = ["region1", "region2"]"#)
+        )
+    );
+    let text = dual_stack("fd00:2::100", "address = \"fd00:2::2\"\naddress6 = \"fd00:2::3\"");
+    assert_eq!(
+        refused(&text),
+        format!(
+            "lab.toml:{}: region \"region2\".address6: address is IPv6 already: address6 gives a region whose address is IPv4 its IPv6 address",
+            line(&text, "address6")
+        )
+    );
+}
+
+#[test]
+fn data_plane_addresses_are_routed_hosts_of_either_family() {
+    let region2 = "address = \"10.2.0.2\"\naddress6 = \"fd00:2::2\"";
+    let vip = |to: &str| refused(&dual_stack(to, region2));
+    let at = line_of(&dual_stack("::", region2), "vip = \"::\"");
+    assert_eq!(vip("::"), format!("lab.toml:{at}: service \"web6\".vip: :: is the unspecified address, not a host's"));
+    assert_eq!(vip("ff02::1"), format!("lab.toml:{at}: service \"web6\".vip: ff02::1 is a multicast address, not a host's"));
+    assert_eq!(
+        vip("fe80::1"),
+        format!("lab.toml:{at}: service \"web6\".vip: fe80::1 is link-local: traffic is steered to routed addresses")
+    );
+    assert_eq!(
+        vip("::ffff:10.2.0.9"),
+        format!("lab.toml:{at}: service \"web6\".vip: ::ffff:10.2.0.9 is IPv4-mapped: write the IPv4 address, 10.2.0.9")
+    );
+    let text = dual_stack("fd00:2::100", "address = \"10.2.0.2\"\naddress6 = \"fe80::2\"");
+    assert_eq!(
+        refused(&text),
+        format!(
+            "lab.toml:{}: region \"region2\".address6: fe80::2 is link-local: traffic is steered to routed addresses",
+            line_of(&text, "address6")
+        )
     );
 }
 
@@ -506,13 +577,10 @@ fn target_port_moves_every_backend() {
     let web = &c.services[0];
     assert_eq!(
         c.regions.iter().map(|r| web.endpoint(r)).collect::<Vec<_>>(),
-        [
-            "10.1.0.2:8080".parse().unwrap(),
-            "10.2.0.2:8080".parse::<SocketAddrV4>().unwrap()
-        ]
+        [Some("10.1.0.2:8080".parse().unwrap()), Some("10.2.0.2:8080".parse::<SocketAddr>().unwrap())]
     );
     let plain = Config::parse(LAB, "lab.toml").unwrap();
-    assert_eq!(plain.services[0].endpoint(&plain.regions[1]), "10.2.0.2:80".parse().unwrap());
+    assert_eq!(plain.services[0].endpoint(&plain.regions[1]), Some("10.2.0.2:80".parse().unwrap()));
 }
 
 #[test]

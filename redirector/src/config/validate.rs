@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::PathBuf,
     time::Duration,
@@ -308,6 +308,42 @@ impl Source<'_> {
         Ok(*addr.get_ref())
     }
 
+    /// A VIP or a region's address: a host's, and one the data plane can
+    /// route to and write in a packet as given.
+    fn routable(&self, addr: &Spanned<IpAddr>, key: &str) -> Result<IpAddr, ConfigError> {
+        let ip = *addr.get_ref();
+        if let IpAddr::V6(v6) = ip {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Err(self.error(addr.span(), key, format!("{ip} is IPv4-mapped: write the IPv4 address, {v4}")));
+            }
+            if v6.is_unicast_link_local() {
+                return Err(self.error(addr.span(), key, format!("{ip} is link-local: traffic is steered to routed addresses")));
+            }
+        }
+        self.host_address(addr, key)?;
+        Ok(ip)
+    }
+
+    /// A region's IPv6 address next to its IPv4 `address`.
+    fn address6(&self, r: &RawRegion, prefix: &str) -> Result<Option<Ipv6Addr>, ConfigError> {
+        let Some(raw) = &r.address6 else {
+            return Ok(None);
+        };
+        let key = format!("{prefix}.address6");
+        if r.address.get_ref().is_ipv6() {
+            return Err(self.error(
+                raw.span(),
+                key,
+                "address is IPv6 already: address6 gives a region whose address is IPv4 its IPv6 address",
+            ));
+        }
+        let ip = self.routable(&Spanned::new(raw.span(), IpAddr::V6(*raw.get_ref())), &key)?;
+        Ok(match ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        })
+    }
+
     /// [`Self::unicast`] for either family (IPv6: not ::, multicast, or
     /// link-local: a probe there needs its interface, `%IFINDEX`, which
     /// [`Self::endpoint`] takes).
@@ -508,7 +544,8 @@ impl Source<'_> {
             regions.push(RegionConfig {
                 id: i as u8,
                 name: r.name.get_ref().clone(),
-                address: self.unicast(&r.address, &format!("{prefix}.address"))?,
+                address: self.routable(&r.address, &format!("{prefix}.address"))?,
+                address6: self.address6(r, &prefix)?,
                 priority: r.priority,
                 health: located.settings(),
                 checks,
@@ -689,15 +726,10 @@ impl Source<'_> {
                 return Err(self.error(
                     s.vip.span(),
                     format!("{prefix}.vip"),
-                    format!(
-                        "{} {}:{} is already service {other:?} (line {first})",
-                        addr.protocol,
-                        addr.vip,
-                        addr.port
-                    ),
+                    format!("{addr} is already service {other:?} (line {first})"),
                 ));
             }
-            let ids = self.service_regions(&s.regions, regions, &prefix)?;
+            let ids = self.service_regions(&s.regions, regions, addr.vip, &prefix)?;
             let service = ServiceConfig {
                 id: i as u32,
                 name: s.name.get_ref().clone(),
@@ -850,7 +882,7 @@ impl Source<'_> {
             (_, Some(p)) => *p.get_ref(),
         };
         Ok(ServiceAddr {
-            vip: self.unicast(&s.vip, &format!("{prefix}.vip"))?,
+            vip: self.routable(&s.vip, &format!("{prefix}.vip"))?,
             port,
             protocol,
         })
@@ -874,6 +906,7 @@ impl Source<'_> {
         &self,
         raw: &Spanned<Vec<Spanned<String>>>,
         regions: &[RegionConfig],
+        vip: IpAddr,
         prefix: &str,
     ) -> Result<Vec<u8>, ConfigError> {
         let key = format!("{prefix}.regions");
@@ -885,6 +918,17 @@ impl Source<'_> {
         for name in raw.get_ref() {
             let region = self.region_named(name.get_ref(), name.span(), regions, &key)?;
             self.unique(&mut seen, name, &key)?;
+            if region.address_for(vip).is_none() {
+                let (family, hint) = match vip {
+                    IpAddr::V4(_) => ("IPv4", "its address is IPv6 only"),
+                    IpAddr::V6(_) => ("IPv6", "give it address6"),
+                };
+                return Err(self.error(
+                    name.span(),
+                    key,
+                    format!("region {:?} has no {family} address for VIP {vip} ({hint})", region.name),
+                ));
+            }
             ids.push(region.id);
         }
         Ok(ids)

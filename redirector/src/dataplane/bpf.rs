@@ -8,11 +8,11 @@
 //! object against the same maps and swaps its program into the pinned links
 //! atomically, so no flow loses its region across a restart.
 
-use std::{collections::BTreeMap, fs, path::PathBuf};
+use std::{collections::BTreeMap, fs, net::IpAddr, path::PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId, XdpMode as KernelXdpMode},
@@ -21,9 +21,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use redirector_common::{
-    backend_index, map_names, new_flow_table_size, selection_index, Backend, Counters, Reason,
-    Region, RegionState, SelectionTable, Service, ServiceKey, FLOW_TABLE_SIZE, MAX_REGIONS,
-    PROGRAM_NAME,
+    map_names, new_flow_table_size, selection_index, Addr4, Addr6, Counters, Reason, Region, RegionState,
+    SelectionTable, Service, FLOW_TABLE_SIZE, PROGRAM_NAME,
 };
 use tracing::{debug, warn};
 
@@ -31,6 +30,7 @@ use super::{
     check_region_id, check_services,
     flow_table::FlowTable,
     pins::{check_outlives_process, ensure_bpffs, ifindex, link_pin, list_link_pins, remove_link_pin},
+    services::ServiceMaps,
     AttachMode, Dataplane, Selection, ServiceSpec, Stats,
 };
 use crate::config::{ServiceAddr, XdpMode, DEFAULT_PIN_PATH};
@@ -38,21 +38,11 @@ use crate::config::{ServiceAddr, XdpMode, DEFAULT_PIN_PATH};
 /// The XDP object, built by build.rs with the pinned nightly.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("REDIRECTOR_EBPF_OBJECT"));
 
-/// The `SERVICES` key of a service: network order, as in the packet.
-fn service_key(addr: &ServiceAddr) -> ServiceKey {
-    ServiceKey {
-        vip: u32::from(addr.vip).to_be(),
-        port: addr.port.to_be(),
-        protocol: addr.protocol.number(),
-        _pad: 0,
-    }
-}
-
 pub struct BpfDataplane {
     ebpf: Ebpf,
     pin_path: PathBuf,
-    services: HashMap<MapData, ServiceKey, Service>,
-    backends: Array<MapData, Backend>,
+    services4: ServiceMaps<Addr4>,
+    services6: ServiceMaps<Addr6>,
     regions: Array<MapData, Region>,
     selection: Array<MapData, SelectionTable>,
     flows: FlowTable,
@@ -119,6 +109,8 @@ impl BpfDataplane {
             .override_global("PASSIVE_DETECTION", &passive_detection, true)
             .map_max_entries(map_names::FLOWS, options.flow_table_size)
             .map_max_entries(map_names::NEW_FLOWS, new_flow_table_size(options.flow_table_size))
+            .map_max_entries(map_names::FLOWS6, options.flow_table_size)
+            .map_max_entries(map_names::NEW_FLOWS6, new_flow_table_size(options.flow_table_size))
             .load(OBJECT)
             .context("loading the XDP object")?;
         // The logger holds the ring buffer the program writes to: it must
@@ -135,8 +127,14 @@ impl BpfDataplane {
         load_xdp(program)?;
 
         Ok(Self {
-            services: take_map(&mut ebpf, map_names::SERVICES)?,
-            backends: take_map(&mut ebpf, map_names::BACKENDS)?,
+            services4: ServiceMaps {
+                services: take_map(&mut ebpf, map_names::SERVICES)?,
+                backends: take_map(&mut ebpf, map_names::BACKENDS)?,
+            },
+            services6: ServiceMaps {
+                services: take_map(&mut ebpf, map_names::SERVICES6)?,
+                backends: take_map(&mut ebpf, map_names::BACKENDS6)?,
+            },
             regions: take_map(&mut ebpf, map_names::REGIONS)?,
             selection: take_map(&mut ebpf, map_names::SELECTION)?,
             flows: FlowTable::from_maps(
@@ -252,58 +250,61 @@ impl BpfDataplane {
     }
 }
 
+impl BpfDataplane {
+    /// The service's current entry, from its VIP's family's map.
+    fn service(&self, addr: &ServiceAddr) -> Result<Service> {
+        match addr.vip {
+            IpAddr::V4(_) => self.services4.get(addr),
+            IpAddr::V6(_) => self.services6.get(addr),
+        }
+    }
+
+    fn insert_service(&mut self, addr: &ServiceAddr, service: Service) -> Result<()> {
+        match addr.vip {
+            IpAddr::V4(_) => self.services4.insert(addr, service),
+            IpAddr::V6(_) => self.services6.insert(addr, service),
+        }
+    }
+
+    /// Backends first, then the service entry: a new service selects
+    /// nowhere until the controller writes its selection.
+    fn write_service(&mut self, spec: &ServiceSpec) -> Result<()> {
+        match spec.addr.vip {
+            IpAddr::V4(_) => self.services4.write_backends(spec)?,
+            IpAddr::V6(_) => self.services6.write_backends(spec)?,
+        }
+        if self.service(&spec.addr).is_ok_and(|existing| existing.id == spec.id) {
+            return Ok(());
+        }
+        self.selection.set(selection_index(spec.id, 0), Selection::nowhere().table(), 0)?;
+        self.insert_service(&spec.addr, Service { id: spec.id, bank: 0 })
+    }
+}
+
 impl Dataplane for BpfDataplane {
     fn set_services(&mut self, services: &[ServiceSpec]) -> Result<()> {
         check_services(services)?;
         for s in services {
-            for region in 0..MAX_REGIONS as u8 {
-                let backend = s.backends.get(&region).map_or(Backend::default(), |e| Backend {
-                    addr: u32::from(*e.ip()).to_be(),
-                    port: e.port().to_be(),
-                    _pad: 0,
-                });
-                self.backends.set(backend_index(s.id, region), backend, 0)?;
-            }
-            let key = service_key(&s.addr);
-            match self.services.get(&key, 0) {
-                Ok(existing) if existing.id == s.id => {}
-                _ => {
-                    self.selection.set(selection_index(s.id, 0), Selection::nowhere().table(), 0)?;
-                    self.services.insert(key, Service { id: s.id, bank: 0 }, 0)?;
-                }
-            }
+            self.write_service(s)?;
         }
-        let wanted: Vec<ServiceKey> = services.iter().map(|s| service_key(&s.addr)).collect();
-        let stale: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(k))
-            .collect();
-        for key in stale {
-            self.services.remove(&key)?;
-        }
+        self.services4.retain(services)?;
+        self.services6.retain(services)?;
         Ok(())
     }
 
     fn selection(&self, service: &ServiceAddr) -> Result<Selection> {
-        let current = self.services.get(&service_key(service), 0)?;
+        let current = self.service(service)?;
         Ok(Selection::from_table(Box::new(self.selection.get(&current.selection_index(), 0)?)))
     }
 
     fn set_selection(&mut self, service: &ServiceAddr, selection: &Selection) -> Result<()> {
-        let key = service_key(service);
-        let current = self
-            .services
-            .get(&key, 0)
-            .with_context(|| format!("service {service} is not in the data plane"))?;
+        let current = self.service(service)?;
         let next = Service {
             id: current.id,
             bank: current.bank ^ 1,
         };
         self.selection.set(next.selection_index(), selection.table(), 0)?;
-        self.services.insert(key, next, 0)?;
-        Ok(())
+        self.insert_service(service, next)
     }
 
     fn region_state(&self, region: u8) -> Result<RegionState> {

@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
 };
 
 use anyhow::{bail, Result};
@@ -24,6 +24,7 @@ mod bpf;
 pub mod fake;
 pub mod flow_table;
 mod pins;
+mod services;
 
 pub use bpf::{load_xdp, BpfDataplane, FlowEventLogger, LoadOptions};
 pub use pins::{ifindex, remove_pins};
@@ -69,8 +70,9 @@ pub struct ServiceSpec {
     /// Index in the data plane's tables, `0..MAX_SERVICES`.
     pub id: u32,
     pub addr: ServiceAddr,
-    /// Region id → the region's endpoint for this service.
-    pub backends: BTreeMap<u8, SocketAddrV4>,
+    /// Region id → the region's endpoint for this service, of the VIP's
+    /// family.
+    pub backends: BTreeMap<u8, SocketAddr>,
 }
 
 /// The services of a config as the data plane takes them.
@@ -92,7 +94,7 @@ pub fn service_specs(config: &Config) -> Vec<ServiceSpec> {
             backends: s
                 .regions
                 .iter()
-                .map(|&id| (id, s.endpoint(&config.regions[id as usize])))
+                .filter_map(|&id| Some((id, s.endpoint(&config.regions[id as usize])?)))
                 .collect(),
         })
         .collect()
@@ -124,7 +126,10 @@ pub fn check_services(services: &[ServiceSpec]) -> Result<()> {
         for (&region, endpoint) in &s.backends {
             check_region_id(region)?;
             if endpoint.ip().is_unspecified() {
-                bail!("region {region} of service {} has address 0.0.0.0", s.id);
+                bail!("region {region} of service {} has the unspecified address {}", s.id, endpoint.ip());
+            }
+            if endpoint.is_ipv4() != s.addr.vip.is_ipv4() {
+                bail!("region {region} of service {} ({}) is at {endpoint}: not the VIP's family", s.id, s.addr);
             }
         }
     }
@@ -244,11 +249,11 @@ mod tests {
         ServiceSpec {
             id,
             addr: ServiceAddr {
-                vip: Ipv4Addr::new(10, 2, 0, 2),
+                vip: Ipv4Addr::new(10, 2, 0, 2).into(),
                 port,
                 protocol: Protocol::Tcp,
             },
-            backends: [(1, SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 2), 80))].into(),
+            backends: [(1, SocketAddr::new(Ipv4Addr::new(10, 1, 0, 2).into(), 80))].into(),
         }
     }
 
@@ -274,7 +279,7 @@ mod tests {
         assert!(refused(&[service(1, 80), service(1, 81)]).contains("used twice"));
         assert_eq!(refused(&[service(1, 80), service(2, 80)]), "two services on tcp 10.2.0.2:80");
         let mut far = service(0, 80);
-        far.backends.insert(MAX_REGIONS as u8, SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 80));
+        far.backends.insert(MAX_REGIONS as u8, SocketAddr::new(Ipv4Addr::new(10, 9, 0, 2).into(), 80));
         assert!(refused(&[far]).contains("region id 32 out of range"));
         let mut ping = service(0, 7);
         ping.addr.protocol = Protocol::Icmp;

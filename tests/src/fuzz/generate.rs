@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     frames::{Frame, L4},
-    xdp::{backend_port, CLIENT, REGIONS, VIP, VIP2},
+    xdp::{backend_port, vip4, CLIENT, REGIONS, VIP, VIP2},
 };
 
 /// A connection the generator opened: what its packets need.
@@ -170,7 +170,7 @@ impl Generator {
             2 => L4::udp(conn.port, SERVICES[service].port),
             _ => L4::IcmpEcho { request: true, id: conn.port, seq: self.next() as u16 },
         };
-        let frame = Frame::new(conn.client, SERVICES[service].vip, l4);
+        let frame = Frame::new(conn.client, vip4(&SERVICES[service]), l4);
         if self.conns.len() < MAX_CONNS {
             self.conns.push(conn);
         } else {
@@ -213,7 +213,7 @@ impl Generator {
             2 => L4::udp(conn.port, service.port),
             _ => L4::IcmpEcho { request: true, id: conn.port, seq: self.next() as u16 },
         };
-        (Frame::new(conn.client, service.vip, l4), "cli")
+        (Frame::new(conn.client, vip4(&service), l4), "cli")
     }
 
     /// The ACK that ends a handshake: mostly right, sometimes a guess.
@@ -226,7 +226,7 @@ impl Generator {
             _ => self.next() as u32,
         };
         let l4 = L4::tcp_ack(conn.port, service.port, ack_no);
-        (Frame::new(conn.client, service.vip, l4), "cli")
+        (Frame::new(conn.client, vip4(&service), l4), "cli")
     }
 
     /// A region answers a connection, from where the model pinned it (or
@@ -239,7 +239,7 @@ impl Generator {
         let (src_port, dst_port) = if conn.service == 3 { (conn.port, 0) } else { (conn.port, service.port) };
         let key = FlowKey {
             src_addr: u32::from(conn.client).to_be(),
-            dst_addr: u32::from(service.vip).to_be(),
+            dst_addr: u32::from(vip4(&service)).to_be(),
             src_port: src_port.to_be(),
             dst_port: dst_port.to_be(),
             protocol,

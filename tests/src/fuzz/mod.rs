@@ -29,7 +29,7 @@ use self::{
     generate::Generator,
     model::{Links, Model, ModelService, Verdict},
 };
-use crate::xdp::{backend_port, Gateway, ALT, DNS, PING, WEB};
+use crate::xdp::{backend_port, vip4, Gateway, ALT, DNS, PING, WEB};
 
 /// The fixture's services, by id.
 pub const SERVICES: [ServiceAddr; 4] = [WEB, ALT, DNS, PING];
@@ -97,7 +97,7 @@ impl Harness {
             .enumerate()
             .map(|(id, addr)| ModelService {
                 id: id as u32,
-                vip: addr.vip,
+                vip: vip4(addr),
                 port: addr.port,
                 protocol: addr.protocol.number(),
                 backend_port: backend_port(addr),

@@ -1,7 +1,7 @@
 //! The six gateway implementations, each set up on a fresh topology
 //! (client → gateway → one region) and torn down when dropped.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{ensure, Context, Result};
 use aya::Ebpf;
@@ -146,8 +146,8 @@ fn redirector(topo: &Topology, xdp_mode: XdpMode) -> Result<State> {
         .enumerate()
         .map(|(id, &(protocol, port))| ServiceSpec {
             id: id as u32,
-            addr: ServiceAddr { vip: VIP, port, protocol },
-            backends: [(1, SocketAddrV4::new(region.addr, port))].into(),
+            addr: ServiceAddr { vip: VIP.into(), port, protocol },
+            backends: [(1, SocketAddr::new(region.addr.into(), port))].into(),
         })
         .collect();
     dataplane.set_services(&services)?;
