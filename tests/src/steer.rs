@@ -2,18 +2,20 @@
 //! they arrive and as they must leave, built independently of the program
 //! (etherparse, checksums computed in full), and the assertions on them.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use redirector_common::{Flow, FlowKey, FLOW_ORIGINAL};
+use redirector_common::{Address, Flow, FlowKey, FLOW_ORIGINAL};
 
 use crate::{
     frames::{Frame, L4},
     xdp::*,
 };
 
-/// Client → VIP frame as it arrives on the gateway's client link.
-pub fn from_client(vip: Ipv4Addr, l4: L4) -> Frame {
-    let mut f = Frame::new(CLIENT, vip, l4);
+/// Client → VIP frame as it arrives on the gateway's client link, from
+/// the client's address of the VIP's family.
+pub fn from_client(vip: impl Into<IpAddr>, l4: L4) -> Frame {
+    let vip = vip.into();
+    let mut f = Frame::new(client_of(vip), vip, l4);
     f.src_mac = CLIENT_MAC;
     f.dst_mac = CLI_MAC;
     f
@@ -23,7 +25,7 @@ pub fn from_client(vip: Ipv4Addr, l4: L4) -> Frame {
 /// destination address (and port) rewritten, MACs toward the region.
 pub fn steered(frame: &Frame, region: RegionLink, port: u16) -> Frame {
     let mut f = frame.clone();
-    f.dst = region.addr;
+    f.dst = region.addr_of(frame.dst);
     f.l4 = match frame.l4 {
         L4::Tcp { src_port, .. } | L4::Udp { src_port, .. } => frame.l4.with_ports(src_port, port),
         _ => frame.l4.clone(),
@@ -36,8 +38,8 @@ pub fn steered(frame: &Frame, region: RegionLink, port: u16) -> Frame {
 /// The region's answer to `request` as it arrives from the region.
 pub fn reply_from(region: RegionLink, request: &Frame, port: u16) -> Frame {
     let mut f = request.clone();
-    f.src = region.addr;
-    f.dst = CLIENT;
+    f.src = region.addr_of(request.src);
+    f.dst = client_of(request.src);
     f.src_mac = region.mac;
     f.dst_mac = region.iface_mac;
     f.l4 = match request.l4 {
@@ -54,9 +56,9 @@ pub fn reply_from(region: RegionLink, request: &Frame, port: u16) -> Frame {
 }
 
 /// What the client must receive: the VIP as source, MACs toward the client.
-pub fn as_client_sees(reply: &Frame, vip: Ipv4Addr, vport: u16) -> Frame {
+pub fn as_client_sees(reply: &Frame, vip: impl Into<IpAddr>, vport: u16) -> Frame {
     let mut f = reply.clone();
-    f.src = vip;
+    f.src = vip.into();
     f.l4 = match reply.l4 {
         L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => reply.l4.with_ports(vport, dst_port),
         _ => reply.l4.clone(),
@@ -83,6 +85,50 @@ pub fn hex(bytes: &[u8]) -> String {
         .join("\n")
 }
 
+/// The fixture's VIPs of one family: a test run for each steers both.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    /// `web`'s (region 2's own address).
+    pub vip: IpAddr,
+    /// `alt`'s, `dns`'s and `ping`'s.
+    pub vip2: IpAddr,
+}
+
+pub const FAMILIES: [Family; 2] = [
+    Family { vip: IpAddr::V4(VIP), vip2: IpAddr::V4(VIP2) },
+    Family { vip: IpAddr::V6(VIP6), vip2: IpAddr::V6(VIP6_2) },
+];
+
+/// A flow entry of either family, addresses left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub established: bool,
+    pub direction: u8,
+    pub region_id: u8,
+    pub flags: u8,
+    pub handshake: u32,
+}
+
+fn entry<A: Address>(established: bool, flow: &Flow<A>) -> Entry {
+    Entry { established, direction: flow.direction, region_id: flow.region_id, flags: flow.flags, handshake: flow.handshake }
+}
+
+/// Every entry of the four flow tables (both families, new and
+/// established), both directions.
+pub fn entries(gw: &Gateway) -> Vec<Entry> {
+    let dp = &gw.dataplane;
+    let mut all: Vec<Entry> = dp.flows().unwrap().iter().map(|(_, f)| entry(true, f)).collect();
+    all.extend(dp.new_flows().unwrap().iter().map(|(_, f)| entry(false, f)));
+    all.extend(dp.flows6().unwrap().iter().map(|(_, f)| entry(true, f)));
+    all.extend(dp.new_flows6().unwrap().iter().map(|(_, f)| entry(false, f)));
+    all
+}
+
+/// [`entries`] that are original ones.
+pub fn original_entries(gw: &Gateway) -> Vec<Entry> {
+    entries(gw).into_iter().filter(|e| e.direction == FLOW_ORIGINAL).collect()
+}
+
 /// The original entries of both tables, new flows' and established ones'.
 pub fn original_flows(gw: &Gateway) -> Vec<(FlowKey, Flow)> {
     let mut flows = gw.dataplane.flows().unwrap();
@@ -94,14 +140,19 @@ pub fn original_flows(gw: &Gateway) -> Vec<(FlowKey, Flow)> {
 /// A TCP connection through the gateway to `region`, its handshake
 /// completed: the flow is established.
 pub fn handshake(gw: &Gateway, region: RegionLink, client_port: u16) {
-    let syn = from_client(VIP, L4::tcp_syn(client_port, 80));
+    handshake_to(gw, VIP.into(), region, client_port);
+}
+
+/// [`handshake`] with `web` on `vip`, of either family.
+pub fn handshake_to(gw: &Gateway, vip: IpAddr, region: RegionLink, client_port: u16) {
+    let syn = from_client(vip, L4::tcp_syn(client_port, 80));
     let out = gw.run(&syn.bytes(), "cli").unwrap();
     assert_frame(&out, XDP_REDIRECT, &steered(&syn, region, 80).bytes());
     let mut synack = reply_from(region, &syn, 80);
     synack.l4 = L4::tcp_synack(80, client_port, 7_000);
     let out = gw.run(&synack.bytes(), region.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, VIP, 80).bytes());
-    let ack = from_client(VIP, L4::tcp_ack(client_port, 80, 7_001));
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, vip, 80).bytes());
+    let ack = from_client(vip, L4::tcp_ack(client_port, 80, 7_001));
     let out = gw.run(&ack.bytes(), "cli").unwrap();
     assert_frame(&out, XDP_REDIRECT, &steered(&ack, region, 80).bytes());
 }

@@ -3,15 +3,20 @@
 //! through BPF_PROG_TEST_RUN.
 //!
 //! Links (each a veth whose peer stays down-stream in the same namespace):
-//!   cli  192.0.2.1/24   client 192.0.2.10; region 5 (192.0.2.50) on the same link (XDP_TX)
-//!   r1   10.1.0.1/24    region 1, 10.1.0.2
-//!   r2   10.2.0.1/24    region 2, 10.2.0.2 (also the VIP of `web`, as in the reference setup)
-//!   r3   10.3.0.1/24    region 3, 10.3.0.2, neighbour never resolved
-//!   r4   10.4.0.1/24    region 4, 10.4.0.2, interface not attached (no devmap entry)
+//!   cli  192.0.2.1/24 2001:db8::1/64  client 192.0.2.10, 2001:db8::10; region 5
+//!                                     (192.0.2.50, 2001:db8::50) on the same link (XDP_TX)
+//!   r1   10.1.0.1/24  fd00:1::1/64    region 1, 10.1.0.2, fd00:1::2
+//!   r2   10.2.0.1/24  fd00:2::1/64    region 2, 10.2.0.2, fd00:2::2 (also the VIPs of `web`
+//!                                     and `web6`, as in the reference setup)
+//!   r3   10.3.0.1/24  fd00:3::1/64    region 3, 10.3.0.2, fd00:3::2, neighbour never resolved
+//!   r4   10.4.0.1/24  fd00:4::1/64    region 4, 10.4.0.2, fd00:4::2, interface not attached
+//!                                     (no devmap entry)
+//!
+//! Every fixture service has an IPv6 twin (ids 4-7) on the IPv6 VIPs.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -33,9 +38,21 @@ use crate::{
 };
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 pub const CLIENT_MAC: Mac = [0x02, 0xc1, 0, 0, 0, 0x10];
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
 pub const VIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// Region 2's IPv6 address, as VIP is its IPv4 one.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 2);
+pub const VIP6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+
+/// The client's address of `vip`'s family.
+pub fn client_of(vip: IpAddr) -> IpAddr {
+    match vip {
+        IpAddr::V4(_) => CLIENT.into(),
+        IpAddr::V6(_) => CLIENT6.into(),
+    }
+}
 
 /// A region of the fixture: id, address, the MAC of its host, the gateway
 /// interface toward it and that interface's MAC.
@@ -43,6 +60,7 @@ pub const VIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub struct RegionLink {
     pub id: u8,
     pub addr: Ipv4Addr,
+    pub addr6: Ipv6Addr,
     pub mac: Mac,
     pub iface: &'static str,
     pub iface_mac: Mac,
@@ -56,6 +74,7 @@ pub const R4: RegionLink = region(4, [10, 4, 0, 2], "r4");
 pub const R5: RegionLink = RegionLink {
     id: 5,
     addr: Ipv4Addr::new(192, 0, 2, 50),
+    addr6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x50),
     mac: [0x02, 0xbb, 0, 0, 0, 5],
     iface: "cli",
     iface_mac: CLI_MAC,
@@ -66,9 +85,20 @@ const fn region(id: u8, addr: [u8; 4], iface: &'static str) -> RegionLink {
     RegionLink {
         id,
         addr: Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]),
+        addr6: Ipv6Addr::new(0xfd00, id as u16, 0, 0, 0, 0, 0, 2),
         mac: [0x02, 0xbb, 0, 0, 0, id],
         iface,
         iface_mac: [0x02, 0x9a, 0, 0, 0, 0x10 + id],
+    }
+}
+
+impl RegionLink {
+    /// The region's address of `like`'s family.
+    pub fn addr_of(&self, like: IpAddr) -> IpAddr {
+        match like {
+            IpAddr::V4(_) => self.addr.into(),
+            IpAddr::V6(_) => self.addr6.into(),
+        }
     }
 }
 
@@ -102,6 +132,13 @@ pub fn vip4(service: &ServiceAddr) -> Ipv4Addr {
         IpAddr::V6(vip) => panic!("{vip}: an IPv6 service where the fixture wants IPv4"),
     }
 }
+
+pub const WEB6: ServiceAddr = ServiceAddr { vip: IpAddr::V6(VIP6), ..WEB };
+pub const ALT6: ServiceAddr = ServiceAddr { vip: IpAddr::V6(VIP6_2), ..ALT };
+pub const DNS6: ServiceAddr = ServiceAddr { vip: IpAddr::V6(VIP6_2), ..DNS };
+pub const PING6: ServiceAddr = ServiceAddr { vip: IpAddr::V6(VIP6_2), ..PING };
+/// Every fixture service; its position is its id.
+pub const SERVICES: [ServiceAddr; 8] = [WEB, ALT, DNS, PING, WEB6, ALT6, DNS6, PING6];
 
 /// Where each fixture service is served: the same port, except ALT and DNS.
 pub fn backend_port(service: &ServiceAddr) -> u16 {
@@ -182,27 +219,34 @@ impl Gateway {
         require_root();
         let ns = Netns::new(&unique_name("rdt-pkt"))?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
-        // The links' own IPv6 chatter (router solicitations, MLD) would
-        // reach the program between a test's counter readings.
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        ns.sysctl("net.ipv6.conf.default.forwarding", "1")?;
+        // IPv6 on the gateway's own ends only: the peers' IPv6 chatter
+        // (router solicitations, MLD, DAD) would reach the program between
+        // a test's counter readings.
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-        let links = [("cli", "192.0.2.1/24", CLI_MAC)]
+        let links = [("cli", "192.0.2.1/24", "2001:db8::1/64".to_string(), CLI_MAC)]
             .into_iter()
             .chain(
                 REGIONS[..4]
                     .iter()
-                    .map(|r| (r.iface, gateway_cidr(r.addr), r.iface_mac)),
+                    .map(|r| (r.iface, gateway_cidr(r.addr), gateway_cidr6(r.addr6), r.iface_mac)),
             );
-        for (iface, cidr, mac) in links {
+        for (iface, cidr, cidr6, mac) in links {
             let peer = format!("{iface}-p");
             ns.ip(&["link", "add", iface, "type", "veth", "peer", "name", &peer])?;
+            ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
             ns.ip(&["link", "set", iface, "address", &mac_str(&mac), "up"])?;
             ns.ip(&["link", "set", &peer, "up"])?;
             ns.ip(&["addr", "add", cidr, "dev", iface])?;
+            ns.ip(&["addr", "add", &cidr6, "dev", iface, "nodad"])?;
         }
-        let neighbours = [(CLIENT, CLIENT_MAC, "cli"), (R1.addr, R1.mac, R1.iface)]
+        let neighbours = [(CLIENT.into(), CLIENT_MAC, "cli"), (CLIENT6.into(), CLIENT_MAC, "cli")]
             .into_iter()
-            .chain([R2, R4, R5].iter().map(|r| (r.addr, r.mac, r.iface)));
+            .chain([R1, R2, R4, R5].iter().flat_map(|r| {
+                [(IpAddr::from(r.addr), r.mac, r.iface), (IpAddr::from(r.addr6), r.mac, r.iface)]
+            }));
         for (addr, mac, iface) in neighbours {
             let (addr, mac) = (addr.to_string(), mac_str(&mac));
             ns.ip(&["neigh", "replace", &addr, "lladdr", &mac, "dev", iface, "nud", "permanent"])?;
@@ -214,7 +258,7 @@ impl Gateway {
         for iface in ["cli", "r1", "r2", "r3"] {
             dataplane.attach(iface)?;
         }
-        let services: Vec<ServiceSpec> = [WEB, ALT, DNS, PING]
+        let services: Vec<ServiceSpec> = SERVICES
             .iter()
             .enumerate()
             .map(|(id, addr)| ServiceSpec {
@@ -222,7 +266,7 @@ impl Gateway {
                 addr: *addr,
                 backends: REGIONS
                     .iter()
-                    .map(|r| (r.id, SocketAddr::new(r.addr.into(), backend_port(addr))))
+                    .map(|r| (r.id, SocketAddr::new(r.addr_of(addr.vip), backend_port(addr))))
                     .collect(),
             })
             .collect();
@@ -245,7 +289,7 @@ impl Gateway {
 
     /// New flows of every fixture service go to `region`.
     pub fn select(&mut self, region: u8) -> Result<()> {
-        for service in [WEB, ALT, DNS, PING] {
+        for service in SERVICES {
             self.dataplane.set_selection(&service, &Selection::all(region))?;
         }
         Ok(())
@@ -329,6 +373,13 @@ fn gateway_cidr(region: Ipv4Addr) -> &'static str {
         3 => "10.3.0.1/24",
         _ => "10.4.0.1/24",
     }
+}
+
+/// The gateway's end of a region's IPv6 /64: `fd00:N::1`.
+fn gateway_cidr6(region: Ipv6Addr) -> String {
+    let mut segments = region.segments();
+    segments[7] = 1;
+    format!("{}/64", Ipv6Addr::from(segments))
 }
 
 pub fn mac_str(mac: &Mac) -> String {

@@ -57,21 +57,22 @@ impl WithSrc for redirector_common::FlowKey {
 
 #[test]
 fn the_clients_ack_of_the_regions_syn_ack_moves_the_flow_to_the_established_table() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    handshake(&gw, R1, 40_032);
-    assert!(gw.dataplane.new_flows().unwrap().is_empty(), "moved");
-    let flows = gw.dataplane.flows().unwrap();
-    assert_eq!(flows.len(), 2, "original and reply established: {flows:?}");
-    assert!(flows.iter().all(|(_, f)| f.handshake == 0 && f.flags == 0), "{flows:?}");
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 1);
-    // And it carries on from there, both ways.
-    let data = from_client(VIP, L4::tcp(40_032, 80));
-    let out = gw.run(&data.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&data, R1, 80).bytes());
-    let answer = reply_from(R1, &data, 80);
-    let out = gw.run(&answer.bytes(), R1.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, VIP, 80).bytes());
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        handshake_to(&gw, fam.vip, R1, 40_032);
+        let flows = entries(&gw);
+        assert_eq!(flows.len(), 2, "original and reply, moved: {flows:?}");
+        assert!(flows.iter().all(|f| f.established && f.handshake == 0 && f.flags == 0), "{flows:?}");
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 1);
+        // And it carries on from there, both ways.
+        let data = from_client(fam.vip, L4::tcp(40_032, 80));
+        let out = gw.run(&data.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&data, R1, 80).bytes());
+        let answer = reply_from(R1, &data, 80);
+        let out = gw.run(&answer.bytes(), R1.iface).unwrap();
+        assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, fam.vip, 80).bytes());
+    }
 }
 
 /// A client reusing its port after a closed, established connection: the
@@ -79,40 +80,44 @@ fn the_clients_ack_of_the_regions_syn_ack_moves_the_flow_to_the_established_tabl
 /// old connection's entries.
 #[test]
 fn a_port_reused_after_a_closed_connection_follows_its_new_region_through_the_handshake() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    handshake(&gw, R1, 40_037);
-    let mut fin = from_client(VIP, L4::tcp(40_037, 80));
-    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
-        *f = true;
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        handshake_to(&gw, fam.vip, R1, 40_037);
+        let mut fin = from_client(fam.vip, L4::tcp(40_037, 80));
+        if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+            *f = true;
+        }
+        gw.run(&fin.bytes(), "cli").unwrap();
+        gw.select(R2.id).unwrap();
+        handshake_to(&gw, fam.vip, R2, 40_037);
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 2);
+        let flows = original_entries(&gw);
+        assert_eq!((flows.len(), flows[0].region_id), (1, R2.id), "{flows:?}");
     }
-    gw.run(&fin.bytes(), "cli").unwrap();
-    gw.select(R2.id).unwrap();
-    handshake(&gw, R2, 40_037);
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 2);
-    let flows = original_flows(&gw);
-    assert_eq!((flows.len(), flows[0].1.region_id), (1, R2.id), "{flows:?}");
 }
 
 #[test]
 fn an_ack_that_does_not_acknowledge_the_syn_ack_leaves_the_flow_new() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_033, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
-    // Blind: no SYN-ACK seen yet, then one acknowledging another number.
-    let blind = from_client(VIP, L4::tcp_ack(40_033, 80, 7_001));
-    let out = gw.run(&blind.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&blind, R1, 80).bytes());
-    let mut synack = reply_from(R1, &syn, 80);
-    synack.l4 = L4::tcp_synack(80, 40_033, 9_000);
-    gw.run(&synack.bytes(), R1.iface).unwrap();
-    let wrong = from_client(VIP, L4::tcp_ack(40_033, 80, 7_001));
-    let out = gw.run(&wrong.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&wrong, R1, 80).bytes());
-    assert!(gw.dataplane.flows().unwrap().is_empty());
-    assert_eq!(gw.dataplane.new_flows().unwrap().len(), 2);
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 0);
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_033, 80));
+        gw.run(&syn.bytes(), "cli").unwrap();
+        // Blind: no SYN-ACK seen yet, then one acknowledging another number.
+        let blind = from_client(fam.vip, L4::tcp_ack(40_033, 80, 7_001));
+        let out = gw.run(&blind.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&blind, R1, 80).bytes());
+        let mut synack = reply_from(R1, &syn, 80);
+        synack.l4 = L4::tcp_synack(80, 40_033, 9_000);
+        gw.run(&synack.bytes(), R1.iface).unwrap();
+        let wrong = from_client(fam.vip, L4::tcp_ack(40_033, 80, 7_001));
+        let out = gw.run(&wrong.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&wrong, R1, 80).bytes());
+        let flows = entries(&gw);
+        assert!(flows.len() == 2 && flows.iter().all(|f| !f.established), "{flows:?}");
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 0);
+    }
 }
 
 /// A SYN flood from spoofed sources, with as many SYNs as the established
@@ -129,7 +134,7 @@ fn a_syn_flood_does_not_evict_an_established_flow() {
     gw.select(R2.id).unwrap();
     for i in 0..FLOW_TABLE {
         let mut syn = from_client(VIP, L4::tcp_syn(1024 + (i % 60_000) as u16, 80));
-        syn.src = Ipv4Addr::from(0x0a80_0000 + i);
+        syn.src = Ipv4Addr::from(0x0a80_0000 + i).into();
         let out = gw.run(&syn.bytes(), "cli").unwrap();
         assert_eq!(out.action, XDP_REDIRECT);
     }
@@ -142,21 +147,24 @@ fn a_syn_flood_does_not_evict_an_established_flow() {
 
 #[test]
 fn a_mid_stream_packet_of_no_known_flow_is_counted_and_steered_as_a_new_flow() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R2.id).unwrap();
-    let lost = from_client(VIP, L4::tcp(40_035, 80));
-    let out = gw.run(&lost.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&lost, R2, 80).bytes());
-    let stats = gw.dataplane.stats().unwrap();
-    assert_eq!((stats.reason(Reason::MidstreamNoFlow), stats.reason(Reason::Forwarded)), (1, 1));
-    assert_eq!(gw.dataplane.new_flows().unwrap().len(), 2, "tracked as new: its answers come back from the VIP");
-    let answer = reply_from(R2, &lost, 80);
-    let out = gw.run(&answer.bytes(), R2.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, VIP, 80).bytes());
-    // Not counted for what is no service's.
-    let other = from_client(R1.addr, L4::tcp(40_036, 22));
-    gw.run(&other.bytes(), "cli").unwrap();
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::MidstreamNoFlow), 1);
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R2.id).unwrap();
+        let lost = from_client(fam.vip, L4::tcp(40_035, 80));
+        let out = gw.run(&lost.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&lost, R2, 80).bytes());
+        let stats = gw.dataplane.stats().unwrap();
+        assert_eq!((stats.reason(Reason::MidstreamNoFlow), stats.reason(Reason::Forwarded)), (1, 1));
+        let flows = entries(&gw);
+        assert!(flows.len() == 2 && flows.iter().all(|f| !f.established), "tracked as new: its answers come back from the VIP");
+        let answer = reply_from(R2, &lost, 80);
+        let out = gw.run(&answer.bytes(), R2.iface).unwrap();
+        assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, fam.vip, 80).bytes());
+        // Not counted for what is no service's.
+        let other = from_client(R1.addr_of(fam.vip), L4::tcp(40_036, 22));
+        gw.run(&other.bytes(), "cli").unwrap();
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::MidstreamNoFlow), 1);
+    }
 }
 
 fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: Reason) {
@@ -169,20 +177,22 @@ fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: Reas
 
 #[test]
 fn established_flow_keeps_its_region_when_selection_changes() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_001, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_001, 80));
+        gw.run(&syn.bytes(), "cli").unwrap();
 
-    gw.select(R2.id).unwrap();
-    let ack = from_client(VIP, L4::tcp(40_001, 80));
-    let out = gw.run(&ack.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
+        gw.select(R2.id).unwrap();
+        let ack = from_client(fam.vip, L4::tcp(40_001, 80));
+        let out = gw.run(&ack.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
 
-    let other = from_client(VIP, L4::tcp_syn(40_002, 80));
-    let out = gw.run(&other.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&other, R2, 80).bytes());
-    assert_eq!(gw.dataplane.stats().unwrap().regions[R1.id as usize].new_flows, 1);
+        let other = from_client(fam.vip, L4::tcp_syn(40_002, 80));
+        let out = gw.run(&other.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&other, R2, 80).bytes());
+        assert_eq!(gw.dataplane.stats().unwrap().regions[R1.id as usize].new_flows, 1);
+    }
 }
 
 /// The data plane and the sweep follow one lifetime rule: an open TCP
@@ -215,96 +225,106 @@ fn a_tcp_connection_idle_for_an_hour_resumes_on_its_region_after_a_sweep() {
 
 #[test]
 fn reply_from_region_reaches_the_client_from_the_vip() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_003, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_003, 80));
+        gw.run(&syn.bytes(), "cli").unwrap();
 
-    let synack = reply_from(R1, &syn, 80);
-    let out = gw.run(&synack.bytes(), R1.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, VIP, 80).bytes());
-    let stats = gw.dataplane.stats().unwrap();
-    assert_eq!(stats.reason(Reason::Replied), 1);
-    let r1 = stats.regions[R1.id as usize];
-    assert_eq!((r1.reply_packets, r1.reply_bytes), (1, synack.bytes().len() as u64));
+        let synack = reply_from(R1, &syn, 80);
+        let out = gw.run(&synack.bytes(), R1.iface).unwrap();
+        assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, fam.vip, 80).bytes());
+        let stats = gw.dataplane.stats().unwrap();
+        assert_eq!(stats.reason(Reason::Replied), 1);
+        let r1 = stats.regions[R1.id as usize];
+        assert_eq!((r1.reply_packets, r1.reply_bytes), (1, synack.bytes().len() as u64));
+    }
 }
 
 #[test]
 fn region_serving_on_another_port_gets_port_rewritten_both_ways() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R2.id).unwrap();
-    let syn = from_client(VIP2, L4::tcp_syn(40_004, ALT.port));
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 8081).bytes());
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R2.id).unwrap();
+        let syn = from_client(fam.vip2, L4::tcp_syn(40_004, ALT.port));
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 8081).bytes());
 
-    let synack = reply_from(R2, &syn, 8081);
-    let out = gw.run(&synack.bytes(), R2.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, VIP2, ALT.port).bytes());
+        let synack = reply_from(R2, &syn, 8081);
+        let out = gw.run(&synack.bytes(), R2.iface).unwrap();
+        assert_frame(&out, XDP_REDIRECT, &as_client_sees(&synack, fam.vip2, ALT.port).bytes());
+    }
 }
 
 #[test]
 fn draining_region_keeps_established_flows() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_005, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_005, 80));
+        gw.run(&syn.bytes(), "cli").unwrap();
 
-    // Draining: the controller takes the region out of selection, the data
-    // plane keeps what is pinned there.
-    gw.dataplane.set_region_state(R1.id, RegionState::Draining).unwrap();
-    gw.select(R2.id).unwrap();
-    let ack = from_client(VIP, L4::tcp(40_005, 80));
-    let out = gw.run(&ack.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::ReSteered), 0);
+        // Draining: the controller takes the region out of selection, the data
+        // plane keeps what is pinned there.
+        gw.dataplane.set_region_state(R1.id, RegionState::Draining).unwrap();
+        gw.select(R2.id).unwrap();
+        let ack = from_client(fam.vip, L4::tcp(40_005, 80));
+        let out = gw.run(&ack.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::ReSteered), 0);
+    }
 }
 
 #[test]
 fn flow_on_a_down_region_is_re_steered_on_its_next_packet() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_006, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_006, 80));
+        gw.run(&syn.bytes(), "cli").unwrap();
 
-    gw.dataplane.set_region_state(R1.id, RegionState::Down).unwrap();
-    gw.select(R2.id).unwrap();
-    let ack = from_client(VIP, L4::tcp(40_006, 80));
-    let out = gw.run(&ack.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R2, 80).bytes());
+        gw.dataplane.set_region_state(R1.id, RegionState::Down).unwrap();
+        gw.select(R2.id).unwrap();
+        let ack = from_client(fam.vip, L4::tcp(40_006, 80));
+        let out = gw.run(&ack.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&ack, R2, 80).bytes());
 
-    let stats = gw.dataplane.stats().unwrap();
-    assert_eq!(stats.reason(Reason::ReSteered), 1);
-    assert_eq!(stats.regions[R2.id as usize].new_flows, 1);
-    let flows = original_flows(&gw);
-    assert_eq!(flows.len(), 1);
-    assert_eq!(flows[0].1.region_id, R2.id);
-    // The new region's answers are translated back too.
-    let reply = reply_from(R2, &ack, 80);
-    let out = gw.run(&reply.bytes(), R2.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&reply, VIP, 80).bytes());
+        let stats = gw.dataplane.stats().unwrap();
+        assert_eq!(stats.reason(Reason::ReSteered), 1);
+        assert_eq!(stats.regions[R2.id as usize].new_flows, 1);
+        let flows = original_entries(&gw);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].region_id, R2.id);
+        // The new region's answers are translated back too.
+        let reply = reply_from(R2, &ack, 80);
+        let out = gw.run(&reply.bytes(), R2.iface).unwrap();
+        assert_frame(&out, XDP_REDIRECT, &as_client_sees(&reply, fam.vip, 80).bytes());
+    }
 }
 
 #[test]
 fn closed_tcp_flow_is_re_selected_by_a_new_syn_but_a_retransmitted_syn_is_not() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_007, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
-    gw.select(R2.id).unwrap();
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_007, 80));
+        gw.run(&syn.bytes(), "cli").unwrap();
+        gw.select(R2.id).unwrap();
 
-    // A retransmitted SYN of an open flow stays where the first one went.
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
+        // A retransmitted SYN of an open flow stays where the first one went.
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
 
-    let mut fin = from_client(VIP, L4::tcp(40_007, 80));
-    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
-        *f = true;
+        let mut fin = from_client(fam.vip, L4::tcp(40_007, 80));
+        if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+            *f = true;
+        }
+        let out = gw.run(&fin.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&fin, R1, 80).bytes());
+
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 80).bytes());
     }
-    let out = gw.run(&fin.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&fin, R1, 80).bytes());
-
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 80).bytes());
 }
 
 /// Every region down, `all_down = keep-last`: new flows still go to the
@@ -313,44 +333,48 @@ fn closed_tcp_flow_is_re_selected_by_a_new_syn_but_a_retransmitted_syn_is_not() 
 /// a new SYN on its tuple is held to the old region.
 #[test]
 fn a_flow_that_closes_while_its_region_is_down_stays_closed() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    gw.dataplane.set_region_state(R1.id, RegionState::Down).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_031, 80));
-    let mut fin = from_client(VIP, L4::tcp(40_031, 80));
-    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
-        *f = true;
-    }
-    let last_ack = from_client(VIP, L4::tcp(40_031, 80));
-    for frame in [&syn, &fin, &last_ack] {
-        let out = gw.run(&frame.bytes(), "cli").unwrap();
-        assert_frame(&out, XDP_REDIRECT, &steered(frame, R1, 80).bytes());
-    }
-    let flows = original_flows(&gw);
-    assert_eq!(flows.len(), 1);
-    assert_eq!(flows[0].1.flags & FLOW_FIN_SEEN, FLOW_FIN_SEEN, "closed, though re-pinned twice since");
-    let sweep = gw.dataplane.flow_table().unwrap().sweep(monotonic_ns()).unwrap();
-    assert_eq!(sweep.active[R1.id as usize], 0, "a closed flow is not active");
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        gw.dataplane.set_region_state(R1.id, RegionState::Down).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_031, 80));
+        let mut fin = from_client(fam.vip, L4::tcp(40_031, 80));
+        if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+            *f = true;
+        }
+        let last_ack = from_client(fam.vip, L4::tcp(40_031, 80));
+        for frame in [&syn, &fin, &last_ack] {
+            let out = gw.run(&frame.bytes(), "cli").unwrap();
+            assert_frame(&out, XDP_REDIRECT, &steered(frame, R1, 80).bytes());
+        }
+        let flows = original_entries(&gw);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].flags & FLOW_FIN_SEEN, FLOW_FIN_SEEN, "closed, though re-pinned twice since");
+        let sweep = gw.dataplane.flow_table().unwrap().sweep(monotonic_ns()).unwrap();
+        assert_eq!(sweep.active[R1.id as usize], 0, "a closed flow is not active");
 
-    gw.dataplane.set_region_state(R1.id, RegionState::Up).unwrap();
-    gw.select(R2.id).unwrap();
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 80).bytes());
+        gw.dataplane.set_region_state(R1.id, RegionState::Up).unwrap();
+        gw.select(R2.id).unwrap();
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&syn, R2, 80).bytes());
+    }
 }
 
 #[test]
 fn fin_from_the_region_marks_the_clients_entry_closed() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_008, 80));
-    gw.run(&syn.bytes(), "cli").unwrap();
-    let mut fin = reply_from(R1, &syn, 80);
-    if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
-        *f = true;
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_008, 80));
+        gw.run(&syn.bytes(), "cli").unwrap();
+        let mut fin = reply_from(R1, &syn, 80);
+        if let L4::Tcp { fin: f, .. } = &mut fin.l4 {
+            *f = true;
+        }
+        gw.run(&fin.bytes(), R1.iface).unwrap();
+        let flows = original_entries(&gw);
+        assert_eq!(flows[0].flags, redirector_common::FLOW_FIN_SEEN);
     }
-    gw.run(&fin.bytes(), R1.iface).unwrap();
-    let flows = original_flows(&gw);
-    assert_eq!(flows[0].1.flags, redirector_common::FLOW_FIN_SEEN);
 }
 
 #[test]
@@ -397,15 +421,17 @@ fn udp_checksum_is_updated_and_a_zero_checksum_stays_zero() {
 
 #[test]
 fn icmp_echo_to_an_icmp_service_is_steered_and_answered_from_the_vip() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R2.id).unwrap();
-    let echo = from_client(VIP2, L4::IcmpEcho { request: true, id: 0x4242, seq: 1 });
-    let out = gw.run(&echo.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&echo, R2, 0).bytes());
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R2.id).unwrap();
+        let echo = from_client(fam.vip2, L4::IcmpEcho { request: true, id: 0x4242, seq: 1 });
+        let out = gw.run(&echo.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&echo, R2, 0).bytes());
 
-    let reply = reply_from(R2, &echo, 0);
-    let out = gw.run(&reply.bytes(), R2.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&reply, VIP2, 0).bytes());
+        let reply = reply_from(R2, &echo, 0);
+        let out = gw.run(&reply.bytes(), R2.iface).unwrap();
+        assert_frame(&out, XDP_REDIRECT, &as_client_sees(&reply, fam.vip2, 0).bytes());
+    }
 }
 
 #[test]
@@ -453,18 +479,20 @@ fn traffic_not_for_a_service_passes_untouched() {
 
 #[test]
 fn vlan_tagged_frame_is_steered_with_its_tag_kept() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let mut syn = from_client(VIP, L4::tcp_syn(40_016, 80));
-    syn.vlan = Some(100);
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let mut syn = from_client(fam.vip, L4::tcp_syn(40_016, 80));
+        syn.vlan = Some(100);
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&syn, R1, 80).bytes());
 
-    let mut qinq = from_client(VIP, L4::tcp_syn(40_017, 80));
-    qinq.vlan = Some(100);
-    let mut bytes = qinq.bytes();
-    bytes[16..18].copy_from_slice(&[0x81, 0x00]); // a second tag
-    assert_passed_untouched(&gw, &bytes, "cli", Reason::PassNotIp);
+        let mut qinq = from_client(fam.vip, L4::tcp_syn(40_017, 80));
+        qinq.vlan = Some(100);
+        let mut bytes = qinq.bytes();
+        bytes[16..18].copy_from_slice(&[0x81, 0x00]); // a second tag
+        assert_passed_untouched(&gw, &bytes, "cli", Reason::PassNotIp);
+    }
 }
 
 #[test]
@@ -552,50 +580,58 @@ fn fragments_pass_untouched_first_and_later_alike() {
 
 #[test]
 fn unresolved_neighbour_hands_the_rewritten_packet_to_the_kernel() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R3.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_024, 80));
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    // Addresses rewritten so the kernel forwards it to region 3 (and ARPs);
-    // MACs untouched, still addressed to the gateway.
-    let mut expected = steered(&syn, R3, 80);
-    expected.src_mac = syn.src_mac;
-    expected.dst_mac = syn.dst_mac;
-    assert_frame(&out, XDP_PASS, &expected.bytes());
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassNoNeighbour), 1);
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R3.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_024, 80));
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        // Addresses rewritten so the kernel forwards it to region 3 (and ARPs);
+        // MACs untouched, still addressed to the gateway.
+        let mut expected = steered(&syn, R3, 80);
+        expected.src_mac = syn.src_mac;
+        expected.dst_mac = syn.dst_mac;
+        assert_frame(&out, XDP_PASS, &expected.bytes());
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassNoNeighbour), 1);
+    }
 }
 
 #[test]
 fn egress_without_the_program_hands_the_rewritten_packet_to_the_kernel() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R4.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_025, 80));
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    let mut expected = steered(&syn, R4, 80);
-    expected.src_mac = syn.src_mac;
-    expected.dst_mac = syn.dst_mac;
-    assert_frame(&out, XDP_PASS, &expected.bytes());
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassEgressNotAttached), 1);
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R4.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_025, 80));
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        let mut expected = steered(&syn, R4, 80);
+        expected.src_mac = syn.src_mac;
+        expected.dst_mac = syn.dst_mac;
+        assert_frame(&out, XDP_PASS, &expected.bytes());
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassEgressNotAttached), 1);
+    }
 }
 
 #[test]
 fn region_on_the_ingress_link_is_reached_with_xdp_tx() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R5.id).unwrap();
-    let syn = from_client(VIP, L4::tcp_syn(40_026, 80));
-    let out = gw.run(&syn.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_TX, &steered(&syn, R5, 80).bytes());
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R5.id).unwrap();
+        let syn = from_client(fam.vip, L4::tcp_syn(40_026, 80));
+        let out = gw.run(&syn.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_TX, &steered(&syn, R5, 80).bytes());
+    }
 }
 
 #[test]
 fn service_without_a_region_drops_new_flows_and_counts_them() {
-    let gw = Gateway::new().unwrap();
-    // Services start selecting nowhere until the controller decides.
-    let syn = from_client(VIP, L4::tcp_syn(40_027, 80)).bytes();
-    let out = gw.run(&syn, "cli").unwrap();
-    assert_eq!(out.action, XDP_DROP);
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::DropNoRegion), 1);
-    assert!(gw.dataplane.flows().unwrap().is_empty());
+    for fam in FAMILIES {
+        let gw = Gateway::new().unwrap();
+        // Services start selecting nowhere until the controller decides.
+        let syn = from_client(fam.vip, L4::tcp_syn(40_027, 80)).bytes();
+        let out = gw.run(&syn, "cli").unwrap();
+        assert_eq!(out.action, XDP_DROP);
+        assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::DropNoRegion), 1);
+        assert!(entries(&gw).is_empty());
+    }
 }
 
 #[test]

@@ -124,7 +124,7 @@ fn a_full_ring_loses_events_counted_and_forwards_every_packet() {
     let flows: u32 = 110_000;
     for i in 0..flows {
         let mut query = from_client(VIP2, L4::udp(1024 + (i % 60_000) as u16, 53));
-        query.src = std::net::Ipv4Addr::from(u32::from(CLIENT) + i / 60_000);
+        query.src = std::net::Ipv4Addr::from(u32::from(CLIENT) + i / 60_000).into();
         let out = gw.run(&query.bytes(), "cli").unwrap();
         assert_eq!(out.action, XDP_REDIRECT, "flow {i}");
     }

@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 
 use super::{
     check_region_id, check_services,
-    flow_table::FlowTable,
+    flow_table::{FlowTable, FLOW_MAPS},
     pins::{check_outlives_process, ensure_bpffs, ifindex, link_pin, list_link_pins, remove_link_pin},
     services::ServiceMaps,
     AttachMode, Dataplane, Selection, ServiceSpec, Stats,
@@ -138,8 +138,7 @@ impl BpfDataplane {
             regions: take_map(&mut ebpf, map_names::REGIONS)?,
             selection: take_map(&mut ebpf, map_names::SELECTION)?,
             flows: FlowTable::from_maps(
-                take_raw_map(&mut ebpf, map_names::FLOWS)?,
-                take_raw_map(&mut ebpf, map_names::NEW_FLOWS)?,
+                FLOW_MAPS.iter().map(|name| take_raw_map(&mut ebpf, name)).collect::<Result<_>>()?,
             )?,
             egress: take_map(&mut ebpf, map_names::EGRESS)?,
             region_counters: take_map(&mut ebpf, map_names::REGION_COUNTERS)?,
@@ -241,6 +240,16 @@ impl BpfDataplane {
     /// Every entry of the table of new TCP flows, both directions.
     pub fn new_flows(&self) -> Result<Vec<(redirector_common::FlowKey, redirector_common::Flow)>> {
         self.flows.new_entries()
+    }
+
+    /// [`Self::flows`] of IPv6.
+    pub fn flows6(&self) -> Result<Vec<(redirector_common::FlowKey<Addr6>, redirector_common::Flow<Addr6>)>> {
+        self.flows.entries6()
+    }
+
+    /// [`Self::new_flows`] of IPv6.
+    pub fn new_flows6(&self) -> Result<Vec<(redirector_common::FlowKey<Addr6>, redirector_common::Flow<Addr6>)>> {
+        self.flows.new_entries6()
     }
 
     /// Overwrites a flow entry: tests age entries with it.

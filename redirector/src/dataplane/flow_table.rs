@@ -20,7 +20,7 @@ use aya::maps::{HashMap, IterableMap, Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use redirector_common::{
     lifetime::{handshake_life, life, Life},
-    map_names, Flow, FlowKey, FLOW_ORIGINAL, FLOW_SYNCED, MAX_REGIONS,
+    map_names, Addr6, Address, Flow, FlowKey, FLOW_ORIGINAL, FLOW_SYNCED, MAX_REGIONS,
 };
 use redirector_proto::sync::{FlowEvent, FlowRecord};
 use tokio::{
@@ -39,11 +39,13 @@ use crate::sync::{
 /// whole or not at all, so this must exceed any bucket's length (a few).
 const BATCH: usize = 4096;
 
-/// Handles on the two pinned flow maps (established flows and new TCP
-/// flows), independent of the loader's.
+/// Handles on the pinned flow maps (established flows and new TCP flows,
+/// of each family), independent of the loader's.
 pub struct FlowTable {
     established: FlowMap,
     new: FlowMap,
+    established6: FlowMap<Addr6>,
+    new6: FlowMap<Addr6>,
     announcer: Option<Announcer>,
 }
 
@@ -56,7 +58,11 @@ struct Announcer {
 }
 
 /// One flow map, read in batches.
-struct FlowMap(HashMap<MapData, FlowKey, Flow>);
+struct FlowMap<A: Address = redirector_common::Addr4>(HashMap<MapData, FlowKey<A>, Flow<A>>);
+
+/// The maps of a pin directory, by name, in the order [`FlowTable::from_maps`]
+/// takes them.
+pub const FLOW_MAPS: [&str; 4] = [map_names::FLOWS, map_names::NEW_FLOWS, map_names::FLOWS6, map_names::NEW_FLOWS6];
 
 impl FlowTable {
     pub fn open(pin_path: &Path) -> Result<Self> {
@@ -65,13 +71,18 @@ impl FlowTable {
             let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             Ok(Map::from_map_data(data)?)
         };
-        Self::from_maps(open(map_names::FLOWS)?, open(map_names::NEW_FLOWS)?)
+        Self::from_maps(FLOW_MAPS.map(open).into_iter().collect::<Result<Vec<_>>>()?)
     }
 
-    pub fn from_maps(established: Map, new: Map) -> Result<Self> {
+    /// `maps`: those named by [`FLOW_MAPS`], in its order.
+    pub fn from_maps(maps: Vec<Map>) -> Result<Self> {
+        let [established, new, established6, new6]: [Map; 4] =
+            maps.try_into().map_err(|_| anyhow::anyhow!("the flow tables are {} maps", FLOW_MAPS.len()))?;
         Ok(Self {
             established: FlowMap(HashMap::try_from(established).context("FLOWS")?),
             new: FlowMap(HashMap::try_from(new).context("NEW_FLOWS")?),
+            established6: FlowMap(HashMap::try_from(established6).context("FLOWS6")?),
+            new6: FlowMap(HashMap::try_from(new6).context("NEW_FLOWS6")?),
             announcer: None,
         })
     }
@@ -104,6 +115,16 @@ impl FlowTable {
     /// Every entry of the table of new TCP flows, both directions.
     pub fn new_entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
         self.new.entries()
+    }
+
+    /// [`Self::entries`] of IPv6.
+    pub fn entries6(&self) -> Result<Vec<(FlowKey<Addr6>, Flow<Addr6>)>> {
+        self.established6.entries()
+    }
+
+    /// [`Self::new_entries`] of IPv6.
+    pub fn new_entries6(&self) -> Result<Vec<(FlowKey<Addr6>, Flow<Addr6>)>> {
+        self.new6.entries()
     }
 
     /// Overwrites an entry of the established table: tests age entries
@@ -139,51 +160,42 @@ impl FlowTable {
         Ok(self.finish(plan))
     }
 
-    /// The first half of a sweep: both tables read, active flows counted,
+    /// The first half of a sweep: every table read, active flows counted,
     /// the expired entries listed.
     pub fn plan(&self, now_ns: u64) -> Result<SweepPlan> {
         let started = Instant::now();
         let mut active = vec![0u64; MAX_REGIONS as usize];
         let established = self.established.entries()?;
-        let mut expired = Vec::new();
-        let last_sweep = self.announcer.as_ref().map(|a| a.last_sweep_ns);
-        let mut refresh = Vec::new();
-        for (key, flow) in &established {
-            let life = life(key.protocol, flow.flags, idle(now_ns, flow));
-            let remind = |last_sweep| {
-                flow.direction == FLOW_ORIGINAL
-                    && flow.flags & FLOW_SYNCED == 0
-                    && life != Life::Expired
-                    && refresh::due(key, last_sweep, now_ns)
-                    && refresh::carried_since_last_reminder(flow.last_seen_ns, now_ns)
-            };
-            if last_sweep.is_some_and(remind) {
-                refresh.push(records::from_entry(FlowEvent::Refreshed, key, flow));
-            }
-            match life {
-                Life::Expired => expired.push(*key),
-                Life::Live if flow.direction == FLOW_ORIGINAL => {
-                    if let Some(n) = active.get_mut(flow.region_id as usize) {
-                        *n += 1;
-                    }
-                }
-                Life::Live | Life::Reopenable => {}
-            }
-        }
+        let expired = survey(&established, now_ns, &mut active);
+        // The flow sync carries IPv4 flows: only they are reminded of.
+        let refresh = match self.announcer.as_ref().map(|a| a.last_sweep_ns) {
+            Some(last_sweep) => established
+                .iter()
+                .filter(|(key, flow)| {
+                    flow.direction == FLOW_ORIGINAL
+                        && flow.flags & FLOW_SYNCED == 0
+                        && life(key.protocol, flow.flags, idle(now_ns, flow)) != Life::Expired
+                        && refresh::due(key, last_sweep, now_ns)
+                        && refresh::carried_since_last_reminder(flow.last_seen_ns, now_ns)
+                })
+                .map(|(key, flow)| records::from_entry(FlowEvent::Refreshed, key, flow))
+                .collect(),
+            None => Vec::new(),
+        };
+        let established6 = self.established6.entries()?;
+        let expired6 = survey(&established6, now_ns, &mut active);
         let new = self.new.entries()?;
-        let expired_new = new
-            .iter()
-            .filter(|(_, flow)| handshake_life(flow.flags, idle(now_ns, flow)) == Life::Expired)
-            .map(|(key, _)| *key)
-            .collect();
+        let new6 = self.new6.entries()?;
         Ok(SweepPlan {
             now_ns,
             started,
             active,
-            entries: established.len() + new.len(),
-            new_entries: new.len(),
+            entries: established.len() + new.len() + established6.len() + new6.len(),
+            new_entries: new.len() + new6.len(),
             expired,
-            expired_new,
+            expired_new: handshakes_expired(&new, now_ns),
+            expired6,
+            expired_new6: handshakes_expired(&new6, now_ns),
             refresh,
         })
     }
@@ -205,8 +217,14 @@ impl FlowTable {
                 }
             }
         }
+        for key in &plan.expired6 {
+            expired += usize::from(self.established6.delete_if(key, |flow| life(key.protocol, flow.flags, idle(now, flow))).is_some());
+        }
         for key in &plan.expired_new {
             expired += usize::from(self.new.delete_if(key, |flow| handshake_life(flow.flags, idle(now, flow))).is_some());
+        }
+        for key in &plan.expired_new6 {
+            expired += usize::from(self.new6.delete_if(key, |flow| handshake_life(flow.flags, idle(now, flow))).is_some());
         }
         if let Some(announcer) = &mut self.announcer {
             announcer.last_sweep_ns = now;
@@ -226,8 +244,35 @@ impl FlowTable {
     }
 }
 
-fn idle(now_ns: u64, flow: &Flow) -> u64 {
+fn idle<A: Address>(now_ns: u64, flow: &Flow<A>) -> u64 {
     now_ns.saturating_sub(flow.last_seen_ns)
+}
+
+/// Counts the live original entries of an established table per region
+/// into `active`; the keys of its expired entries.
+fn survey<A: Address>(entries: &[(FlowKey<A>, Flow<A>)], now_ns: u64, active: &mut [u64]) -> Vec<FlowKey<A>> {
+    let mut expired = Vec::new();
+    for (key, flow) in entries {
+        match life(key.protocol, flow.flags, idle(now_ns, flow)) {
+            Life::Expired => expired.push(*key),
+            Life::Live if flow.direction == FLOW_ORIGINAL => {
+                if let Some(n) = active.get_mut(flow.region_id as usize) {
+                    *n += 1;
+                }
+            }
+            Life::Live | Life::Reopenable => {}
+        }
+    }
+    expired
+}
+
+/// The keys of a table of new flows whose handshake expired.
+fn handshakes_expired<A: Address>(entries: &[(FlowKey<A>, Flow<A>)], now_ns: u64) -> Vec<FlowKey<A>> {
+    entries
+        .iter()
+        .filter(|(_, flow)| handshake_life(flow.flags, idle(now_ns, flow)) == Life::Expired)
+        .map(|(key, _)| *key)
+        .collect()
 }
 
 /// A sweep read but not yet applied ([`FlowTable::plan`]).
@@ -238,28 +283,30 @@ pub struct SweepPlan {
     entries: usize,
     new_entries: usize,
     /// Keys of the established table, then of the table of new flows, that
-    /// were expired when read.
+    /// were expired when read; of IPv4, then of IPv6.
     expired: Vec<FlowKey>,
     expired_new: Vec<FlowKey>,
+    expired6: Vec<FlowKey<Addr6>>,
+    expired_new6: Vec<FlowKey<Addr6>>,
     /// For the flow sync: the flows whose reminder is due.
     refresh: Vec<FlowRecord>,
 }
 
-impl FlowMap {
+impl<A: Address> FlowMap<A> {
     /// Deletes `key`'s entry if, read again now, `life` says it is
     /// expired; the entry it deleted (an entry already gone is not: the
     /// LRU evicted it meanwhile).
-    fn delete_if(&mut self, key: &FlowKey, life: impl Fn(&Flow) -> Life) -> Option<Flow> {
+    fn delete_if(&mut self, key: &FlowKey<A>, life: impl Fn(&Flow<A>) -> Life) -> Option<Flow<A>> {
         let flow = self.0.get(key, 0).ok().filter(|flow| life(flow) == Life::Expired)?;
         self.0.remove(key).ok().map(|()| flow)
     }
 
     /// Every entry, both directions, read `BATCH` at a time. Entries added
     /// or removed by the data plane meanwhile may or may not be seen.
-    pub fn entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
+    pub fn entries(&self) -> Result<Vec<(FlowKey<A>, Flow<A>)>> {
         let fd = self.0.map().fd().as_fd().as_raw_fd() as u32;
-        let mut keys: Vec<FlowKey> = Vec::with_capacity(BATCH);
-        let mut values: Vec<Flow> = Vec::with_capacity(BATCH);
+        let mut keys: Vec<FlowKey<A>> = Vec::with_capacity(BATCH);
+        let mut values: Vec<Flow<A>> = Vec::with_capacity(BATCH);
         let mut entries = Vec::new();
         // The kernel's cursor (a bucket index, opaque here): none at first,
         // then where the previous batch ended.
@@ -288,7 +335,7 @@ impl FlowMap {
             // ENOENT: the walk is over; this last batch may still hold entries.
             let done = error.as_ref().is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT));
             if let Some(e) = error.filter(|_| !done) {
-                return Err(e).context("BPF_MAP_LOOKUP_BATCH on FLOWS");
+                return Err(e).context("BPF_MAP_LOOKUP_BATCH on a flow table");
             }
             // SAFETY: the kernel wrote `count` (≤ BATCH) keys and values.
             let count = unsafe { attr.batch.count } as usize;

@@ -288,7 +288,7 @@ impl Generator {
             };
             (toward_region, Frame::new(answer.src, answer.dst, L4::IcmpUnreachable { code: self.below(16) as u8 }))
         } else {
-            let reply = Frame { src: self.pick(&[VIP, VIP2]), ..answer.clone() };
+            let reply = Frame { src: self.pick(&[VIP, VIP2]).into(), ..answer.clone() };
             (reply, Frame::new(answer.dst, answer.src, L4::IcmpUnreachable { code: self.below(16) as u8 }))
         };
         let bytes = quoted.bytes();

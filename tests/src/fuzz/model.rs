@@ -406,9 +406,11 @@ fn close_flags(tcp_flags: u8) -> u8 {
     flags
 }
 
-/// What the data plane does with an IPv6 frame. The fuzzed gateway has
-/// IPv4 services only, so no IPv6 frame is steered: the parse alone decides
-/// the reason it passes with (`redirector-ebpf/src/parse.rs`).
+/// What the data plane does with an IPv6 frame: the parse alone decides
+/// the reason it passes with (`redirector-ebpf/src/parse.rs`). The model
+/// steers no IPv6: the generator's IPv6 frames are its IPv4 ones under
+/// IPv6's EtherType, which never reach the fixture's IPv6 services (the
+/// packet tests cover those).
 fn ipv6_verdict(frame: &[u8], l3: usize) -> Reason {
     let len = frame.len();
     if len < l3 + 40 {
