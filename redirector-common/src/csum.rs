@@ -109,6 +109,36 @@ mod tests {
         }
     }
 
+    /// The TCP checksum of a segment over IPv6 from `src` to `dst`.
+    fn tcp6_checksum(src: [u8; 16], dst: [u8; 16], dport: u16, payload: &[u8]) -> u16 {
+        let mut out = Vec::new();
+        PacketBuilder::ipv6(src, dst, 64).tcp(40000, dport, 1, 512).write(&mut out, payload).unwrap();
+        let Some(TransportSlice::Tcp(tcp)) = SlicedPacket::from_ip(&out).unwrap().transport else { panic!("tcp") };
+        tcp.checksum()
+    }
+
+    #[test]
+    fn an_ipv6_destination_rewrite_matches_a_full_recomputation() {
+        let client: [u8; 16] = core::array::from_fn(|i| if i == 0 { 0x20 } else { i as u8 });
+        let addrs: [[u8; 16]; 4] = [
+            core::array::from_fn(|i| if i < 2 { 0xfd } else { 2 * (i == 15) as u8 }),
+            [0; 16],
+            [0xff; 16],
+            core::array::from_fn(|i| (i * 37) as u8),
+        ];
+        for payload in [&b""[..], b"GET / HTTP/1.1\r\n\r\n", &[0xff; 31]] {
+            for (i, old) in addrs.iter().enumerate() {
+                let new = addrs[(i + 1) % addrs.len()];
+                let (old_port, new_port) = (80 + i as u16, 8081);
+                let before = tcp6_checksum(client, *old, old_port, payload);
+                let after = tcp6_checksum(client, new, new_port, payload);
+                let (old_words, new_words) = (crate::address::addr6_from_bytes(old), crate::address::addr6_from_bytes(&new));
+                let tcp = replace2(replace_addr(to_ne2(before), &old_words, &new_words), word2(old_port), word2(new_port));
+                assert_eq!(from_ne2(tcp), after, "{old:?} → {new:?}");
+            }
+        }
+    }
+
     #[test]
     fn replacing_a_word_by_itself_changes_nothing_and_round_trips() {
         for check in [0u16, 1, 0x1234, 0xfffe, 0xffff] {

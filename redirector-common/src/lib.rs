@@ -604,6 +604,27 @@ mod tests {
         }
     }
 
+    /// IPv4 keys hash as they did before the families (one word each), so
+    /// gateways of both versions pick the same slots; IPv6 keys mix all
+    /// four words of each address.
+    #[test]
+    fn flow_hash_mixes_every_address_word() {
+        let v4 = FlowKey { src_addr: 0x0a00_0002u32.to_be(), dst_addr: 0x0a02_0002u32.to_be(), src_port: 40_000u16.to_be(), dst_port: 80u16.to_be(), protocol: IPPROTO_TCP, _pad: [0; 3] };
+        // Worked out by hand from the formula of earlier releases: murmur3's
+        // finaliser over the protocol, one word per address, the ports.
+        assert_eq!(flow_hash(&v4), 0xa45d_9e23, "the IPv4 hash of earlier releases");
+        let v6 = FlowKey::<Addr6> { src_addr: [1, 2, 3, 4], dst_addr: [5, 6, 7, 8], src_port: 1, dst_port: 2, protocol: IPPROTO_TCP, _pad: [0; 3] };
+        for word in 0..8 {
+            let mut other = v6;
+            if word < 4 {
+                other.src_addr[word] ^= 1;
+            } else {
+                other.dst_addr[word - 4] ^= 1;
+            }
+            assert_ne!(flow_hash(&other), flow_hash(&v6), "word {word}");
+        }
+    }
+
     #[test]
     fn reasons_are_listed_once_in_order() {
         for (i, r) in Reason::ALL.iter().enumerate() {
