@@ -58,7 +58,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let flows_bytes = memlock(&gw.pins().join(map_names::FLOWS))?;
     let new_flows_bytes = memlock(&gw.pins().join(map_names::NEW_FLOWS))?;
 
-    xdp::handshake(&gw, 50_000)?;
+    xdp::handshake(&gw, crate::xdp::VIP.into(), 50_000)?;
     let empty_ns = established_ns(&gw, repeat, rounds)?;
 
     // Fill to 95 %: an LRU may start evicting before it is quite full.
@@ -80,7 +80,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let filled = started.elapsed();
     // The measured flow may have gone to make room: open it again.
-    xdp::handshake(&gw, 50_000)?;
+    xdp::handshake(&gw, crate::xdp::VIP.into(), 50_000)?;
     let full_ns = established_ns(&gw, repeat, rounds)?;
 
     let mut sweeps = Vec::new();

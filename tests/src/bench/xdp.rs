@@ -13,7 +13,7 @@
 //! timer's own cost. So does the handshake-completing ACK, which moves a
 //! new TCP flow to the established table once per connection.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{ensure, Result};
 use aya::programs::Xdp;
@@ -22,7 +22,7 @@ use super::{machine, median, write_result};
 use crate::{
     baseline,
     frames::{Frame, L4},
-    xdp::{test_run, Gateway, CLIENT, CLIENT_MAC, CLI_MAC, R1, R2, VIP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    xdp::{client_of, test_run, Gateway, CLIENT_MAC, CLI_MAC, R1, R2, VIP, VIP6, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
 pub struct Options {
@@ -42,8 +42,9 @@ impl Options {
     }
 }
 
-fn client_frame(dst: std::net::Ipv4Addr, l4: L4) -> Vec<u8> {
-    let mut f = Frame::new(CLIENT, dst, l4);
+fn client_frame(dst: impl Into<IpAddr>, l4: L4) -> Vec<u8> {
+    let dst = dst.into();
+    let mut f = Frame::new(client_of(dst), dst, l4);
     f.src_mac = CLIENT_MAC;
     f.dst_mac = CLI_MAC;
     f.bytes()
@@ -62,17 +63,25 @@ pub fn run(args: &[String]) -> Result<()> {
     let bare: &Xdp = bare.program("bare_tx").unwrap().try_into()?;
 
     let established = client_frame(VIP, L4::tcp(50_000, 80));
-    handshake(&gw, 50_000)?;
-    let reply = region_frame(L4::tcp(80, 50_000));
+    handshake(&gw, VIP.into(), 50_000)?;
+    let reply = region_frame(R2.addr.into(), L4::tcp(80, 50_000));
     let not_service = client_frame(R1.addr, L4::tcp(50_001, 22));
+    let established6 = client_frame(VIP6, L4::tcp(50_000, 80));
+    handshake(&gw, VIP6.into(), 50_000)?;
+    let reply6 = region_frame(R2.addr6.into(), L4::tcp(80, 50_000));
+    let not_service6 = client_frame(R1.addr6, L4::tcp(50_001, 22));
     let cli = gw.ifindex("cli");
     let r2 = gw.ifindex(R2.iface);
 
-    let cases: [(&str, &Xdp, &[u8], u32, u32); 4] = [
+    let program = gw.dataplane.program();
+    let cases: [(&str, &Xdp, &[u8], u32, u32); 7] = [
         ("bare XDP_TX program (reference)", bare, &established, cli, XDP_TX),
-        ("established flow → region (redirect)", gw.dataplane.program(), &established, cli, XDP_REDIRECT),
-        ("reply → client (redirect)", gw.dataplane.program(), &reply, r2, XDP_REDIRECT),
-        ("not a service (pass)", gw.dataplane.program(), &not_service, cli, XDP_PASS),
+        ("established flow → region (redirect)", program, &established, cli, XDP_REDIRECT),
+        ("reply → client (redirect)", program, &reply, r2, XDP_REDIRECT),
+        ("not a service (pass)", program, &not_service, cli, XDP_PASS),
+        ("IPv6: established flow → region (redirect)", program, &established6, cli, XDP_REDIRECT),
+        ("IPv6: reply → client (redirect)", program, &reply6, r2, XDP_REDIRECT),
+        ("IPv6: not a service (pass)", program, &not_service6, cli, XDP_PASS),
     ];
     let mut paths: Vec<Path> = cases
         .iter()
@@ -104,7 +113,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut total = 0.0;
         let first = next_port.wrapping_sub(opts.new_flows).max(1);
         for port in (0..opts.new_flows).map(|i| first.wrapping_add(i).max(1)) {
-            let synack = region_frame(L4::tcp_synack(80, port, 9_000));
+            let synack = region_frame(R2.addr.into(), L4::tcp_synack(80, port, 9_000));
             let (action, ..) = test_run(gw.dataplane.program(), &synack, r2, 1)?;
             ensure!(action == XDP_REDIRECT, "SYN-ACK: action {action}");
             let ack = client_frame(VIP, L4::tcp_ack(port, 80, 9_001));
@@ -139,27 +148,32 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// A frame from region 2 to the client.
-fn region_frame(l4: L4) -> Vec<u8> {
-    let mut f = Frame::new(R2.addr, CLIENT, l4);
+/// A frame from region 2 (at `src`, of either family) to the client.
+fn region_frame(src: IpAddr, l4: L4) -> Vec<u8> {
+    let mut f = Frame::new(src, client_of(src), l4);
     f.src_mac = R2.mac;
     f.dst_mac = R2.iface_mac;
     f.bytes()
 }
 
-/// Opens a connection from `port` to region 2 and completes its handshake,
-/// so its flow is in the established table.
-pub fn handshake(gw: &Gateway, port: u16) -> Result<()> {
+/// Opens a connection from `port` to `web` on `vip` (region 2's address of
+/// its family) and completes its handshake, so its flow is in the
+/// established table.
+pub fn handshake(gw: &Gateway, vip: IpAddr, port: u16) -> Result<()> {
     let steps = [
-        (client_frame(VIP, L4::tcp_syn(port, 80)), "cli"),
-        (region_frame(L4::tcp_synack(80, port, 9_000)), R2.iface),
-        (client_frame(VIP, L4::tcp_ack(port, 80, 9_001)), "cli"),
+        (client_frame(vip, L4::tcp_syn(port, 80)), "cli"),
+        (region_frame(vip, L4::tcp_synack(80, port, 9_000)), R2.iface),
+        (client_frame(vip, L4::tcp_ack(port, 80, 9_001)), "cli"),
     ];
     for (frame, iface) in steps {
         let (action, ..) = gw.run_repeat(&frame, iface, 1)?;
         ensure!(action == XDP_REDIRECT, "handshake of port {port}: action {action}");
     }
-    ensure!(gw.dataplane.flows()?.iter().any(|(k, _)| k.src_port == port.to_be()), "port {port} not established");
+    let established = match vip {
+        IpAddr::V4(_) => gw.dataplane.flows()?.iter().any(|(k, _)| k.src_port == port.to_be()),
+        IpAddr::V6(_) => gw.dataplane.flows6()?.iter().any(|(k, _)| k.src_port == port.to_be()),
+    };
+    ensure!(established, "port {port} to {vip} not established");
     Ok(())
 }
 
