@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -126,13 +126,13 @@ impl Report {
 }
 
 /// One GET on a new connection; the body on a 200.
-pub fn get(target: SocketAddrV4, timeout: Duration) -> Result<String> {
+pub fn get(target: SocketAddr, timeout: Duration) -> Result<String> {
     get_from(0, target, timeout)
 }
 
 /// [`get`] from a chosen source port (0: the kernel's choice), so that a
 /// run's flows, and how they hash, are the same every time.
-pub fn get_from(source_port: u16, target: SocketAddrV4, timeout: Duration) -> Result<String> {
+pub fn get_from(source_port: u16, target: SocketAddr, timeout: Duration) -> Result<String> {
     let started = Instant::now();
     let mut conn = connect(source_port, target, timeout)?;
     let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
@@ -145,7 +145,7 @@ pub fn get_from(source_port: u16, target: SocketAddrV4, timeout: Duration) -> Re
 }
 
 /// [`get`] on the tokio runtime of the calling thread (and its namespace).
-async fn get_async(target: SocketAddrV4, timeout: Duration) -> Result<String> {
+async fn get_async(target: SocketAddr, timeout: Duration) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut conn = tokio::net::TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
@@ -158,7 +158,7 @@ async fn get_async(target: SocketAddrV4, timeout: Duration) -> Result<String> {
 }
 
 /// A GET the server answers and then closes (HTTP/1.0).
-fn one_shot_request(target: SocketAddrV4) -> String {
+fn one_shot_request(target: SocketAddr) -> String {
     format!("GET / HTTP/1.0\r\nHost: {target}\r\n\r\n")
 }
 
@@ -179,15 +179,19 @@ fn ok_status(head: &str) -> Result<()> {
     Ok(())
 }
 
-fn connect(source_port: u16, target: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+fn connect(source_port: u16, target: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(target), socket2::Type::STREAM, None)?;
     if source_port != 0 {
         socket.set_reuse_address(true)?;
-        let source = SocketAddr::from(([0, 0, 0, 0], source_port));
+        let any: std::net::IpAddr = match target {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let source = SocketAddr::new(any, source_port);
         socket.bind(&source.into()).with_context(|| format!("binding port {source_port}"))?;
     }
     socket
-        .connect_timeout(&SocketAddr::V4(target).into(), timeout)
+        .connect_timeout(&target.into(), timeout)
         .with_context(|| format!("connect {target}"))?;
     Ok(socket.into())
 }
@@ -195,14 +199,14 @@ fn connect(source_port: u16, target: SocketAddrV4, timeout: Duration) -> Result<
 /// HTTP/1.1 requests over one kept connection, as a long-lived client's.
 pub struct Session {
     stream: TcpStream,
-    target: SocketAddrV4,
+    target: SocketAddr,
     buffer: Vec<u8>,
 }
 
 impl Session {
     /// Connects from inside `ns`; the socket stays in that namespace and
     /// can then be used from any thread.
-    pub fn open(ns: &Netns, target: SocketAddrV4, timeout: Duration) -> Result<Self> {
+    pub fn open(ns: &Netns, target: SocketAddr, timeout: Duration) -> Result<Self> {
         let stream = ns.on_thread(|| connect(0, target, timeout))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
@@ -294,7 +298,7 @@ struct KeptConnection {
 
 impl Kept {
     /// Each request waits up to 2 s for its answer.
-    pub fn open(ns: &Netns, target: SocketAddrV4, count: usize, pause: Duration) -> Result<Self> {
+    pub fn open(ns: &Netns, target: SocketAddr, count: usize, pause: Duration) -> Result<Self> {
         Self::open_with_timeout(ns, target, count, pause, Duration::from_secs(2))
     }
 
@@ -302,7 +306,7 @@ impl Kept {
     /// connection broken past it).
     pub fn open_with_timeout(
         ns: &Netns,
-        target: SocketAddrV4,
+        target: SocketAddr,
         count: usize,
         pause: Duration,
         timeout: Duration,
@@ -364,7 +368,7 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    pub fn start(ns: &Netns, target: SocketAddrV4, options: Options) -> Self {
+    pub fn start(ns: &Netns, target: SocketAddr, options: Options) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ns_name = ns.name().to_string();
         let stop_flag = stop.clone();
@@ -408,7 +412,7 @@ fn within_bounds(options: &Options, start: Instant, requests: u64, stop: &Atomic
     !stop.load(Ordering::Relaxed) && requests < options.max_requests && start.elapsed() < options.max_duration
 }
 
-fn sequential(target: SocketAddrV4, options: Options, pause: Duration, stop: &AtomicBool) -> Report {
+fn sequential(target: SocketAddr, options: Options, pause: Duration, stop: &AtomicBool) -> Report {
     let start = Instant::now();
     let mut tally = Tally::default();
     while within_bounds(&options, start, tally.report.requests(), stop) {
@@ -422,7 +426,7 @@ fn sequential(target: SocketAddrV4, options: Options, pause: Duration, stop: &At
 /// Requests started every `period` on a runtime of this thread (so their
 /// sockets are in its namespace), each on its own; the results are tallied
 /// in the order the requests started.
-fn open_loop(target: SocketAddrV4, options: Options, period: Duration, stop: &AtomicBool) -> Result<Report> {
+fn open_loop(target: SocketAddr, options: Options, period: Duration, stop: &AtomicBool) -> Result<Report> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let start = Instant::now();

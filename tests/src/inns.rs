@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -42,7 +42,9 @@ impl Server {
         let thread = thread::spawn(move || {
             let listener = (|| -> Result<TcpListener> {
                 let _inside = Netns::attach(&ns_name)?.enter()?;
-                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                // Both families: an IPv6 socket takes IPv4 too, as mapped
+                // addresses.
+                let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
                 listener.set_nonblocking(true)?;
                 Ok(listener)
             })();

@@ -4,8 +4,13 @@
 //! ```text
 //!   client ns                gateway ns                      region ns (i = 1..n)
 //!   eth0 10.0.0.2/24 ── veth-client 10.0.0.1/24
+//!        fd00::2/64                 fd00::1/64
 //!                           veth-r<i>  10.<i>.0.1/24 ─────── eth0 10.<i>.0.2/24
+//!                                      fd00:<i>::1/64             fd00:<i>::2/64
 //! ```
+//!
+//! Every link of a single gateway is dual-stack (duplicate address
+//! detection off: the addresses are usable at once).
 //!
 //! A gateway pair ([`Topology::build_pair`]) puts two gateways on each
 //! segment, through a bridge in a switch namespace, and links them for
@@ -28,7 +33,7 @@
 //! the kernel's own path would complete. Endpoints run GRO so their veth
 //! takes frames the gateway's XDP program redirects to them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 
@@ -37,12 +42,16 @@ use crate::netns::{run, Netns};
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const GATEWAY_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const CLIENT_IFACE: &str = "veth-client";
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+pub const GATEWAY_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 
 pub struct Region {
     /// "region1", "region2", ...
     pub name: String,
     pub ns: Netns,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address; a gateway pair's regions have none.
+    pub addr6: Option<Ipv6Addr>,
     /// The gateway's interface toward this region.
     pub gateway_iface: String,
 }
@@ -74,18 +83,26 @@ impl Topology {
         // reverse-path filter of a stricter host would judge spoofed.
         gateway.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
         gateway.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
-        link(&gateway, CLIENT_IFACE, GATEWAY_CLIENT_SIDE, &client, CLIENT_ADDR)?;
+        gateway.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let client_side = Ends { gateway: GATEWAY_CLIENT_SIDE, endpoint: CLIENT_ADDR, gateway6: GATEWAY_CLIENT_SIDE6, endpoint6: CLIENT_ADDR6 };
+        link(&gateway, CLIENT_IFACE, &client, &client_side)?;
 
         let mut built = Vec::new();
         for i in 1..=regions {
             let ns = Netns::new(&format!("{prefix}-r{i}"))?;
             let gateway_iface = format!("veth-r{i}");
-            let addr = region_addr(i);
-            link(&gateway, &gateway_iface, Ipv4Addr::new(10, i, 0, 1), &ns, addr)?;
+            let ends = Ends {
+                gateway: Ipv4Addr::new(10, i, 0, 1),
+                endpoint: region_addr(i),
+                gateway6: Ipv6Addr::new(0xfd00, i.into(), 0, 0, 0, 0, 0, 1),
+                endpoint6: region_addr6(i),
+            };
+            link(&gateway, &gateway_iface, &ns, &ends)?;
             built.push(Region {
                 name: format!("region{i}"),
                 ns,
-                addr,
+                addr: ends.endpoint,
+                addr6: Some(ends.endpoint6),
                 gateway_iface,
             });
         }
@@ -118,6 +135,7 @@ impl Topology {
                 name: format!("region{i}"),
                 ns: Netns::new(&format!("{prefix}-r{i}"))?,
                 addr: region_addr(i),
+                addr6: None,
                 gateway_iface: format!("veth-r{i}"),
             });
         }
@@ -191,6 +209,18 @@ pub fn region_addr(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, i, 0, 2)
 }
 
+pub fn region_addr6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, i.into(), 0, 0, 0, 0, 0, 2)
+}
+
+/// The addresses of a gateway link's two ends.
+struct Ends {
+    gateway: Ipv4Addr,
+    endpoint: Ipv4Addr,
+    gateway6: Ipv6Addr,
+    endpoint6: Ipv6Addr,
+}
+
 /// A veth from `ns`'s `iface` to port `port` of `bridge` in `switch`. The
 /// port takes frames the gateway's XDP program redirects (GRO on: veth
 /// needs NAPI on the receiving end).
@@ -201,9 +231,10 @@ fn bridge_port(switch: &Netns, bridge: &str, port: &str, ns: &Netns, iface: &str
     Ok(())
 }
 
-/// A veth from the gateway (`gw_iface`, `gw_addr`/24) to `eth0` of
-/// `endpoint` (`addr`/24, default route via the gateway).
-fn link(gateway: &Netns, gw_iface: &str, gw_addr: Ipv4Addr, endpoint: &Netns, addr: Ipv4Addr) -> Result<()> {
+/// A veth from the gateway (`gw_iface`) to `eth0` of `endpoint`, each end
+/// with its addresses of `ends` (/24 and /64), the endpoint's default
+/// routes via the gateway.
+fn link(gateway: &Netns, gw_iface: &str, endpoint: &Netns, ends: &Ends) -> Result<()> {
     run(
         "ip",
         &[
@@ -211,11 +242,14 @@ fn link(gateway: &Netns, gw_iface: &str, gw_addr: Ipv4Addr, endpoint: &Netns, ad
             "eth0", "netns", endpoint.name(),
         ],
     )?;
-    gateway.ip(&["addr", "add", &format!("{gw_addr}/24"), "dev", gw_iface])?;
+    gateway.ip(&["addr", "add", &format!("{}/24", ends.gateway), "dev", gw_iface])?;
+    gateway.ip(&["addr", "add", &format!("{}/64", ends.gateway6), "dev", gw_iface, "nodad"])?;
     gateway.ip(&["link", "set", gw_iface, "up"])?;
-    endpoint.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    endpoint.ip(&["addr", "add", &format!("{}/24", ends.endpoint), "dev", "eth0"])?;
+    endpoint.ip(&["addr", "add", &format!("{}/64", ends.endpoint6), "dev", "eth0", "nodad"])?;
     endpoint.ip(&["link", "set", "eth0", "up"])?;
-    endpoint.ip(&["route", "add", "default", "via", &gw_addr.to_string()])?;
+    endpoint.ip(&["route", "add", "default", "via", &ends.gateway.to_string()])?;
+    endpoint.ip(&["-6", "route", "add", "default", "via", &ends.gateway6.to_string()])?;
     endpoint.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
     Ok(())
 }

@@ -141,7 +141,7 @@ fn alertmanager_firing_takes_a_region_down_and_resolved_gives_it_back() {
 }
 
 /// One request from the client namespace; the body.
-fn get(lab: &Lab, vip: std::net::SocketAddrV4) -> String {
+fn get(lab: &Lab, vip: std::net::SocketAddr) -> String {
     lab.topo.client.on_thread(|| redirector_tests::client::get(vip, Duration::from_secs(1))).unwrap()
 }
 
@@ -513,7 +513,7 @@ fn a_daemon_whose_pins_would_die_with_it_refuses_to_start() {
 }
 
 /// A service on the lab's VIP, served on port 80 by all three regions.
-fn extra_service(name: &str, port: u16, vip: std::net::Ipv4Addr) -> String {
+fn extra_service(name: &str, port: u16, vip: std::net::IpAddr) -> String {
     format!(
         "\n[[service]]\nname = {name:?}\nvip = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"\n\
          regions = [\"region1\", \"region2\", \"region3\"]\ntarget_port = 80\n"
@@ -529,7 +529,7 @@ fn extra_service(name: &str, port: u16, vip: std::net::Ipv4Addr) -> String {
 fn reloads_back_to_back_with_probes_in_flight_keep_every_service_steering() {
     let mut lab = lab(LabOptions { heartbeat: true, interval_ms: 10, timeout_ms: 10, ..Default::default() });
     lab.wait_active("region2", Duration::from_secs(2)).unwrap();
-    let vip = *lab.vip().ip();
+    let vip = lab.vip().ip();
     let base = std::fs::read_to_string(lab.config_path()).unwrap();
     let a = format!(
         "{base}{}{}{}",
@@ -578,7 +578,7 @@ fn reloads_back_to_back_with_probes_in_flight_keep_every_service_steering() {
                 Ok(kept
                     .iter()
                     .copied()
-                    .filter(|&port| redirector_tests::client::get(std::net::SocketAddrV4::new(vip, port), Duration::from_millis(500)).is_err())
+                    .filter(|&port| redirector_tests::client::get(std::net::SocketAddr::new(vip, port), Duration::from_millis(500)).is_err())
                     .collect())
             })
             .unwrap();
@@ -600,7 +600,7 @@ fn reloads_back_to_back_with_probes_in_flight_keep_every_service_steering() {
         .on_thread(|| {
             Ok(ports(&a)
                 .into_iter()
-                .map(|port| redirector_tests::client::get(std::net::SocketAddrV4::new(vip, port), Duration::from_secs(1)).unwrap_or_default())
+                .map(|port| redirector_tests::client::get(std::net::SocketAddr::new(vip, port), Duration::from_secs(1)).unwrap_or_default())
                 .collect())
         })
         .unwrap();

@@ -39,12 +39,28 @@ fn repair(lab: &mut Lab, failure: Failure, region: u8) {
     .unwrap()
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Ipv4,
+    /// The lab's IPv6 service, checked over IPv6.
+    Ipv6,
+}
+
 fn fails_over_and_back(failure: Failure) {
+    fails_over_and_back_over(failure, Family::Ipv4);
+}
+
+fn fails_over_and_back_over(failure: Failure, family: Family) {
     require_root();
-    let mut lab = Lab::new(&unique_name("rdf"), LabOptions { heartbeat: true, ..Default::default() }).unwrap();
+    let options = LabOptions { heartbeat: true, ipv6: family == Family::Ipv6, ..Default::default() };
+    let mut lab = Lab::new(&unique_name("rdf"), options).unwrap();
     lab.start_daemon().unwrap();
     lab.wait_active("region2", Duration::from_secs(3)).unwrap();
-    let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
+    let vip = match family {
+        Family::Ipv4 => lab.vip(),
+        Family::Ipv6 => lab.vip6(),
+    };
+    let client = Measurement::start(&lab.topo.client, vip, Options::default());
     thread::sleep(Duration::from_millis(300));
 
     inject(&mut lab, failure, 2);
@@ -61,7 +77,7 @@ fn fails_over_and_back(failure: Failure) {
     lab.wait_active("region2", Duration::from_secs(3)).unwrap();
     let answer = {
         let _inside = lab.topo.client.enter().unwrap();
-        redirector_tests::client::get(lab.vip(), Duration::from_secs(1)).unwrap()
+        redirector_tests::client::get(vip, Duration::from_secs(1)).unwrap()
     };
     assert_eq!(answer, body(2), "{failure:?}: failback");
 }
@@ -69,6 +85,13 @@ fn fails_over_and_back(failure: Failure) {
 #[test]
 fn server_killed() {
     fails_over_and_back(Failure::ServerKilled);
+}
+
+/// The same over IPv6: the client at the IPv6 VIP, the regions checked
+/// over IPv6 (HTTP and heartbeat).
+#[test]
+fn server_killed_over_ipv6() {
+    fails_over_and_back_over(Failure::ServerKilled, Family::Ipv6);
 }
 
 #[test]
@@ -88,14 +111,27 @@ fn agent_killed_while_the_server_lives() {
 
 #[test]
 fn a_thousand_concurrent_connections_through_the_vip_complete_without_errors() {
+    a_thousand_concurrent_connections(Family::Ipv4);
+}
+
+#[test]
+fn a_thousand_concurrent_connections_through_the_ipv6_vip_complete_without_errors() {
+    a_thousand_concurrent_connections(Family::Ipv6);
+}
+
+fn a_thousand_concurrent_connections(family: Family) {
     require_root();
-    let mut lab = Lab::new(&unique_name("rdw"), LabOptions::default()).unwrap();
+    let mut lab = Lab::new(&unique_name("rdw"), LabOptions { ipv6: family == Family::Ipv6, ..Default::default() }).unwrap();
     lab.start_daemon().unwrap();
     // Steer to region1: every connection is rewritten by the data plane (to
     // region2, the VIP's owner, plain routing would also deliver).
     lab.ctl_ok(&["set-active", "region1"]).unwrap();
     lab.wait_active("region1", Duration::from_secs(3)).unwrap();
-    let url = format!("http://{}/", lab.vip());
+    let vip = match family {
+        Family::Ipv4 => lab.vip(),
+        Family::Ipv6 => lab.vip6(),
+    };
+    let url = format!("http://{vip}/");
     let out = lab
         .topo
         .client

@@ -49,7 +49,7 @@ fn one_refused_syn_leaves_the_region_up_and_a_threshold_of_them_takes_it_down_un
     let mut lab = Lab::new(&unique_name("rdpv"), options).unwrap();
     lab.start_daemon().unwrap();
     lab.wait_active("region2", Duration::from_secs(3)).unwrap();
-    let closed = std::net::SocketAddrV4::new(*lab.vip().ip(), CLOSED_PORT);
+    let closed = std::net::SocketAddr::new(lab.vip().ip(), CLOSED_PORT);
     let knock = || {
         let _inside = lab.topo.client.enter().unwrap();
         let err = client::get(closed, Duration::from_secs(1)).unwrap_err();

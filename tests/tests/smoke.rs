@@ -11,7 +11,7 @@ use redirector_common::{Reason, RegionState, FLOW_REPLY};
 use redirector_tests::{
     inns::{fetch, Conn, Server},
     netns::{require_root, unique_name},
-    topology::{Topology, CLIENT_ADDR},
+    topology::{Topology, CLIENT_ADDR, CLIENT_ADDR6},
     xdp::PinDir,
 };
 
@@ -152,4 +152,64 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
 /// with their name).
 fn greeting(client: &redirector_tests::netns::Netns, vip: std::net::IpAddr) -> String {
     Conn::open(client, vip, 80, TIMEOUT).unwrap().read(8).unwrap()
+}
+
+/// A service on an IPv4 VIP and its twin on an IPv6 VIP, both steered by
+/// one data plane at once: connections of each family open together, go
+/// to the selected region, are answered from their VIP (the client's TCP
+/// would refuse anything else), and keep their region when the selection
+/// moves on.
+#[test]
+fn a_dual_stack_service_steers_both_families_at_once() {
+    require_root();
+    let topo = Topology::build(&unique_name("rds"), 2).unwrap();
+    let (r1, r2) = (topo.region("region1"), topo.region("region2"));
+    let _servers = [Server::echo(&r1.ns, 80, "region1:").unwrap(), Server::echo(&r2.ns, 80, "region2:").unwrap()];
+    let (r1_6, r2_6) = (r1.addr6.unwrap(), r2.addr6.unwrap());
+    let web = ServiceAddr { vip: r2.addr.into(), port: 80, protocol: Protocol::Tcp };
+    let web6 = ServiceAddr { vip: r2_6.into(), port: 80, protocol: Protocol::Tcp };
+    let pins = PinDir::unique();
+    let _inside = topo.gateway.enter().unwrap();
+    let mut dp = attached(&topo, &pins);
+    dp.set_services(&[
+        ServiceSpec {
+            id: 0,
+            addr: web,
+            backends: [(1, SocketAddr::new(r1.addr.into(), 80)), (2, SocketAddr::new(r2.addr.into(), 80))].into(),
+        },
+        ServiceSpec {
+            id: 1,
+            addr: web6,
+            backends: [(1, SocketAddr::new(r1_6.into(), 80)), (2, SocketAddr::new(r2_6.into(), 80))].into(),
+        },
+    ])
+    .unwrap();
+    dp.set_region_state(1, RegionState::Up).unwrap();
+    dp.set_region_state(2, RegionState::Up).unwrap();
+    for service in [&web, &web6] {
+        dp.set_selection(service, &Selection::all(1)).unwrap();
+    }
+
+    let mut kept = [web.vip, web6.vip].map(|vip| Conn::open(&topo.client, vip, 80, TIMEOUT).unwrap());
+    for conn in &mut kept {
+        assert_eq!(conn.read(8).unwrap(), "region1:");
+    }
+    for service in [&web, &web6] {
+        dp.set_selection(service, &Selection::all(2)).unwrap();
+    }
+    for (conn, family) in kept.iter_mut().zip(["IPv4", "IPv6"]) {
+        assert_eq!(conn.round_trip(family).unwrap(), family, "{family}: still on region1");
+    }
+    assert_eq!(greeting(&topo.client, web.vip), "region2:");
+    assert_eq!(greeting(&topo.client, web6.vip), "region2:");
+
+    let stats = dp.stats().unwrap();
+    assert_eq!((stats.services[0].new_flows, stats.services[1].new_flows), (2, 2), "{stats:?}");
+    assert_eq!(stats.regions[1].new_flows, 2, "one connection of each family");
+    let replies6: Vec<_> = dp.flows6().unwrap().into_iter().filter(|(_, f)| f.direction == FLOW_REPLY).collect();
+    assert_eq!(replies6.len(), 2, "{replies6:?}");
+    for (key, flow) in replies6 {
+        assert_eq!(redirector_common::Address::to_ip(&flow.rewrite_addr), web6.vip);
+        assert_eq!(redirector_common::Address::to_ip(&key.dst_addr), std::net::IpAddr::from(CLIENT_ADDR6));
+    }
 }

@@ -72,7 +72,7 @@ fn table(daemon: &Daemon) -> HashMap<FlowKey, Flow> {
 fn client_key(lab: &Lab, port: u16) -> FlowKey {
     FlowKey {
         src_addr: u32::from(CLIENT_ADDR).to_be(),
-        dst_addr: u32::from(*lab.vip().ip()).to_be(),
+        dst_addr: u32::from(lab.topo.region("region2").addr).to_be(),
         src_port: port.to_be(),
         dst_port: lab.vip().port().to_be(),
         protocol: IPPROTO_TCP,
@@ -305,7 +305,7 @@ fn flows_closed_on_one_gateway_go_away_on_both() {
 fn a_udp_flow_alive_on_one_gateway_stays_known_to_the_other_past_its_idle_timeout() {
     let options = LabOptions { udp_service: true, pair: Some(PairOptions { sync: true, sync_key: true }), ..LabOptions::default() };
     let lab = start_pair(pair_with(options));
-    let target = SocketAddr::from((*lab.vip().ip(), UDP_PORT));
+    let target = SocketAddr::new(lab.vip().ip(), UDP_PORT);
     let socket = lab.topo.client.on_thread(|| Ok(UdpSocket::bind((CLIENT_ADDR, 0))?)).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let key = FlowKey { protocol: IPPROTO_UDP, dst_port: UDP_PORT.to_be(), ..client_key(&lab, socket.local_addr().unwrap().port()) };

@@ -91,7 +91,7 @@ fn measure(lab: &Lab, rate: u64, duration: Duration, next_flow: &mut u64) -> Res
     let (samples_tx, samples_rx) = mpsc::channel();
     let table = FlowTable::open(&b.pins.0)?;
     let prober = thread::spawn(move || probe(&table, samples_rx));
-    let vip = *lab.vip().ip();
+    let vip = lab.topo.region("region2").addr;
     let first = *next_flow;
     let started = Instant::now();
     let sent = lab.topo.client.on_thread(|| send(vip, rate, duration, first, samples_tx))?;

@@ -74,11 +74,18 @@ fn raise_open_files_limit() {
 }
 
 /// A deep accept queue: load tests open thousands of connections at once.
+/// An IPv6 listener takes IPv6 alone, so `[::]:80` and `0.0.0.0:80` can
+/// both be given.
 fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr).with_context(|| format!("binding {addr}"))?;
-    Ok(socket.listen(65_535)?)
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    socket.listen(65_535)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into())?)
 }
 
 async fn serve(mut conn: TcpStream, body: &str, idle_reset: Option<Duration>) {

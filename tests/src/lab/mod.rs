@@ -7,7 +7,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -178,6 +178,10 @@ pub struct LabOptions {
     /// A second TCP service, "closed", on [`CLOSED_PORT`] at the same VIP,
     /// by priority: no region serves it, so every SYN is refused.
     pub closed_service: bool,
+    /// IPv6 end to end: every region gets its `address6`, "web6" is `web`
+    /// on region2's IPv6 address ([`Lab::vip6`]), and the HTTP and
+    /// heartbeat checks go over IPv6.
+    pub ipv6: bool,
 }
 
 /// How a lab's gateway pair runs.
@@ -218,6 +222,7 @@ impl Default for LabOptions {
             passive: None,
             bfd: None,
             closed_service: false,
+            ipv6: false,
         }
     }
 }
@@ -375,8 +380,27 @@ impl Lab {
     }
 
     /// The VIP: region2's own address, as in the reference setup.
-    pub fn vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.region("region2").addr, HTTP_PORT)
+    pub fn vip(&self) -> SocketAddr {
+        SocketAddr::new(self.topo.region("region2").addr.into(), HTTP_PORT)
+    }
+
+    /// The IPv6 VIP of `web6` (with [`LabOptions::ipv6`]): region2's own
+    /// IPv6 address.
+    pub fn vip6(&self) -> SocketAddr {
+        SocketAddr::new(self.region_addr6(2).into(), HTTP_PORT)
+    }
+
+    fn region_addr6(&self, region: u8) -> std::net::Ipv6Addr {
+        self.topo.region(&format!("region{region}")).addr6.expect("a single gateway's regions are dual-stack")
+    }
+
+    /// The address checks reach region `n` at: IPv6 with
+    /// [`LabOptions::ipv6`].
+    fn check_host(&self, region: &crate::topology::Region) -> String {
+        match (self.options.ipv6, region.addr6) {
+            (true, Some(addr6)) => format!("[{addr6}]"),
+            _ => region.addr.to_string(),
+        }
     }
 
     /// The key a pair's sync datagrams are signed with.
@@ -436,7 +460,7 @@ impl Lab {
             let n: u8 = region.name.trim_start_matches("region").parse().unwrap();
             let mut checks = vec![match o.bfd {
                 Some(_) => format!("{{ kind = \"bfd\", address = \"{}\" }}", region.addr),
-                None => format!("{{ kind = \"http\", url = \"http://{}:{HTTP_PORT}/\", expect_status = 200 }}", region.addr),
+                None => format!("{{ kind = \"http\", url = \"http://{}:{HTTP_PORT}/\", expect_status = 200 }}", self.check_host(region)),
             }];
             if o.heartbeat {
                 let key = if o.heartbeat_key {
@@ -446,12 +470,16 @@ impl Lab {
                 };
                 checks.push(format!(
                     "{{ kind = \"heartbeat\", address = \"{}:{AGENT_PORT}\"{key} }}",
-                    region.addr
+                    self.check_host(region)
                 ));
             }
+            let address6 = match (o.ipv6, region.addr6) {
+                (true, Some(addr6)) => format!("address6 = \"{addr6}\"\n"),
+                _ => String::new(),
+            };
             writeln!(
                 text,
-                "\n[[region]]\nname = {:?}\naddress = \"{}\"\npriority = {}\nchecks = [{}]\n{}",
+                "\n[[region]]\nname = {:?}\naddress = \"{}\"\n{address6}priority = {}\nchecks = [{}]\n{}",
                 region.name,
                 region.addr,
                 priority(n),
@@ -469,6 +497,16 @@ impl Lab {
             names.join(", ")
         )
         .unwrap();
+        if o.ipv6 {
+            writeln!(
+                text,
+                "\n[[service]]\nname = \"web6\"\nvip = \"{}\"\nport = {HTTP_PORT}\nprotocol = \"tcp\"\npolicy = {:?}\nregions = [{}]",
+                self.vip6().ip(),
+                o.policy,
+                names.join(", ")
+            )
+            .unwrap();
+        }
         if o.udp_service {
             writeln!(
                 text,
@@ -503,9 +541,9 @@ impl Lab {
 
     pub fn start_server(&self, region: u8) -> Result<Process> {
         let mut cmd = self.region_ns(region).command(binary("region-http")?.to_str().unwrap());
-        cmd.args(["--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", &format!("R{region}")]);
-        for port in SERVICE_PORTS {
-            cmd.args(["--listen", &format!("0.0.0.0:{port}")]);
+        cmd.args(["--name", &format!("R{region}")]);
+        for port in std::iter::once(HTTP_PORT).chain(SERVICE_PORTS) {
+            cmd.args(["--listen", &format!("0.0.0.0:{port}"), "--listen", &format!("[::]:{port}")]);
         }
         if self.options.udp_service {
             cmd.args(["--udp", &format!("0.0.0.0:{UDP_PORT}")]);
@@ -525,7 +563,12 @@ impl Lab {
 
     pub fn start_agent(&self, region: u8, key: Option<&Path>) -> Result<Process> {
         let mut cmd = self.region_ns(region).command(binary("redirector-agent")?.to_str().unwrap());
-        cmd.args(["--listen", &format!("0.0.0.0:{AGENT_PORT}")]);
+        // Over IPv6 the agent answers from the address its check names.
+        let listen = match self.options.ipv6 {
+            true => format!("[{}]:{AGENT_PORT}", self.region_addr6(region)),
+            false => format!("0.0.0.0:{AGENT_PORT}"),
+        };
+        cmd.args(["--listen", &listen]);
         cmd.args(["--check-url", &format!("http://127.0.0.1:{HTTP_PORT}/")]);
         if let Some(cgroup) = self.cgroups.get(region as usize - 1) {
             cmd.arg("--cpu-cgroup").arg(&cgroup.dir);
@@ -536,7 +579,8 @@ impl Lab {
         self.log_to(&mut cmd, &format!("agent-r{region}.log"))?;
         let process = Process::spawn(cmd, &format!("redirector-agent R{region}"))?;
         let pid = process.pid();
-        wait_for(Duration::from_secs(5), || listening(pid, "udp", AGENT_PORT))?;
+        let table = if self.options.ipv6 { "udp6" } else { "udp" };
+        wait_for(Duration::from_secs(5), || listening(pid, table, AGENT_PORT))?;
         Ok(process)
     }
 
@@ -712,7 +756,7 @@ impl Lab {
         for i in 0..entries {
             let key = FlowKey {
                 src_addr: i,
-                dst_addr: u32::from(*self.vip().ip()).to_be(),
+                dst_addr: u32::from(self.topo.region("region2").addr).to_be(),
                 src_port: 40_000,
                 dst_port: self.vip().port(),
                 protocol: IPPROTO_TCP,

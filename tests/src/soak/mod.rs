@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::Path,
     thread,
@@ -109,7 +109,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     lab.wait_active("region2", Duration::from_secs(5))?;
 
     let vip = lab.vip();
-    let udp_target = SocketAddrV4::new(*vip.ip(), UDP_PORT);
+    let udp_target = SocketAddr::new(vip.ip(), UDP_PORT);
     let client_ns = lab.topo.client.name().to_string();
     let limit = options.duration + Duration::from_secs(60);
     let t0 = Instant::now();

@@ -4,7 +4,7 @@
 //! the measuring client's, `crate::client::Measurement`.)
 
 use std::{
-    net::{SocketAddrV4, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -66,7 +66,7 @@ impl Workers {
     /// `count` kept-alive HTTP connections to `target` from namespace
     /// `ns`, each asking every `pause`; a connection that breaks is
     /// recorded and replaced.
-    pub fn kept(ns: &str, target: SocketAddrV4, count: usize, pause: Duration, t0: Instant, limit: Duration) -> Self {
+    pub fn kept(ns: &str, target: SocketAddr, count: usize, pause: Duration, t0: Instant, limit: Duration) -> Self {
         Self::spawn(count, limit, |stop| {
             let ns = ns.to_string();
             move || kept_connection(&ns, target, pause, t0, &stop)
@@ -75,7 +75,7 @@ impl Workers {
 
     /// `count` UDP flows to `target` from namespace `ns`, each sending a
     /// datagram every `pause` and waiting `timeout` for its answer.
-    pub fn udp(ns: &str, target: SocketAddrV4, count: usize, pause: Duration, t0: Instant, limit: Duration) -> Self {
+    pub fn udp(ns: &str, target: SocketAddr, count: usize, pause: Duration, t0: Instant, limit: Duration) -> Self {
         Self::spawn(count, limit, |stop| {
             let ns = ns.to_string();
             move || udp_flow(&ns, target, pause, t0, &stop).unwrap_or_default()
@@ -111,7 +111,7 @@ impl Workers {
     }
 }
 
-fn kept_connection(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant, stop: &AtomicBool) -> TrafficLog {
+fn kept_connection(ns: &str, target: SocketAddr, pause: Duration, t0: Instant, stop: &AtomicBool) -> TrafficLog {
     let mut log = TrafficLog::default();
     let Ok(ns) = Netns::attach(ns) else { return log };
     while !stop.load(Ordering::Relaxed) {
@@ -150,7 +150,7 @@ fn kept_connection(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant,
     log
 }
 
-fn udp_flow(ns: &str, target: SocketAddrV4, pause: Duration, t0: Instant, stop: &AtomicBool) -> Result<TrafficLog> {
+fn udp_flow(ns: &str, target: SocketAddr, pause: Duration, t0: Instant, stop: &AtomicBool) -> Result<TrafficLog> {
     let mut log = TrafficLog { flows: 1, ..Default::default() };
     let socket = Netns::attach(ns)?.on_thread(|| {
         let socket = UdpSocket::bind("0.0.0.0:0")?;

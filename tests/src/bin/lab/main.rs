@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -95,7 +95,7 @@ fn step(title: &str) -> Result<()> {
 /// `count` requests to the VIP's `port` from the client; the bodies.
 fn requests(lab: &Lab, port: u16, count: usize) -> Result<Vec<String>> {
     let _inside = lab.topo.client.enter()?;
-    let target = SocketAddrV4::new(*lab.vip().ip(), port);
+    let target = SocketAddr::new(lab.vip().ip(), port);
     (0..count)
         .map(|_| get(target, Duration::from_millis(500)))
         .collect()
