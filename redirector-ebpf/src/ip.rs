@@ -3,9 +3,11 @@
 //! whether the header has a checksum of its own, what a zero UDP checksum
 //! means and how the FIB is asked.
 
-use aya_ebpf::bindings::bpf_fib_lookup;
+use aya_ebpf::{bindings::bpf_fib_lookup, programs::XdpContext};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
-use redirector_common::{csum, Addr4, Addr6, Address};
+use redirector_common::{csum, Addr4, Addr6, Address, Reason};
+
+use crate::parse::{self, Link, Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -29,6 +31,10 @@ pub trait IpHeader {
     fn addr(ip: *const Self, end: End) -> Self::Addr;
     /// Sets one address, and the header's own checksum if it has one.
     fn set_addr(ip: *mut Self, end: End, old: &Self::Addr, new: &Self::Addr);
+    /// The family's header and what follows, after `link`.
+    fn parse(ctx: &XdpContext, link: &Link) -> Result<Packet<Self>, Reason>
+    where
+        Self: Sized;
     /// The `bpf_fib_lookup` parameters of the packet's route, but for the
     /// upper-layer protocol (after IPv6's extension headers).
     fn fib_params(ip: *const Self, fib: &mut bpf_fib_lookup);
@@ -36,6 +42,11 @@ pub trait IpHeader {
 
 impl IpHeader for Ipv4Hdr {
     type Addr = Addr4;
+
+    #[inline(always)]
+    fn parse(ctx: &XdpContext, link: &Link) -> Result<Packet<Self>, Reason> {
+        parse::ipv4(ctx, link)
+    }
     const UDP_ZERO_CHECKSUM_IS_NONE: bool = true;
     const ICMP_COVERS_ADDRESSES: bool = false;
 
@@ -82,6 +93,11 @@ impl IpHeader for Ipv4Hdr {
 /// arm64), as Katran's and Cilium's `in6_addr` copies rely on.
 impl IpHeader for Ipv6Hdr {
     type Addr = Addr6;
+
+    #[inline(always)]
+    fn parse(ctx: &XdpContext, link: &Link) -> Result<Packet<Self>, Reason> {
+        parse::ipv6(ctx, link)
+    }
     const UDP_ZERO_CHECKSUM_IS_NONE: bool = false;
     const ICMP_COVERS_ADDRESSES: bool = true;
 

@@ -2,7 +2,7 @@
 //! frame that stops short of a header we need is `Malformed` and passes
 //! untouched.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use core::mem::size_of;
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -35,10 +35,10 @@ const IPV6_FRAGMENT: u8 = 44;
 pub enum L4 {
     Tcp(*mut TcpHdr),
     Udp(*mut UdpHdr),
-    /// Echo request (client side) or reply (region side); the identifier
-    /// plays the client's port. `check` is the ICMP checksum, rewritten
-    /// only where it covers the addresses (ICMPv6).
-    IcmpEcho { request: bool, id: u16, check: *mut [u8; 2] },
+    /// ICMP or ICMPv6 echo, request (client side) or reply (region side);
+    /// its identifier plays the client's port. ICMPv6's checksum covers the
+    /// addresses, ICMP's does not.
+    Echo { header: *mut Icmpv4Hdr, request: bool },
 }
 
 /// A parsed IPv4 or IPv6 packet the data plane may steer.
@@ -48,30 +48,47 @@ pub struct Packet<H> {
     /// The upper-layer protocol: IPv4's, or the last next header of IPv6.
     pub protocol: u8,
     pub l4: L4,
-    /// Frame length, for the byte counters.
-    pub len: u64,
+    /// The program's context: [`Packet::tcp`] and the others read its
+    /// `data_end` again, [`Packet::frame_len`] its bounds.
+    md: *const xdp_md,
 }
 
-/// What a frame turned out to be.
-pub enum Parsed {
-    V4(Packet<Ipv4Hdr>),
-    V6(Packet<Ipv6Hdr>),
+/// The link layer of a frame: its Ethernet header and where the IP header
+/// starts.
+pub struct Link {
+    pub eth: *mut EthHdr,
+    pub l3: usize,
+}
+
+/// The IP version a frame carries.
+pub enum Version {
+    V4,
+    V6,
 }
 
 /// A `T` at `offset` in the frame, if the frame holds it whole.
 #[inline(always)]
 pub fn header<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
-    let start = ctx.data() + offset;
+    let start = opaque(ctx.data()) + offset;
     if start + size_of::<T>() > ctx.data_end() {
         return Err(Reason::PassMalformed);
     }
     Ok(start as *mut T)
 }
 
-/// Ethernet (with at most one 802.1Q tag) → IPv4 or IPv6 → TCP, UDP or
-/// ICMP echo.
+/// `data` as LLVM cannot see through. It is a 32-bit field widened, so LLVM
+/// knows a pointer into the packet has its top half zero and, spilling one
+/// to the stack, stores only the bottom half: the verifier refuses a
+/// pointer stored in part. A volatile read forgets what LLVM knew.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
+fn opaque(data: usize) -> usize {
+    unsafe { core::ptr::read_volatile(&data) }
+}
+
+/// Ethernet, with at most one 802.1Q tag, in front of IPv4 or IPv6; the
+/// family's header is parsed by its path (`IpHeader::parse`).
+#[inline(always)]
+pub fn link(ctx: &XdpContext) -> Result<(Link, Version), Reason> {
     let eth: *mut EthHdr = header(ctx, 0)?;
     let mut l3 = EthHdr::LEN;
     let mut ether_type = unsafe { (*eth).ether_type };
@@ -80,17 +97,20 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
         ether_type = unsafe { (*vlan).ether_type };
         l3 += VlanHdr::LEN;
     }
+    let link = Link { eth, l3 };
     if ether_type == EtherType::Ipv4 as u16 {
-        ipv4(ctx, eth, l3).map(Parsed::V4)
+        Ok((link, Version::V4))
     } else if ether_type == EtherType::Ipv6 as u16 {
-        ipv6(ctx, eth, l3).map(Parsed::V6)
+        Ok((link, Version::V6))
     } else {
         Err(Reason::PassNotIp)
     }
 }
 
+/// IPv4 (options skipped by IHL) → TCP, UDP or ICMP echo.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, l3: usize) -> Result<Packet<Ipv4Hdr>, Reason> {
+pub fn ipv4(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv4Hdr>, Reason> {
+    let (eth, l3) = (link.eth, link.l3);
     let ip: *mut Ipv4Hdr = header(ctx, l3)?;
     let (vihl, frags, protocol) = unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto) };
     if vihl >> 4 != 4 || vihl & 0xf < 5 {
@@ -105,8 +125,11 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, l3: usize) -> Result<Packet<Ipv4Hdr>
     Ok(packet(ctx, eth, ip, protocol, l4))
 }
 
+/// IPv6 (up to `MAX_IPV6_EXTENSION_HEADERS` skipped) → TCP, UDP or ICMPv6
+/// echo.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, eth: *mut EthHdr, l3: usize) -> Result<Packet<Ipv6Hdr>, Reason> {
+pub fn ipv6(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv6Hdr>, Reason> {
+    let (eth, l3) = (link.eth, link.l3);
     let ip: *mut Ipv6Hdr = header(ctx, l3)?;
     if unsafe { (*ip).vcf[0] } >> 4 != 6 {
         return Err(Reason::PassMalformed);
@@ -139,7 +162,7 @@ fn packet<H>(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut H, protocol: u8, l4: L
         ip,
         protocol,
         l4,
-        len: (ctx.data_end() - ctx.data()) as u64,
+        md: ctx.ctx,
     }
 }
 
@@ -169,12 +192,7 @@ fn upper_layer(ctx: &XdpContext, protocol: u8, offset: usize, icmp: u8) -> Resul
             if code != 0 || (kind != request && kind != reply) {
                 return Err(Reason::PassIcmpOther);
             }
-            let data = unsafe { (*hdr).data };
-            Ok(L4::IcmpEcho {
-                request: kind == request,
-                id: u16::from_ne_bytes([data[0], data[1]]),
-                check: unsafe { &mut (*hdr).check },
-            })
+            Ok(L4::Echo { header: hdr, request: kind == request })
         }
         _ => Err(Reason::PassNotService),
     }
@@ -184,15 +202,18 @@ impl<H: IpHeader> Packet<H> {
     /// The packet's 5-tuple, addresses and ports as they sit in the packet.
     #[inline(always)]
     pub fn flow_key(&self) -> FlowKey<H::Addr> {
-        let (src_port, dst_port) = match self.l4 {
-            L4::Tcp(tcp) => unsafe {
-                (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest))
-            },
-            L4::Udp(udp) => unsafe {
-                (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst))
-            },
-            L4::IcmpEcho { request: true, id, .. } => (id, 0),
-            L4::IcmpEcho { request: false, id, .. } => (0, id),
+        let (src_port, dst_port) = match (self.tcp(), self.udp(), self.echo()) {
+            (Some(tcp), ..) => unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest)) },
+            (_, Some(udp), _) => unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst)) },
+            (.., Some(echo)) => {
+                let id = unsafe { u16::from_ne_bytes([(*echo).data[0], (*echo).data[1]]) };
+                if matches!(self.l4, L4::Echo { request: true, .. }) {
+                    (id, 0)
+                } else {
+                    (0, id)
+                }
+            }
+            _ => (0, 0),
         };
         FlowKey {
             src_addr: H::addr(self.ip, End::Source),
@@ -206,34 +227,77 @@ impl<H: IpHeader> Packet<H> {
 }
 
 impl<H> Packet<H> {
+    /// The TCP header, checked again against the frame's end where it is
+    /// read. Parsing checked it, but a stage that reads the packet from its
+    /// caller's stack (IPv6's, `stages.rs`) finds there the protocol's tag
+    /// as a byte the verifier no longer knows: it would take a UDP header's
+    /// 8 checked bytes for TCP's 20 and refuse the program.
+    #[inline(always)]
+    pub fn tcp(&self) -> Option<*mut TcpHdr> {
+        match self.l4 {
+            L4::Tcp(tcp) => self.within(tcp),
+            _ => None,
+        }
+    }
+
+    /// The UDP header, checked again as [`Packet::tcp`].
+    #[inline(always)]
+    pub fn udp(&self) -> Option<*mut UdpHdr> {
+        match self.l4 {
+            L4::Udp(udp) => self.within(udp),
+            _ => None,
+        }
+    }
+
+    /// An ICMP or ICMPv6 echo's header, checked again as [`Packet::tcp`].
+    #[inline(always)]
+    pub fn echo(&self) -> Option<*mut Icmpv4Hdr> {
+        match self.l4 {
+            L4::Echo { header, .. } => self.within(header),
+            _ => None,
+        }
+    }
+
+    /// Frame length, for the byte counters.
+    #[inline(always)]
+    pub fn frame_len(&self) -> u64 {
+        unsafe { ((*self.md).data_end - (*self.md).data) as u64 }
+    }
+
+    #[inline(always)]
+    fn within<T>(&self, header: *mut T) -> Option<*mut T> {
+        let end = unsafe { (*self.md).data_end } as usize;
+        (header as usize + size_of::<T>() <= end).then_some(header)
+    }
+
     /// TCP SYN without ACK: the only packet that may open a TCP flow anew.
     #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
-        match self.l4 {
-            L4::Tcp(tcp) => unsafe { (*tcp).syn() != 0 && (*tcp).ack() == 0 },
-            _ => false,
+        match self.tcp() {
+            Some(tcp) => unsafe { (*tcp).syn() != 0 && (*tcp).ack() == 0 },
+            None => false,
         }
     }
 
     /// A SYN's sequence number (host order): the client's ISN.
     #[inline(always)]
     pub fn tcp_syn_seq(&self) -> Option<u32> {
-        match self.l4 {
-            L4::Tcp(tcp) => unsafe {
+        match self.tcp() {
+            Some(tcp) => unsafe {
                 ((*tcp).syn() != 0 && (*tcp).ack() == 0).then(|| u32::from_be_bytes((*tcp).seq))
             },
-            _ => None,
+            None => None,
         }
     }
 
     /// A SYN-ACK's sequence number (host order): a region answering a SYN.
     #[inline(always)]
     pub fn tcp_synack_seq(&self) -> Option<u32> {
-        match self.l4 {
-            L4::Tcp(tcp) => unsafe {
+        match self.tcp() {
+            Some(tcp) => unsafe {
                 ((*tcp).syn() != 0 && (*tcp).ack() != 0).then(|| u32::from_be_bytes((*tcp).seq))
             },
-            _ => None,
+            None => None,
         }
     }
 
@@ -241,11 +305,11 @@ impl<H> Packet<H> {
     /// ACK without SYN.
     #[inline(always)]
     pub fn tcp_ack_number(&self) -> Option<u32> {
-        match self.l4 {
-            L4::Tcp(tcp) => unsafe {
+        match self.tcp() {
+            Some(tcp) => unsafe {
                 ((*tcp).ack() != 0 && (*tcp).syn() == 0).then(|| u32::from_be_bytes((*tcp).ack_seq))
             },
-            _ => None,
+            None => None,
         }
     }
 
@@ -253,19 +317,19 @@ impl<H> Packet<H> {
     /// refusing a segment without ACK (a SYN to a closed port) acknowledges.
     #[inline(always)]
     pub fn tcp_rst_ack_number(&self) -> Option<u32> {
-        match self.l4 {
-            L4::Tcp(tcp) => unsafe {
+        match self.tcp() {
+            Some(tcp) => unsafe {
                 ((*tcp).rst() != 0 && (*tcp).ack() != 0).then(|| u32::from_be_bytes((*tcp).ack_seq))
             },
-            _ => None,
+            None => None,
         }
     }
 
     /// `FLOW_FIN_SEEN` / `FLOW_RST_SEEN` bits this packet carries.
     #[inline(always)]
     pub fn tcp_close_flags(&self) -> u8 {
-        match self.l4 {
-            L4::Tcp(tcp) => unsafe {
+        match self.tcp() {
+            Some(tcp) => unsafe {
                 let mut flags = 0;
                 if (*tcp).fin() != 0 {
                     flags |= redirector_common::FLOW_FIN_SEEN;
@@ -275,7 +339,7 @@ impl<H> Packet<H> {
                 }
                 flags
             },
-            _ => 0,
+            None => 0,
         }
     }
 }

@@ -57,6 +57,8 @@ pub fn run(args: &[String]) -> Result<()> {
     gw.select(R2.id)?;
     let flows_bytes = memlock(&gw.pins().join(map_names::FLOWS))?;
     let new_flows_bytes = memlock(&gw.pins().join(map_names::NEW_FLOWS))?;
+    let flows6_bytes = memlock(&gw.pins().join(map_names::FLOWS6))?;
+    let new_flows6_bytes = memlock(&gw.pins().join(map_names::NEW_FLOWS6))?;
 
     xdp::handshake(&gw, crate::xdp::VIP.into(), 50_000)?;
     let empty_ns = established_ns(&gw, repeat, rounds)?;
@@ -101,6 +103,8 @@ pub fn run(args: &[String]) -> Result<()> {
          | measure | value |\n|---|---:|\n\
          | established table (`flow_table_size`) | {size} entries, {:.1} MiB, {:.0} bytes/entry |\n\
          | table of new TCP flows (a quarter) | {new_size} entries, {:.1} MiB, {:.0} bytes/entry |\n\
+         | IPv6 established table (`flow_table_size`) | {size} entries, {:.1} MiB, {:.0} bytes/entry |\n\
+         | IPv6 table of new TCP flows (a quarter) | {new_size} entries, {:.1} MiB, {:.0} bytes/entry |\n\
          | filled from userspace | {read} entries read back, written in {:.1} s |\n\
          | one sweep of the full table (median of 5) | {sweep_ms:.0} ms |\n\
          | established flow → region, table empty | {empty_ns:.0} ns/packet |\n\
@@ -113,6 +117,10 @@ pub fn run(args: &[String]) -> Result<()> {
         flows_bytes as f64 / size as f64,
         new_flows_bytes as f64 / (1 << 20) as f64,
         new_flows_bytes as f64 / new_size as f64,
+        flows6_bytes as f64 / (1 << 20) as f64,
+        flows6_bytes as f64 / size as f64,
+        new_flows6_bytes as f64 / (1 << 20) as f64,
+        new_flows6_bytes as f64 / new_size as f64,
         filled.as_secs_f64(),
         size / 2,
     );

@@ -88,10 +88,10 @@ impl Family for Ipv6Hdr {
     fn announce(_key: &FlowKey<Addr6>, _flow: &Flow<Addr6>, _event: u8) {}
     #[inline(always)]
     fn log_flow_event(ctx: &XdpContext, key: &FlowKey<Addr6>, what: &str) {
-        let (src, dst) = (
-            redirector_common::address::addr6_to_bytes(&key.src_addr),
-            redirector_common::address::addr6_to_bytes(&key.dst_addr),
-        );
+        // The words hold the address's bytes in packet order: read them
+        // as bytes where they are, without copies on IPv6's tight stack.
+        let bytes = |addr: &Addr6| unsafe { *(addr.as_ptr() as *const [u8; 16]) };
+        let (src, dst) = (bytes(&key.src_addr), bytes(&key.dst_addr));
         debug!(
             ctx,
             "{}: [{:i}]:{} -> [{:i}]:{} proto {}",

@@ -79,20 +79,31 @@ pub fn completes_handshake<F: Family>(flow: *const Flow<F::Addr>, pkt: &Packet<F
 /// Moves a new flow whose handshake completed, both entries, to the
 /// established table; its original entry there, or None if it could not
 /// move (its reply twin evicted, the table refusing): it stays new.
-/// Once per connection, so it takes a stack frame of its own.
-#[inline(never)]
-pub fn promote<F: Family>(key: &FlowKey<F::Addr>, flow: *const Flow<F::Addr>) -> Option<*mut Flow<F::Addr>> {
+#[inline(always)]
+pub fn promote<F: Family>(key: &FlowKey<F::Addr>, flow: *mut Flow<F::Addr>) -> Option<*mut Flow<F::Addr>> {
     let (flows, new_flows) = (F::flows(), F::new_flows());
-    let mut original = unsafe { *flow };
-    original.flags &= !FLOW_ANSWERED;
-    original.handshake = 0;
-    let twin = key.reply_key(original.rewrite_addr, original.rewrite_port);
-    let mut reply = unsafe { *new_flows.get(&twin)? };
-    // Established: no refusal to recognise any more.
-    reply.handshake = 0;
-    flows.insert(&twin, &reply, 0).ok()?;
-    flows.insert(key, &original, 0).ok()?;
-    F::announce(key, &original, SYNC_EVENT_PINNED);
+    let twin = unsafe { key.reply_key((*flow).rewrite_addr, (*flow).rewrite_port) };
+    let reply = new_flows.get_ptr_mut(&twin)?;
+    // Established: no handshake, no refusal to recognise any more. The
+    // entries are changed where they are and copied from there: copies on
+    // the stack would not fit IPv6's frame.
+    let (flags, handshake, refusal) = unsafe { ((*flow).flags, (*flow).handshake, (*reply).handshake) };
+    unsafe {
+        (*flow).flags &= !FLOW_ANSWERED;
+        (*flow).handshake = 0;
+        (*reply).handshake = 0;
+    }
+    let moved = flows.insert(&twin, unsafe { &*reply }, 0).is_ok() && flows.insert(key, unsafe { &*flow }, 0).is_ok();
+    if !moved {
+        // It stays new, as it was.
+        unsafe {
+            (*flow).flags = flags;
+            (*flow).handshake = handshake;
+            (*reply).handshake = refusal;
+        }
+        return None;
+    }
+    F::announce(key, unsafe { &*flow }, SYNC_EVENT_PINNED);
     let _ = new_flows.remove(key);
     let _ = new_flows.remove(&twin);
     flows.get_ptr_mut(key)
@@ -107,8 +118,8 @@ pub struct Placement<'a, A: Address> {
     /// The `FLOW_*_SEEN` bits it starts with, so a flow that closed stays
     /// closed when moved.
     pub flags: u8,
-    /// What the peers are told when the flow lands in `FLOWS`:
-    /// `SYNC_EVENT_PINNED` or `SYNC_EVENT_RE_STEERED`.
+    /// What the peers are told when the flow lands in `FLOWS`, and the
+    /// flow event log: `SYNC_EVENT_PINNED` or `SYNC_EVENT_RE_STEERED`.
     pub event: u8,
     /// Opened by a SYN: its sequence number + 1, what a region refusing it
     /// acknowledges (kept in the reply twin for passive detection); 0
@@ -119,9 +130,8 @@ pub struct Placement<'a, A: Address> {
 }
 
 /// Pins the flow to `region_id` at `backend` (new, or moved off a down
-/// region), with the reply twin that answers from the VIP. In a frame of
-/// its own, as the other stages of a new flow (`main.rs`).
-#[inline(never)]
+/// region), with the reply twin that answers from the VIP.
+#[inline(always)]
 pub fn pin<F: Family>(
     placement: &Placement<F::Addr>,
     key: &FlowKey<F::Addr>,
@@ -158,9 +168,8 @@ pub fn pin<F: Family>(
     let _ = table.insert(&key.reply_key(backend.addr, backend.port), &flow, 0);
 }
 
-/// Removes an original entry of `table` and its reply twin. Only when a
-/// SYN reopens a tuple, so in a frame of its own.
-#[inline(never)]
+/// Removes an original entry of `table` and its reply twin.
+#[inline(always)]
 pub fn forget<A: Address>(table: &Table<A>, key: &FlowKey<A>, original: *const Flow<A>) {
     let (addr, port) = unsafe { ((*original).rewrite_addr, (*original).rewrite_port) };
     let _ = table.remove(&key.reply_key(addr, port));

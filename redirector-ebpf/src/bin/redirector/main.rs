@@ -18,9 +18,10 @@ use redirector_common::{
     IPPROTO_TCP,
 };
 
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use redirector_ebpf::{
     ip::End,
-    parse::{self, Packet, Parsed},
+    parse::{self, Link, Packet, Version},
 };
 
 mod detect;
@@ -30,11 +31,13 @@ mod forward;
 mod maps;
 mod rewrite;
 mod select;
+mod stages;
 mod stats;
 mod sync;
 
 use crate::{
     family::Family,
+    stages::Stages,
     flow::{Placement, Table},
     stats::Direction,
 };
@@ -54,28 +57,30 @@ pub fn redirector(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn process(ctx: &XdpContext) -> (u32, Reason) {
-    match parse::parse(ctx) {
-        Ok(Parsed::V4(pkt)) => steer(ctx, &pkt),
-        Ok(Parsed::V6(pkt)) => steer(ctx, &pkt),
+    match parse::link(ctx) {
+        Ok((link, Version::V4)) => steer::<Ipv4Hdr>(ctx, &link),
+        Ok((link, Version::V6)) => steer::<Ipv6Hdr>(ctx, &link),
         Err(reason) => (xdp_action::XDP_PASS, reason),
     }
 }
 
 /// What every stage of a packet's path reads.
-struct Steering<'a, F: Family> {
-    ctx: &'a XdpContext,
-    pkt: &'a Packet<F>,
-    key: FlowKey<F::Addr>,
-    now: u64,
+pub struct Steering<'a, F: Family> {
+    pub ctx: &'a XdpContext,
+    pub pkt: &'a Packet<F>,
+    pub key: FlowKey<F::Addr>,
+    pub now: u64,
 }
 
-/// The verifier allows 512 bytes of stack to the deepest chain of calls,
-/// and an IPv6 path inlined whole spills past that (40-byte keys, 56-byte
-/// entries, four-word addresses in ten registers). So each family's path
-/// and each stage it takes gets a frame of its own, called one after the
-/// other from here, never nested more than once.
+/// One family's path, in a frame of its own: the two together would not
+/// fit the verifier's 512 bytes. Its stages (`stages.rs`) are inlined or
+/// run in frames of their own as the family needs.
 #[inline(never)]
-fn steer<F: Family>(ctx: &XdpContext, pkt: &Packet<F>) -> (u32, Reason) {
+fn steer<F: Stages>(ctx: &XdpContext, link: &Link) -> (u32, Reason) {
+    let pkt = &match F::parse(ctx, link) {
+        Ok(pkt) => pkt,
+        Err(reason) => return (xdp_action::XDP_PASS, reason),
+    };
     let (flows, new_flows) = (F::flows(), F::new_flows());
     let s = Steering { ctx, pkt, key: pkt.flow_key(), now: now_ns() };
     let key = &s.key;
@@ -89,35 +94,35 @@ fn steer<F: Family>(ctx: &XdpContext, pkt: &Packet<F>) -> (u32, Reason) {
     let mut midstream = false;
     if let Some(flow) = flows.get_ptr_mut(key) {
         if unsafe { (*flow).direction } == FLOW_REPLY {
-            return to_client(&s, flow, flows);
+            return F::to_client(&s, flow, flows);
         }
         if flow::holds(flow, key, pkt, s.now) {
             if !select::region_is_down(unsafe { (*flow).region_id }) {
-                return to_region(&s, flow);
+                return F::to_region(&s, flow);
             }
             stats::count_reason(Reason::ReSteered);
-            log_flow_event::<F>(ctx, key, "re-steered off a down region");
             carried_flags = unsafe { (*flow).flags };
             table = flows;
             event = SYNC_EVENT_RE_STEERED;
         } else if key.protocol == IPPROTO_TCP {
             // A SYN reopens the tuple as a new flow: the old one's entries
             // must not answer for it.
-            flow::forget(flows, key, flow);
+            F::forget(flows, key, flow);
         }
     } else if key.protocol == IPPROTO_TCP {
         match new_flows.get_ptr_mut(key) {
             Some(flow) if unsafe { (*flow).direction } == FLOW_REPLY => {
                 detect::handshake_answer(pkt, unsafe { &*flow });
-                return to_client(&s, flow, new_flows);
+                return F::to_client(&s, flow, new_flows);
             }
             Some(flow) if flow::handshake_holds(flow, pkt, s.now) => {
                 if !select::region_is_down(unsafe { (*flow).region_id }) {
-                    return to_region(&s, established(key, flow, pkt));
+                    return F::to_region(&s, established(key, flow, pkt));
                 }
                 stats::count_reason(Reason::ReSteered);
-                log_flow_event::<F>(ctx, key, "re-steered off a down region");
                 carried_flags = unsafe { (*flow).flags };
+                // Still new: told to the peers only once established.
+                event = SYNC_EVENT_RE_STEERED;
             }
             Some(_) => {}
             None => midstream = !pkt.is_tcp_syn(),
@@ -152,11 +157,11 @@ fn steer<F: Family>(ctx: &XdpContext, pkt: &Packet<F>) -> (u32, Reason) {
 /// A new flow's entry, or its entry in the established table if this
 /// packet completes its handshake.
 #[inline(always)]
-fn established<F: Family>(key: &FlowKey<F::Addr>, flow: *mut Flow<F::Addr>, pkt: &Packet<F>) -> *mut Flow<F::Addr> {
+fn established<F: Stages>(key: &FlowKey<F::Addr>, flow: *mut Flow<F::Addr>, pkt: &Packet<F>) -> *mut Flow<F::Addr> {
     if !flow::completes_handshake(flow, pkt) {
         return flow;
     }
-    match flow::promote::<F>(key, flow) {
+    match F::promote(key, flow) {
         Some(moved) => {
             stats::count_reason(Reason::Promoted);
             moved
@@ -166,12 +171,12 @@ fn established<F: Family>(key: &FlowKey<F::Addr>, flow: *mut Flow<F::Addr>, pkt:
 }
 
 /// Client → VIP, established: to the region the flow is pinned to.
-#[inline(never)]
-fn to_region<F: Family>(s: &Steering<F>, flow: *mut Flow<F::Addr>) -> (u32, Reason) {
+#[inline(always)]
+pub fn to_region<F: Family>(s: &Steering<F>, flow: *mut Flow<F::Addr>) -> (u32, Reason) {
     let (ctx, pkt) = (s.ctx, s.pkt);
     let f = unsafe { &*flow };
     let direction = Direction::ToRegion { new_flow: false };
-    stats::count_traffic(f.service_id as u32, f.region_id, pkt.len, direction);
+    stats::count_traffic(f.service_id as u32, f.region_id, pkt.frame_len(), direction);
     rewrite::rewrite_end(pkt, End::Destination, &f.rewrite_addr, f.rewrite_port);
     match next_hop(ctx, pkt, flow, s.now) {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
@@ -183,37 +188,39 @@ fn to_region<F: Family>(s: &Steering<F>, flow: *mut Flow<F::Addr>) -> (u32, Reas
 /// region of the service, pin the flow both ways as `placement` says,
 /// rewrite toward it.
 #[inline(always)]
-fn new_flow<F: Family>(s: &Steering<F>, placement: &Placement<F::Addr>) -> (u32, Reason) {
+fn new_flow<F: Stages>(s: &Steering<F>, placement: &Placement<F::Addr>) -> (u32, Reason) {
     let service = &placement.service;
-    let Some(region_id) = select::select_region(service, &s.key) else {
+    let Some(region_id) = F::select_region(service, &s.key) else {
         return (xdp_action::XDP_DROP, Reason::DropNoRegion);
     };
     let Some(backend) = select::backend::<F>(service.id, region_id) else {
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
-    let hop = toward_backend(s, service.id, region_id, backend);
-    flow::pin::<F>(placement, &s.key, region_id, backend, &hop.unwrap_or_default());
-    log_flow_event::<F>(s.ctx, &s.key, "new flow");
+    F::toward_backend(s, service.id, region_id, backend);
+    let hop = F::resolve(s);
+    F::pin(placement, &s.key, region_id, backend, &hop.unwrap_or_default());
+    // One call site: aya-log's record building, verified once per path
+    // into it, is what the verifier's budget allows.
+    let what = if placement.event == SYNC_EVENT_RE_STEERED { "re-steered off a down region" } else { "new flow" };
+    log_flow_event::<F>(s.ctx, &s.key, what);
     match hop {
         Ok(hop) => forward::transmit(s.ctx, s.pkt, &hop, Reason::Forwarded),
         Err(reason) => (xdp_action::XDP_PASS, reason),
     }
 }
 
-/// A new flow's first packet, counted and rewritten toward `backend`; where
-/// it goes from here.
-#[inline(never)]
-fn toward_backend<F: Family>(s: &Steering<F>, service_id: u32, region_id: u8, backend: &Backend<F::Addr>) -> Result<NextHop, Reason> {
+/// A new flow's first packet, counted and rewritten toward `backend`.
+#[inline(always)]
+pub fn toward_backend<F: Family>(s: &Steering<F>, service_id: u32, region_id: u8, backend: &Backend<F::Addr>) {
     let direction = Direction::ToRegion { new_flow: true };
-    stats::count_traffic(service_id, region_id, s.pkt.len, direction);
+    stats::count_traffic(service_id, region_id, s.pkt.frame_len(), direction);
     rewrite::rewrite_end(s.pkt, End::Destination, &backend.addr, backend.port);
-    forward::resolve(s.ctx, s.pkt)
 }
 
 /// Region → client, in reply to a flow of `table`: the client sees the
 /// VIP.
-#[inline(never)]
-fn to_client<F: Family>(s: &Steering<F>, reply: *mut Flow<F::Addr>, table: &Table<F::Addr>) -> (u32, Reason) {
+#[inline(always)]
+pub fn to_client<F: Family>(s: &Steering<F>, reply: *mut Flow<F::Addr>, table: &Table<F::Addr>) -> (u32, Reason) {
     let (ctx, pkt, key, now) = (s.ctx, s.pkt, &s.key, s.now);
     let r = unsafe { &*reply };
     let synack = pkt.tcp_synack_seq();
@@ -228,7 +235,7 @@ fn to_client<F: Family>(s: &Steering<F>, reply: *mut Flow<F::Addr>, table: &Tabl
             }
         }
     }
-    stats::count_traffic(r.service_id as u32, r.region_id, pkt.len, Direction::ToClient);
+    stats::count_traffic(r.service_id as u32, r.region_id, pkt.frame_len(), Direction::ToClient);
     rewrite::rewrite_end(pkt, End::Source, &r.rewrite_addr, r.rewrite_port);
     match next_hop(ctx, pkt, reply, now) {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Replied),
@@ -257,11 +264,9 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Not inlined: its arguments would weigh on every caller's frame, and at
-/// `LOG_FLOW_EVENTS` 0 the verifier removes the calls.
-#[inline(never)]
-fn log_flow_event<F: Family>(ctx: &XdpContext, key: &FlowKey<F::Addr>, what: &str) {
+#[inline(always)]
+fn log_flow_event<F: Stages>(ctx: &XdpContext, key: &FlowKey<F::Addr>, what: &str) {
     if LOG_FLOW_EVENTS.load() != 0 {
-        F::log_flow_event(ctx, key, what);
+        F::log(ctx, key, what);
     }
 }

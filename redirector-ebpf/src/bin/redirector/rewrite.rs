@@ -9,7 +9,7 @@ use redirector_common::csum;
 
 use redirector_ebpf::{
     ip::{End, IpHeader},
-    parse::{Packet, L4},
+    parse::Packet,
 };
 
 /// Sets one end of the packet to `addr:port` (network order).
@@ -19,22 +19,19 @@ pub fn rewrite_end<H: IpHeader>(pkt: &Packet<H>, end: End, addr: &H::Addr, port:
     H::set_addr(pkt.ip, end, &old_addr, addr);
     // TCP and UDP carry the ports and a checksum over the pseudo-header;
     // only UDP over IPv4 may say "no checksum" with a zero.
-    let (src_port, dst_port, check, zero_is_none) = match pkt.l4 {
-        L4::Tcp(tcp) => unsafe {
-            (&mut (*tcp).source, &mut (*tcp).dest, &mut (*tcp).check, false)
-        },
-        L4::Udp(udp) => unsafe {
-            (&mut (*udp).src, &mut (*udp).dst, &mut (*udp).check, H::UDP_ZERO_CHECKSUM_IS_NONE)
-        },
-        L4::IcmpEcho { check, .. } => {
+    let (src_port, dst_port, check, udp) = match (pkt.tcp(), pkt.udp(), pkt.echo()) {
+        (Some(tcp), ..) => unsafe { (&mut (*tcp).source, &mut (*tcp).dest, &mut (*tcp).check, false) },
+        (_, Some(udp), _) => unsafe { (&mut (*udp).src, &mut (*udp).dst, &mut (*udp).check, true) },
+        (.., Some(echo)) => {
             if H::ICMP_COVERS_ADDRESSES {
                 unsafe {
-                    let old_check = u16::from_ne_bytes(*check);
-                    *check = csum::replace_addr(old_check, &old_addr, addr).to_ne_bytes();
+                    let old_check = u16::from_ne_bytes((*echo).check);
+                    (*echo).check = csum::replace_addr(old_check, &old_addr, addr).to_ne_bytes();
                 }
             }
             return;
         }
+        _ => return,
     };
     let port_field = match end {
         End::Source => src_port,
@@ -43,14 +40,13 @@ pub fn rewrite_end<H: IpHeader>(pkt: &Packet<H>, end: End, addr: &H::Addr, port:
     let old_port = u16::from_ne_bytes(*port_field);
     *port_field = port.to_ne_bytes();
     let old_check = u16::from_ne_bytes(*check);
-    if zero_is_none && old_check == 0 {
+    if udp && H::UDP_ZERO_CHECKSUM_IS_NONE && old_check == 0 {
         return;
     }
     let new_check = csum::replace2(csum::replace_addr(old_check, &old_addr, addr), old_port, port);
     // A UDP checksum that computes to zero is sent as all ones (RFC 768,
     // RFC 8200): zero says "none" over IPv4 and is invalid over IPv6.
-    let is_udp = matches!(pkt.l4, L4::Udp(_));
-    let new_check = if is_udp && new_check == 0 { 0xffff } else { new_check };
+    let new_check = if udp && new_check == 0 { 0xffff } else { new_check };
     *check = new_check.to_ne_bytes();
 }
 

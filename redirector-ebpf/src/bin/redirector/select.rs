@@ -8,10 +8,10 @@ use redirector_common::{
     backend_index, selection_slot, Address, Backend, FlowKey, RegionState, Service, NO_REGION,
 };
 
-/// The region the service's live selection table gives this flow.
-/// Not inlined: LLVM would keep the key's words it hashed in registers for
-/// the rewrites that follow, and spill an IPv6 key's past the stack.
-#[inline(never)]
+/// The region the service's live selection table gives this flow. IPv6
+/// runs it in a frame of its own: inlined, LLVM keeps the key's words it
+/// hashed in registers for the rewrites that follow, and spills them.
+#[inline(always)]
 pub fn select_region<A: Address>(service: &Service, key: &FlowKey<A>) -> Option<u8> {
     let table = SELECTION.get(service.selection_index())?;
     // LLVM turns `% SELECTION_SLOTS` into a multiply-shift whose range the

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -92,19 +92,23 @@ fn step(title: &str) -> Result<()> {
     Ok(())
 }
 
-/// `count` requests to the VIP's `port` from the client; the bodies.
-fn requests(lab: &Lab, port: u16, count: usize) -> Result<Vec<String>> {
+/// `count` requests to `vip`'s `port` from the client; the bodies.
+fn requests(lab: &Lab, vip: IpAddr, port: u16, count: usize) -> Result<Vec<String>> {
     let _inside = lab.topo.client.enter()?;
-    let target = SocketAddr::new(lab.vip().ip(), port);
+    let target = SocketAddr::new(vip, port);
     (0..count)
         .map(|_| get(target, Duration::from_millis(500)))
         .collect()
 }
 
 fn show_requests(lab: &Lab, port: u16, expect: &str) -> Result<()> {
-    let bodies = requests(lab, port, 3)?;
+    show_requests_to(lab, lab.vip().ip(), port, expect)
+}
+
+fn show_requests_to(lab: &Lab, vip: IpAddr, port: u16, expect: &str) -> Result<()> {
+    let bodies = requests(lab, vip, port, 3)?;
     for body in &bodies {
-        println!("   curl http://{}:{port}/  →  {body}", lab.vip().ip());
+        println!("   curl http://{}/  →  {body}", SocketAddr::new(vip, port));
     }
     if bodies.iter().any(|b| !b.ends_with(expect)) {
         bail!("expected answers from {expect}");
@@ -115,7 +119,7 @@ fn show_requests(lab: &Lab, port: u16, expect: &str) -> Result<()> {
 /// `count` requests to `port`, counted by the region that answered.
 fn show_split(lab: &Lab, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
     let mut split = BTreeMap::new();
-    for body in requests(lab, port, count)? {
+    for body in requests(lab, lab.vip().ip(), port, count)? {
         *split.entry(body.rsplit(' ').next().unwrap_or("").to_string()).or_default() += 1;
     }
     println!("   {count} requests to :{port} answered by {split:?}");
@@ -140,6 +144,9 @@ fn demo(keep: bool) -> Result<()> {
 
     step("requests to the VIP are answered by region2")?;
     show_requests(&lab, 80, "R2")?;
+
+    step("service web6, web's twin on the IPv6 VIP fd00:2::2, is answered by region2 too")?;
+    show_requests_to(&lab, lab.vip6().ip(), 80, "R2")?;
 
     step("redirectorctl set-active region1")?;
     println!("   {}", lab.ctl_ok(&["set-active", "region1"])?.trim());
@@ -166,35 +173,40 @@ fn demo(keep: bool) -> Result<()> {
     let returned = lab.wait_new_flows("app", &["region2"], Duration::from_secs(10))?;
     println!("   busy loop stopped: app's new flows back on region2 after {returned:.0?}");
 
-    step("region2's HTTP server killed, the measuring client running")?;
+    step("region2's HTTP server killed, a measuring client running on each VIP (IPv4 and IPv6)")?;
     let client = Measurement::start(&lab.topo.client, lab.vip(), Options::default());
+    let client6 = Measurement::start(&lab.topo.client, lab.vip6(), Options::default());
     thread::sleep(Duration::from_millis(500));
     lab.kill_server(2)?;
     let detected = lab.wait_active("region1", Duration::from_secs(5))?;
     thread::sleep(Duration::from_millis(500));
     let report = client.stop()?;
+    let report6 = client6.stop()?;
     check_interrupt()?;
-    println!(
-        "   failover to region1 after {detected:.0?}; unavailability T_un = {:.0?}; {} of {} requests succeeded ({:.2} %)",
-        report.max_t_un(),
-        report.successes,
-        report.requests(),
-        report.success_rate() * 100.0
-    );
+    for (family, report) in [("IPv4", &report), ("IPv6", &report6)] {
+        println!(
+            "   {family}: failover to region1 after {detected:.0?}; unavailability T_un = {:.0?}; {} of {} requests succeeded ({:.2} %)",
+            report.max_t_un(),
+            report.successes,
+            report.requests(),
+            report.success_rate() * 100.0
+        );
+    }
 
     step("region2's HTTP server restored: failback (preempt = true)")?;
     lab.restore_server(2)?;
     let failback = lab.wait_active("region2", Duration::from_secs(5))?;
     show_requests(&lab, 80, "R2")?;
+    show_requests_to(&lab, lab.vip6().ip(), 80, "R2")?;
 
     step("summary")?;
     println!("| step | result |\n|---|---|");
-    println!("| requests to the VIP | answered by region2 |");
+    println!("| requests to the VIP, IPv4 and IPv6 | answered by region2 |");
     println!("| set-active region1 / --auto | region1, then region2 again |");
     println!("| api weighted 1:1, then 3:1 | {even:?}, then {skewed:?} |");
     println!("| app, region2's CPU at {cpu:.0} % | new flows to region1 after {spilled:.0?}, back {returned:.0?} after the load |");
     println!("| region2 server killed: detection | {detected:.0?} |");
-    println!("| unavailability T_un | {:.0?} |", report.max_t_un());
+    println!("| unavailability T_un, IPv4 / IPv6 | {:.0?} / {:.0?} |", report.max_t_un(), report6.max_t_un());
     println!("| success rate during the failure | {:.2} % of {} requests |", report.success_rate() * 100.0, report.requests());
     println!("| failback after region2 restored | {failback:.0?} |");
     println!("\n{}", lab.ctl_ok(&["events"])?);
@@ -205,6 +217,7 @@ fn demo(keep: bool) -> Result<()> {
         println!(
             "\nThe lab keeps running. Explore it:\n\
              \x20  ip netns exec {PREFIX}-client curl -s http://10.2.0.2/\n\
+             \x20  ip netns exec {PREFIX}-client curl -s 'http://[fd00:2::2]/'\n\
              \x20  {ctl} --socket {s} status\n\
              \x20  {ctl} --socket {s} set-active region3\n\
              \x20  ip netns exec {PREFIX}-gw curl -s http://{METRICS}/metrics\n\
