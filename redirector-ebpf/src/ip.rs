@@ -21,6 +21,11 @@ pub enum End {
 
 pub trait IpHeader {
     type Addr: Address;
+    /// The family's path runs its stages in stack frames of their own
+    /// (IPv6: `stages.rs` in the program): they read the packet's header
+    /// pointers from their caller's stack, which LLVM must store whole
+    /// (`parse::header_in`).
+    const OWN_FRAMES: bool;
     /// A UDP checksum of zero says "none" (IPv4, RFC 768); over IPv6 it is
     /// invalid (RFC 8200).
     const UDP_ZERO_CHECKSUM_IS_NONE: bool;
@@ -42,6 +47,7 @@ pub trait IpHeader {
 
 impl IpHeader for Ipv4Hdr {
     type Addr = Addr4;
+    const OWN_FRAMES: bool = false;
 
     #[inline(always)]
     fn parse(ctx: &XdpContext, link: &Link) -> Result<Packet<Self>, Reason> {
@@ -93,6 +99,7 @@ impl IpHeader for Ipv4Hdr {
 /// arm64), as Katran's and Cilium's `in6_addr` copies rely on.
 impl IpHeader for Ipv6Hdr {
     type Addr = Addr6;
+    const OWN_FRAMES: bool = true;
 
     #[inline(always)]
     fn parse(ctx: &XdpContext, link: &Link) -> Result<Packet<Self>, Reason> {

@@ -13,7 +13,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 use redirector_common::{
-    FlowKey, Reason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    Address, FlowKey, Reason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     MAX_IPV6_EXTENSION_HEADERS,
 };
 
@@ -32,22 +32,44 @@ const IPV6_ROUTING: u8 = 43;
 const IPV6_DESTINATION_OPTIONS: u8 = 60;
 const IPV6_FRAGMENT: u8 = 44;
 
+/// The upper layer's header, where the rewrite writes.
 pub enum L4 {
     Tcp(*mut TcpHdr),
     Udp(*mut UdpHdr),
-    /// ICMP or ICMPv6 echo, request (client side) or reply (region side);
-    /// its identifier plays the client's port. ICMPv6's checksum covers the
-    /// addresses, ICMP's does not.
-    Echo { header: *mut Icmpv4Hdr, request: bool },
+    /// ICMP or ICMPv6 echo; ICMPv6's checksum covers the addresses, ICMP's
+    /// does not.
+    Echo(*mut Icmpv4Hdr),
 }
+
+/// What the path reads of a TCP header, copied out by the parser; all
+/// zero for other protocols.
+#[derive(Clone, Copy, Default)]
+pub struct Segment {
+    /// The flags byte: `TCP_FIN`, `TCP_SYN`, `TCP_RST`, `TCP_ACK`...
+    pub flags: u8,
+    /// Sequence and acknowledgement numbers, host order.
+    pub seq: u32,
+    pub ack: u32,
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
 
 /// A parsed IPv4 or IPv6 packet the data plane may steer.
 pub struct Packet<H> {
-    pub eth: *mut EthHdr,
     pub ip: *mut H,
     /// The upper-layer protocol: IPv4's, or the last next header of IPv6.
     pub protocol: u8,
     pub l4: L4,
+    /// Source and destination port as they sit in the packet; for ICMP
+    /// echo, the identifier on the client's side (the source of a request,
+    /// the destination of a reply) and 0 on the other.
+    pub ports: (u16, u16),
+    pub segment: Segment,
     /// The program's context: [`Packet::tcp`] and the others read its
     /// `data_end` again, [`Packet::frame_len`] its bounds.
     md: *const xdp_md,
@@ -69,20 +91,35 @@ pub enum Version {
 /// A `T` at `offset` in the frame, if the frame holds it whole.
 #[inline(always)]
 pub fn header<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
-    let start = opaque(ctx.data()) + offset;
+    bounded(ctx, ctx.data() + offset)
+}
+
+/// [`header`] for family `H`'s path. Where its stages run in frames of
+/// their own, `data` is read as LLVM cannot see through: it is a 32-bit
+/// field widened, so LLVM knows a pointer into the packet has its top half
+/// zero and, spilling one to the stack for a stage, stores only the bottom
+/// half, which the verifier refuses for a pointer. A volatile read forgets
+/// what LLVM knew.
+#[inline(always)]
+fn header_in<H: IpHeader, T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Reason> {
+    bounded(ctx, opaque::<H>(ctx.data()) + offset)
+}
+
+#[inline(always)]
+fn opaque<H: IpHeader>(address: usize) -> usize {
+    if H::OWN_FRAMES {
+        unsafe { core::ptr::read_volatile(&address) }
+    } else {
+        address
+    }
+}
+
+#[inline(always)]
+fn bounded<T>(ctx: &XdpContext, start: usize) -> Result<*mut T, Reason> {
     if start + size_of::<T>() > ctx.data_end() {
         return Err(Reason::PassMalformed);
     }
     Ok(start as *mut T)
-}
-
-/// `data` as LLVM cannot see through. It is a 32-bit field widened, so LLVM
-/// knows a pointer into the packet has its top half zero and, spilling one
-/// to the stack, stores only the bottom half: the verifier refuses a
-/// pointer stored in part. A volatile read forgets what LLVM knew.
-#[inline(always)]
-fn opaque(data: usize) -> usize {
-    unsafe { core::ptr::read_volatile(&data) }
 }
 
 /// Ethernet, with at most one 802.1Q tag, in front of IPv4 or IPv6; the
@@ -110,7 +147,7 @@ pub fn link(ctx: &XdpContext) -> Result<(Link, Version), Reason> {
 /// IPv4 (options skipped by IHL) → TCP, UDP or ICMP echo.
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv4Hdr>, Reason> {
-    let (eth, l3) = (link.eth, link.l3);
+    let l3 = link.l3;
     let ip: *mut Ipv4Hdr = header(ctx, l3)?;
     let (vihl, frags, protocol) = unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto) };
     if vihl >> 4 != 4 || vihl & 0xf < 5 {
@@ -121,16 +158,16 @@ pub fn ipv4(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv4Hdr>, Reason> {
     }
     // IHL is 4 bits, so options are at most 40 bytes: a bounded offset.
     let l4_offset = l3 + ((vihl & 0xf) as usize) * 4;
-    let l4 = upper_layer(ctx, protocol, l4_offset, IPPROTO_ICMP)?;
-    Ok(packet(ctx, eth, ip, protocol, l4))
+    let upper = upper_layer::<Ipv4Hdr>(ctx, protocol, l4_offset)?;
+    Ok(packet(ctx, ip, protocol, upper))
 }
 
 /// IPv6 (up to `MAX_IPV6_EXTENSION_HEADERS` skipped) → TCP, UDP or ICMPv6
 /// echo.
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv6Hdr>, Reason> {
-    let (eth, l3) = (link.eth, link.l3);
-    let ip: *mut Ipv6Hdr = header(ctx, l3)?;
+    let l3 = link.l3;
+    let ip: *mut Ipv6Hdr = header_in::<Ipv6Hdr, _>(ctx, l3)?;
     if unsafe { (*ip).vcf[0] } >> 4 != 6 {
         return Err(Reason::PassMalformed);
     }
@@ -141,7 +178,7 @@ pub fn ipv6(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv6Hdr>, Reason> {
         if !matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS) {
             break;
         }
-        let ext: *const [u8; 2] = header(ctx, offset)?;
+        let ext: *const [u8; 2] = header_in::<Ipv6Hdr, _>(ctx, offset)?;
         let (following, units) = unsafe { ((*ext)[0], (*ext)[1]) };
         next = following;
         offset += (units as usize + 1) * 8;
@@ -151,38 +188,61 @@ pub fn ipv6(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv6Hdr>, Reason> {
         IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => return Err(Reason::PassIpv6Extensions),
         _ => {}
     }
-    let l4 = upper_layer(ctx, next, offset, IPPROTO_ICMPV6)?;
-    Ok(packet(ctx, eth, ip, next, l4))
+    let upper = upper_layer::<Ipv6Hdr>(ctx, next, offset)?;
+    Ok(packet(ctx, ip, next, upper))
 }
 
 #[inline(always)]
-fn packet<H>(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut H, protocol: u8, l4: L4) -> Packet<H> {
+fn packet<H>(ctx: &XdpContext, ip: *mut H, protocol: u8, upper: Upper) -> Packet<H> {
     Packet {
-        eth,
         ip,
         protocol,
-        l4,
+        l4: upper.l4,
+        ports: upper.ports,
+        segment: upper.segment,
         md: ctx.ctx,
     }
 }
 
-/// TCP, UDP, or the family's ICMP (`icmp`) echo at `offset`.
+/// The upper layer as parsed.
+struct Upper {
+    l4: L4,
+    ports: (u16, u16),
+    segment: Segment,
+}
+
+/// TCP, UDP, or the family's ICMP echo at `offset`.
 #[inline(always)]
-fn upper_layer(ctx: &XdpContext, protocol: u8, offset: usize, icmp: u8) -> Result<L4, Reason> {
+fn upper_layer<H: IpHeader>(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Upper, Reason> {
+    let icmp = <H::Addr as Address>::ICMP;
+    let ports = |header: *const [u8; 4]| unsafe {
+        let p = *header;
+        (u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]]))
+    };
     match protocol {
         IPPROTO_TCP => {
-            let tcp: *mut TcpHdr = header(ctx, offset)?;
+            let tcp: *mut TcpHdr = header_in::<H, _>(ctx, offset)?;
             // A data offset under 5 words puts the payload inside the
             // header: no TCP stack would take it.
             if unsafe { (*tcp).doff() } < 5 {
                 return Err(Reason::PassMalformed);
             }
-            Ok(L4::Tcp(tcp))
+            let segment = unsafe {
+                Segment {
+                    flags: *(tcp as *const u8).add(TCP_FLAGS_OFFSET),
+                    seq: u32::from_be_bytes((*tcp).seq),
+                    ack: u32::from_be_bytes((*tcp).ack_seq),
+                }
+            };
+            Ok(Upper { l4: L4::Tcp(tcp), ports: ports(tcp as *const [u8; 4]), segment })
         }
-        IPPROTO_UDP => Ok(L4::Udp(header(ctx, offset)?)),
+        IPPROTO_UDP => {
+            let udp: *mut UdpHdr = header_in::<H, _>(ctx, offset)?;
+            Ok(Upper { l4: L4::Udp(udp), ports: ports(udp as *const [u8; 4]), segment: Segment::default() })
+        }
         p if p == icmp => {
             // ICMPv6's header has ICMPv4's layout.
-            let hdr: *mut Icmpv4Hdr = header(ctx, offset)?;
+            let hdr: *mut Icmpv4Hdr = header_in::<H, _>(ctx, offset)?;
             let (kind, code) = unsafe { ((*hdr).type_, (*hdr).code) };
             let (request, reply) = if icmp == IPPROTO_ICMP {
                 (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
@@ -192,7 +252,10 @@ fn upper_layer(ctx: &XdpContext, protocol: u8, offset: usize, icmp: u8) -> Resul
             if code != 0 || (kind != request && kind != reply) {
                 return Err(Reason::PassIcmpOther);
             }
-            Ok(L4::Echo { header: hdr, request: kind == request })
+            let data = unsafe { (*hdr).data };
+            let id = u16::from_ne_bytes([data[0], data[1]]);
+            let ports = if kind == request { (id, 0) } else { (0, id) };
+            Ok(Upper { l4: L4::Echo(hdr), ports, segment: Segment::default() })
         }
         _ => Err(Reason::PassNotService),
     }
@@ -202,36 +265,23 @@ impl<H: IpHeader> Packet<H> {
     /// The packet's 5-tuple, addresses and ports as they sit in the packet.
     #[inline(always)]
     pub fn flow_key(&self) -> FlowKey<H::Addr> {
-        let (src_port, dst_port) = match (self.tcp(), self.udp(), self.echo()) {
-            (Some(tcp), ..) => unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest)) },
-            (_, Some(udp), _) => unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst)) },
-            (.., Some(echo)) => {
-                let id = unsafe { u16::from_ne_bytes([(*echo).data[0], (*echo).data[1]]) };
-                if matches!(self.l4, L4::Echo { request: true, .. }) {
-                    (id, 0)
-                } else {
-                    (0, id)
-                }
-            }
-            _ => (0, 0),
-        };
         FlowKey {
             src_addr: H::addr(self.ip, End::Source),
             dst_addr: H::addr(self.ip, End::Destination),
-            src_port,
-            dst_port,
+            src_port: self.ports.0,
+            dst_port: self.ports.1,
             protocol: self.protocol,
             _pad: [0; 3],
         }
     }
-}
 
-impl<H> Packet<H> {
-    /// The TCP header, checked again against the frame's end where it is
-    /// read. Parsing checked it, but a stage that reads the packet from its
-    /// caller's stack (IPv6's, `stages.rs`) finds there the protocol's tag
-    /// as a byte the verifier no longer knows: it would take a UDP header's
-    /// 8 checked bytes for TCP's 20 and refuse the program.
+    /// The TCP header, to rewrite: checked again against the frame's end.
+    /// Parsing checked it, but once the packet is spilled to the stack
+    /// (IPv6's stages read it from their caller's, `stages.rs`), the
+    /// protocol's tag is a byte whose value the verifier no longer knows:
+    /// it would take a UDP header's 8 checked bytes for TCP's 20 and
+    /// refuse the program. What the path only reads (ports, flags,
+    /// sequence numbers) parsing copied out, so the check is paid once.
     #[inline(always)]
     pub fn tcp(&self) -> Option<*mut TcpHdr> {
         match self.l4 {
@@ -240,7 +290,7 @@ impl<H> Packet<H> {
         }
     }
 
-    /// The UDP header, checked again as [`Packet::tcp`].
+    /// The UDP header, to rewrite, checked again as [`Packet::tcp`].
     #[inline(always)]
     pub fn udp(&self) -> Option<*mut UdpHdr> {
         match self.l4 {
@@ -249,13 +299,21 @@ impl<H> Packet<H> {
         }
     }
 
-    /// An ICMP or ICMPv6 echo's header, checked again as [`Packet::tcp`].
+    /// An ICMP or ICMPv6 echo's header, to rewrite, checked again as
+    /// [`Packet::tcp`].
     #[inline(always)]
     pub fn echo(&self) -> Option<*mut Icmpv4Hdr> {
         match self.l4 {
-            L4::Echo { header, .. } => self.within(header),
+            L4::Echo(header) => self.within(header),
             _ => None,
         }
+    }
+
+    /// The Ethernet header, to rewrite: found again from the context
+    /// rather than kept, which IPv6's tight stack frame would feel.
+    #[inline(always)]
+    pub fn eth(&self) -> Option<*mut EthHdr> {
+        self.within(unsafe { (*self.md).data } as usize as *mut EthHdr)
     }
 
     /// Frame length, for the byte counters.
@@ -270,76 +328,53 @@ impl<H> Packet<H> {
         (header as usize + size_of::<T>() <= end).then_some(header)
     }
 
+    #[inline(always)]
+    fn tcp_flags(&self, set: u8, clear: u8) -> bool {
+        self.segment.flags & (set | clear) == set
+    }
+
     /// TCP SYN without ACK: the only packet that may open a TCP flow anew.
     #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
-        match self.tcp() {
-            Some(tcp) => unsafe { (*tcp).syn() != 0 && (*tcp).ack() == 0 },
-            None => false,
-        }
+        self.tcp_flags(TCP_SYN, TCP_ACK)
     }
 
     /// A SYN's sequence number (host order): the client's ISN.
     #[inline(always)]
     pub fn tcp_syn_seq(&self) -> Option<u32> {
-        match self.tcp() {
-            Some(tcp) => unsafe {
-                ((*tcp).syn() != 0 && (*tcp).ack() == 0).then(|| u32::from_be_bytes((*tcp).seq))
-            },
-            None => None,
-        }
+        self.tcp_flags(TCP_SYN, TCP_ACK).then_some(self.segment.seq)
     }
 
     /// A SYN-ACK's sequence number (host order): a region answering a SYN.
     #[inline(always)]
     pub fn tcp_synack_seq(&self) -> Option<u32> {
-        match self.tcp() {
-            Some(tcp) => unsafe {
-                ((*tcp).syn() != 0 && (*tcp).ack() != 0).then(|| u32::from_be_bytes((*tcp).seq))
-            },
-            None => None,
-        }
+        self.tcp_flags(TCP_SYN | TCP_ACK, 0).then_some(self.segment.seq)
     }
 
     /// An ACK's acknowledgement number (host order), if the packet is an
     /// ACK without SYN.
     #[inline(always)]
     pub fn tcp_ack_number(&self) -> Option<u32> {
-        match self.tcp() {
-            Some(tcp) => unsafe {
-                ((*tcp).ack() != 0 && (*tcp).syn() == 0).then(|| u32::from_be_bytes((*tcp).ack_seq))
-            },
-            None => None,
-        }
+        self.tcp_flags(TCP_ACK, TCP_SYN).then_some(self.segment.ack)
     }
 
     /// A RST+ACK's acknowledgement number (host order): what a host
     /// refusing a segment without ACK (a SYN to a closed port) acknowledges.
     #[inline(always)]
     pub fn tcp_rst_ack_number(&self) -> Option<u32> {
-        match self.tcp() {
-            Some(tcp) => unsafe {
-                ((*tcp).rst() != 0 && (*tcp).ack() != 0).then(|| u32::from_be_bytes((*tcp).ack_seq))
-            },
-            None => None,
-        }
+        self.tcp_flags(TCP_RST | TCP_ACK, 0).then_some(self.segment.ack)
     }
 
     /// `FLOW_FIN_SEEN` / `FLOW_RST_SEEN` bits this packet carries.
     #[inline(always)]
     pub fn tcp_close_flags(&self) -> u8 {
-        match self.tcp() {
-            Some(tcp) => unsafe {
-                let mut flags = 0;
-                if (*tcp).fin() != 0 {
-                    flags |= redirector_common::FLOW_FIN_SEEN;
-                }
-                if (*tcp).rst() != 0 {
-                    flags |= redirector_common::FLOW_RST_SEEN;
-                }
-                flags
-            },
-            None => 0,
+        let mut flags = 0;
+        if self.segment.flags & TCP_FIN != 0 {
+            flags |= redirector_common::FLOW_FIN_SEEN;
         }
+        if self.segment.flags & TCP_RST != 0 {
+            flags |= redirector_common::FLOW_RST_SEEN;
+        }
+        flags
     }
 }

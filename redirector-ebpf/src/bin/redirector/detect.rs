@@ -13,8 +13,8 @@
 //! connection.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, Global};
-use redirector_common::{Address, Flow, Reason, RegionSignal, SIGNAL_SYN_REFUSED};
-use redirector_ebpf::parse::Packet;
+use redirector_common::{Flow, Reason, RegionSignal, SIGNAL_SYN_REFUSED};
+use redirector_ebpf::{ip::IpHeader, parse::Packet};
 
 use crate::{maps::REGION_SIGNALS, stats};
 
@@ -25,7 +25,7 @@ static PASSIVE_DETECTION: Global<u8> = Global::new(0);
 /// `pkt` passes from the region back to the client on `reply`, the reply
 /// entry of a flow still in its handshake.
 #[inline(always)]
-pub fn handshake_answer<H, A: Address>(pkt: &Packet<H>, reply: &Flow<A>) {
+pub fn handshake_answer<H: IpHeader>(pkt: &Packet<H>, reply: &Flow<H::Addr>) {
     if PASSIVE_DETECTION.load() == 0 {
         return;
     }

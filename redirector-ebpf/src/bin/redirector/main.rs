@@ -50,17 +50,13 @@ static LOG_FLOW_EVENTS: Global<u8> = Global::new(0);
 
 #[xdp]
 pub fn redirector(ctx: XdpContext) -> u32 {
-    let (action, reason) = process(&ctx);
-    stats::count_reason(reason);
-    action
-}
-
-#[inline(always)]
-fn process(ctx: &XdpContext) -> (u32, Reason) {
-    match parse::link(ctx) {
-        Ok((link, Version::V4)) => steer::<Ipv4Hdr>(ctx, &link),
-        Ok((link, Version::V6)) => steer::<Ipv6Hdr>(ctx, &link),
-        Err(reason) => (xdp_action::XDP_PASS, reason),
+    match parse::link(&ctx) {
+        Ok((link, Version::V4)) => steer::<Ipv4Hdr>(&ctx, &link),
+        Ok((link, Version::V6)) => steer::<Ipv6Hdr>(&ctx, &link),
+        Err(reason) => {
+            stats::count_reason(reason);
+            xdp_action::XDP_PASS
+        }
     }
 }
 
@@ -74,9 +70,19 @@ pub struct Steering<'a, F: Family> {
 
 /// One family's path, in a frame of its own: the two together would not
 /// fit the verifier's 512 bytes. Its stages (`stages.rs`) are inlined or
-/// run in frames of their own as the family needs.
+/// run in frames of their own as the family needs. It counts why it did
+/// what it did and returns the action alone: a scalar, where a returned
+/// pair is written through the caller's stack and leaves LLVM's last
+/// pointer in the return register, which the verifier refuses.
 #[inline(never)]
-fn steer<F: Stages>(ctx: &XdpContext, link: &Link) -> (u32, Reason) {
+fn steer<F: Stages>(ctx: &XdpContext, link: &Link) -> u32 {
+    let (action, reason) = steer_path::<F>(ctx, link);
+    stats::count_reason(reason);
+    action
+}
+
+#[inline(always)]
+fn steer_path<F: Stages>(ctx: &XdpContext, link: &Link) -> (u32, Reason) {
     let pkt = &match F::parse(ctx, link) {
         Ok(pkt) => pkt,
         Err(reason) => return (xdp_action::XDP_PASS, reason),

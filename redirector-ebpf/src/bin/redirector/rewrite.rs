@@ -52,9 +52,11 @@ pub fn rewrite_end<H: IpHeader>(pkt: &Packet<H>, end: End, addr: &H::Addr, port:
 
 /// Sets the frame's MAC addresses toward the next hop.
 #[inline(always)]
-pub fn rewrite_macs<H>(pkt: &Packet<H>, src: [u8; 6], dst: [u8; 6]) {
-    unsafe {
-        (*pkt.eth).src_addr = src;
-        (*pkt.eth).dst_addr = dst;
+pub fn rewrite_macs<H: IpHeader>(pkt: &Packet<H>, src: [u8; 6], dst: [u8; 6]) {
+    if let Some(eth) = pkt.eth() {
+        unsafe {
+            (*eth).src_addr = src;
+            (*eth).dst_addr = dst;
+        }
     }
 }
