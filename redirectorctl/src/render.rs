@@ -58,7 +58,7 @@ pub fn status(status: &Status) -> String {
             .collect::<Vec<_>>();
         services.add_row(vec![
             s.name.clone(),
-            format!("{}:{}/{}", s.vip, s.port, s.protocol),
+            format!("{}/{}", endpoint(&s.vip, s.port), s.protocol),
             s.policy.to_string(),
             // Failover ranks by priority: weights play no part.
             if s.policy == PolicyKind::Failover {
@@ -166,6 +166,14 @@ fn clock(unix_ms: u64) -> String {
     )
 }
 
+/// `VIP:PORT`, an IPv6 VIP in brackets (RFC 3986): `[fd00:2::2]:80`.
+fn endpoint(vip: &str, port: u16) -> String {
+    match vip.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{vip}:{port}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use redirector_proto::{
@@ -207,6 +215,12 @@ mod tests {
         assert!(text.ends_with("2 of 5 flows matched (--limit N for more); 9 in the data plane\n"), "{text}");
         let all = FlowList { matched: 2, ..list };
         assert!(flows(&all).ends_with("2 of 2 flows matched; 9 in the data plane\n"));
+    }
+
+    #[test]
+    fn an_ipv6_vip_is_written_in_brackets_before_its_port() {
+        assert_eq!(endpoint("fd00:2::2", 80), "[fd00:2::2]:80");
+        assert_eq!(endpoint("10.2.0.2", 80), "10.2.0.2:80");
     }
 
     #[test]

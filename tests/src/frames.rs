@@ -255,6 +255,7 @@ impl Frame {
                 .ip(ip)),
             None => finish!(eth.ip(ip)),
         }
+        self.insert_ipv6_extensions(&mut out);
         if let L4::Udp {
             zero_checksum: true,
             ..
@@ -263,7 +264,6 @@ impl Frame {
             let at = self.l4_offset() + 6;
             out[at..at + 2].copy_from_slice(&[0, 0]);
         }
-        self.insert_ipv6_extensions(&mut out);
         out
     }
 

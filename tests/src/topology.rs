@@ -76,8 +76,8 @@ impl Topology {
     /// Builds the namespaces `<prefix>-client`, `<prefix>-gw` and
     /// `<prefix>-r1..rN`, replacing any left by an earlier run.
     pub fn build(prefix: &str, regions: u8) -> Result<Self> {
-        let client = Netns::new(&format!("{prefix}-client"))?;
-        let gateway = Netns::new(&format!("{prefix}-gw"))?;
+        let client = no_dad(Netns::new(&format!("{prefix}-client"))?)?;
+        let gateway = no_dad(Netns::new(&format!("{prefix}-gw"))?)?;
         gateway.sysctl("net.ipv4.ip_forward", "1")?;
         // Replies leave toward the client with the VIP as source, which the
         // reverse-path filter of a stricter host would judge spoofed.
@@ -89,7 +89,7 @@ impl Topology {
 
         let mut built = Vec::new();
         for i in 1..=regions {
-            let ns = Netns::new(&format!("{prefix}-r{i}"))?;
+            let ns = no_dad(Netns::new(&format!("{prefix}-r{i}"))?)?;
             let gateway_iface = format!("veth-r{i}");
             let ends = Ends {
                 gateway: Ipv4Addr::new(10, i, 0, 1),
@@ -211,6 +211,16 @@ pub fn region_addr(i: u8) -> Ipv4Addr {
 
 pub fn region_addr6(i: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, i.into(), 0, 0, 0, 0, 0, 2)
+}
+
+/// Turns duplicate address detection off for the interfaces `ns` will
+/// get: their link-local addresses would stay tentative for a second, and
+/// neighbour discovery with them, so a namespace's first IPv6 connection
+/// would wait for its SYN's retransmission.
+fn no_dad(ns: Netns) -> Result<Netns> {
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    Ok(ns)
 }
 
 /// The addresses of a gateway link's two ends.

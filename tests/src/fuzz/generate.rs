@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     frames::{Frame, L4},
-    xdp::{backend_port, vip4, CLIENT, REGIONS, VIP, VIP2},
+    xdp::{backend_port, vip4, CLIENT, CLIENT6, R1, R3, R4, R5, REGIONS, VIP, VIP2},
 };
 
 /// A connection the generator opened: what its packets need.
@@ -296,8 +296,12 @@ impl Generator {
         (Frame { payload: bytes[quoted.l3_offset()..quoted.l4_offset() + 8].to_vec(), ..outer }, ingress)
     }
 
-    /// Traffic for no service: other addresses, ports and protocols.
+    /// Traffic for no service: other addresses, ports and protocols, and
+    /// IPv6.
     fn noise(&mut self) -> (Frame, &'static str) {
+        if self.chance(25) {
+            return (self.ipv6_noise(), self.pick(&INTERFACES));
+        }
         let dst = match self.below(6) {
             0 => VIP,
             1 => VIP2,
@@ -322,6 +326,27 @@ impl Generator {
         };
         let src = self.client_addr();
         (Frame::new(src, dst, l4), self.pick(&INTERFACES))
+    }
+
+    /// IPv6 to no service's address (the fixture's IPv6 services select
+    /// nowhere, and the model steers no IPv6), behind up to six extension
+    /// headers: what the parser skips, the bound, fragments, neighbour
+    /// discovery.
+    fn ipv6_noise(&mut self) -> Frame {
+        let dst = self.pick(&[R1.addr6, R3.addr6, R4.addr6, R5.addr6, CLIENT6]);
+        let any_port = self.next() as u16;
+        let (src_port, dst_port) = (self.port(), self.pick(&[80, 53, 8080, any_port]));
+        let l4 = match self.below(5) {
+            0 => self.syn(src_port, dst_port),
+            1 => L4::tcp(src_port, dst_port),
+            2 => L4::udp(src_port, dst_port),
+            3 => L4::IcmpEcho { request: self.chance(50), id: src_port, seq: 1 },
+            _ => L4::IcmpOther { kind: self.pick(&[1, 133, 134, 135, 136, 143]), code: 0 },
+        };
+        let mut frame = Frame::new(CLIENT6, dst, l4);
+        let headers = self.below(7) as usize;
+        frame.ipv6_extensions = (0..headers).map(|_| self.pick(&[0, 43, 60, 60, 44])).collect();
+        frame
     }
 
     /// Changes a field the frame is built from; checksums stay right.

@@ -408,9 +408,9 @@ fn close_flags(tcp_flags: u8) -> u8 {
 
 /// What the data plane does with an IPv6 frame: the parse alone decides
 /// the reason it passes with (`redirector-ebpf/src/parse.rs`). The model
-/// steers no IPv6: the generator's IPv6 frames are its IPv4 ones under
-/// IPv6's EtherType, which never reach the fixture's IPv6 services (the
-/// packet tests cover those).
+/// steers no IPv6: the generator sends IPv6 to no service's address (and
+/// IPv4 under IPv6's EtherType), never to the fixture's IPv6 services,
+/// which the packet tests cover.
 fn ipv6_verdict(frame: &[u8], l3: usize) -> Reason {
     let len = frame.len();
     if len < l3 + 40 {
