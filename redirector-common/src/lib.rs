@@ -438,7 +438,9 @@ pub enum Reason {
     /// the checks still judge the region (also counted by what follows).
     RegionSignalLost,
     /// IPv6 with more extension headers before its upper layer than the
-    /// parser skips ([`MAX_IPV6_EXTENSION_HEADERS`]): untouched.
+    /// parser skips ([`MAX_IPV6_EXTENSION_HEADERS`]), or with a routing
+    /// header whose segments are not all visited (its upper layer's
+    /// checksum covers another destination): untouched.
     PassIpv6Extensions,
 }
 

@@ -1,7 +1,7 @@
 //! IPv4 and IPv6 behind one trait, so the packet path is written once and
 //! compiled once per family: what differs is where the addresses sit,
-//! whether the header has a checksum of its own, what a zero UDP checksum
-//! means and how the FIB is asked.
+//! whether the header has a checksum of its own, whether ICMP's covers the
+//! addresses, how the header is parsed and how the FIB is asked.
 
 use aya_ebpf::{bindings::bpf_fib_lookup, programs::XdpContext};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -26,9 +26,6 @@ pub trait IpHeader {
     /// pointers from their caller's stack, which LLVM must store whole
     /// (`parse::header_in`).
     const OWN_FRAMES: bool;
-    /// A UDP checksum of zero says "none" (IPv4, RFC 768); over IPv6 it is
-    /// invalid (RFC 8200).
-    const UDP_ZERO_CHECKSUM_IS_NONE: bool;
     /// ICMP's checksum covers the addresses through a pseudo-header
     /// (ICMPv6, RFC 4443), or not (ICMPv4).
     const ICMP_COVERS_ADDRESSES: bool;
@@ -53,7 +50,6 @@ impl IpHeader for Ipv4Hdr {
     fn parse(ctx: &XdpContext, link: &Link) -> Result<Packet<Self>, Reason> {
         parse::ipv4(ctx, link)
     }
-    const UDP_ZERO_CHECKSUM_IS_NONE: bool = true;
     const ICMP_COVERS_ADDRESSES: bool = false;
 
     #[inline(always)]
@@ -105,7 +101,6 @@ impl IpHeader for Ipv6Hdr {
     fn parse(ctx: &XdpContext, link: &Link) -> Result<Packet<Self>, Reason> {
         parse::ipv6(ctx, link)
     }
-    const UDP_ZERO_CHECKSUM_IS_NONE: bool = false;
     const ICMP_COVERS_ADDRESSES: bool = true;
 
     #[inline(always)]

@@ -178,8 +178,16 @@ pub fn ipv6(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv6Hdr>, Reason> {
         if !matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS) {
             break;
         }
-        let ext: *const [u8; 2] = header_in::<Ipv6Hdr, _>(ctx, offset)?;
-        let (following, units) = unsafe { ((*ext)[0], (*ext)[1]) };
+        // Every extension header is at least 8 bytes; the first 4 say all
+        // that matters here.
+        let ext: *const [u8; 4] = header_in::<Ipv6Hdr, _>(ctx, offset)?;
+        let (following, units, segments_left) = unsafe { ((*ext)[0], (*ext)[1], (*ext)[3]) };
+        // Segments still to visit: the upper layer's checksum covers the
+        // last of them, not the destination in the header, which is all
+        // the rewrite knows of.
+        if next == IPV6_ROUTING && segments_left != 0 {
+            return Err(Reason::PassIpv6Extensions);
+        }
         next = following;
         offset += (units as usize + 1) * 8;
     }

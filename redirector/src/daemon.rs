@@ -107,6 +107,14 @@ pub async fn run(options: Options) -> Result<()> {
     let mut flows = dataplane.flow_table()?;
     let sync = match (&config.sync, dataplane.take_flow_events()) {
         (Some(settings), Some(events)) => {
+            let ipv6: Vec<&str> = config.services.iter().filter(|s| s.addr.vip.is_ipv6()).map(|s| s.name.as_str()).collect();
+            if !ipv6.is_empty() {
+                warn!(
+                    "the flow sync carries IPv4 flows only: the flows of {} stay on the gateway that \
+                     carries them (a peer taking over selects them anew)",
+                    ipv6.join(", ")
+                );
+            }
             let sync = Sync::start(settings, sync_key, sync::digest(&config), dataplane.flow_table()?, events)?;
             flows.announce_to(sync.news.clone());
             Some(sync)

@@ -4,11 +4,11 @@
 //! it); this turns the entries into views: one per flow (its original
 //! entry), filtered, the most recently active first, cut at a limit.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use redirector_common::{
     lifetime::{life, Life},
-    Flow, FlowKey, FLOW_CLOSED, FLOW_ORIGINAL, FLOW_SYNCED,
+    Address, Flow, FlowKey, FLOW_CLOSED, FLOW_ORIGINAL, FLOW_SYNCED,
 };
 use redirector_proto::control::{FlowList, FlowState, FlowView, Response};
 use tokio::{sync::oneshot, task::spawn_blocking};
@@ -19,13 +19,16 @@ use crate::{
     policy::PolicyError,
 };
 
-/// Reads both tables under `pin_path` (batched, on a blocking thread) and
-/// sends the listing to `reply`.
+/// Reads the tables of both families under `pin_path` (batched, on a
+/// blocking thread) and sends the listing to `reply`.
 pub async fn answer(pin_path: std::path::PathBuf, config: Config, filter: Filter, reply: oneshot::Sender<Response>) {
     let read = spawn_blocking(move || -> anyhow::Result<FlowList> {
         let table = FlowTable::open(&pin_path)?;
-        let (established, new) = (table.entries()?, table.new_entries()?);
-        Ok(list(&config, &established, &new, coarse_monotonic_ns(), &filter))
+        let mut entries = originals(&table.entries()?, false);
+        entries.extend(originals(&table.new_entries()?, true));
+        entries.extend(originals(&table.entries6()?, false));
+        entries.extend(originals(&table.new_entries6()?, true));
+        Ok(list(&config, entries, coarse_monotonic_ns(), &filter))
     })
     .await;
     let response = match read {
@@ -73,65 +76,131 @@ impl Filter {
         Ok(Filter { region, service, limit: limit as usize })
     }
 
-    fn matches(&self, flow: &Flow) -> bool {
-        self.region.is_none_or(|r| r == flow.region_id) && self.service.is_none_or(|s| s == flow.service_id)
+    fn matches(&self, entry: &Entry) -> bool {
+        self.region.is_none_or(|r| r == entry.region_id) && self.service.is_none_or(|s| s == entry.service_id)
     }
 }
 
-/// The views of the original entries of `established` and `new` (the
-/// table of new TCP flows) that `filter` keeps, at `now_ns` on the data
-/// plane's clock.
-pub fn list(config: &Config, established: &[(FlowKey, Flow)], new: &[(FlowKey, Flow)], now_ns: u64, filter: &Filter) -> FlowList {
-    // (key, entry, in the table of new flows)
-    let mut flows: Vec<(FlowKey, Flow, bool)> = established
+/// A flow's original entry, of either family, its addresses as the
+/// operator reads them.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    client: SocketAddr,
+    vip: SocketAddr,
+    backend: SocketAddr,
+    protocol: Protocol,
+    /// As the lifetime rule reads it (ICMPv6 is ICMP's).
+    protocol_number: u8,
+    service_id: u16,
+    region_id: u8,
+    flags: u8,
+    last_seen_ns: u64,
+    /// In a table of new TCP flows.
+    handshake: bool,
+}
+
+/// The original entries of one table; `handshake`: a table of new flows.
+pub fn originals<A: Address>(table: &[(FlowKey<A>, Flow<A>)], handshake: bool) -> Vec<Entry> {
+    let addr = |ip: &A, port: u16| SocketAddr::new(ip.to_ip(), u16::from_be(port));
+    table
         .iter()
-        .map(|(k, f)| (*k, *f, false))
-        .chain(new.iter().map(|(k, f)| (*k, *f, true)))
-        .filter(|(_, f, _)| f.direction == FLOW_ORIGINAL)
-        .collect();
-    let total = flows.len() as u64;
-    flows.retain(|(_, flow, _)| filter.matches(flow));
-    let matched = flows.len() as u64;
-    flows.sort_by_key(|(_, flow, _)| std::cmp::Reverse(flow.last_seen_ns));
-    flows.truncate(filter.limit);
-    let flows = flows.into_iter().map(|(key, flow, handshake)| view(config, &key, &flow, handshake, now_ns)).collect();
+        .filter(|(_, flow)| flow.direction == FLOW_ORIGINAL)
+        .map(|(key, flow)| {
+            let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
+                .into_iter()
+                .find(|p| p.number() == key.protocol || (*p == Protocol::Icmp && key.protocol == A::ICMP))
+                .unwrap_or(Protocol::Tcp);
+            Entry {
+                client: addr(&key.src_addr, key.src_port),
+                vip: addr(&key.dst_addr, key.dst_port),
+                backend: addr(&flow.rewrite_addr, flow.rewrite_port),
+                protocol,
+                protocol_number: protocol.number(),
+                service_id: flow.service_id,
+                region_id: flow.region_id,
+                flags: flow.flags,
+                last_seen_ns: flow.last_seen_ns,
+                handshake,
+            }
+        })
+        .collect()
+}
+
+/// The views of the `entries` that `filter` keeps, at `now_ns` on the
+/// data plane's clock.
+pub fn list(config: &Config, mut entries: Vec<Entry>, now_ns: u64, filter: &Filter) -> FlowList {
+    let total = entries.len() as u64;
+    entries.retain(|entry| filter.matches(entry));
+    let matched = entries.len() as u64;
+    entries.sort_by_key(|entry| std::cmp::Reverse(entry.last_seen_ns));
+    entries.truncate(filter.limit);
+    let flows = entries.iter().map(|entry| view(config, entry, now_ns)).collect();
     FlowList { flows, matched, total }
 }
 
-fn view(config: &Config, key: &FlowKey, flow: &Flow, handshake: bool, now_ns: u64) -> FlowView {
-    let idle = now_ns.saturating_sub(flow.last_seen_ns);
-    let state = if handshake {
+fn view(config: &Config, entry: &Entry, now_ns: u64) -> FlowView {
+    let idle = now_ns.saturating_sub(entry.last_seen_ns);
+    let state = if entry.handshake {
         FlowState::Handshake
-    } else if flow.flags & FLOW_CLOSED != 0 {
+    } else if entry.flags & FLOW_CLOSED != 0 {
         FlowState::Closed
-    } else if life(key.protocol, flow.flags, idle) == Life::Live {
+    } else if life(entry.protocol_number, entry.flags, idle) == Life::Live {
         FlowState::Open
     } else {
         FlowState::Idle
     };
-    let addr = |ip: u32, port: u16| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(ip)), u16::from_be(port)).to_string();
-    let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
-        .into_iter()
-        .find(|p| p.number() == key.protocol)
-        .unwrap_or(Protocol::Tcp);
     FlowView {
-        client: addr(key.src_addr, key.src_port),
-        vip: addr(key.dst_addr, key.dst_port),
-        protocol,
-        service: config.services.get(flow.service_id as usize).map(|s| s.name.clone()),
-        region: config.regions.get(flow.region_id as usize).map_or_else(|| format!("#{}", flow.region_id), |r| r.name.clone()),
-        backend: addr(flow.rewrite_addr, flow.rewrite_port),
+        client: entry.client.to_string(),
+        vip: entry.vip.to_string(),
+        protocol: entry.protocol,
+        service: config.services.get(entry.service_id as usize).map(|s| s.name.clone()),
+        region: config.regions.get(entry.region_id as usize).map_or_else(|| format!("#{}", entry.region_id), |r| r.name.clone()),
+        backend: entry.backend.to_string(),
         state,
-        copy: flow.flags & FLOW_SYNCED != 0,
+        copy: entry.flags & FLOW_SYNCED != 0,
         idle_ms: idle / 1_000_000,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use redirector_common::{FLOW_FIN_SEEN, FLOW_REPLY, IPPROTO_TCP, IPPROTO_UDP};
+    use std::net::Ipv4Addr;
+
+    use redirector_common::{Addr6, FLOW_FIN_SEEN, FLOW_REPLY, IPPROTO_TCP, IPPROTO_UDP};
 
     use super::*;
+
+    #[test]
+    fn ipv6_flows_are_listed_with_their_addresses_in_brackets() {
+        let c = config();
+        let addr = |text: &str| Addr6::from_ip(text.parse().unwrap()).unwrap();
+        let key = FlowKey::<Addr6> {
+            src_addr: addr("fd00::2"),
+            dst_addr: addr("fd00:2::2"),
+            src_port: 40_000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            protocol: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let web6 = c.services.iter().find(|s| s.name == "web6").unwrap().id as u16;
+        let flow = Flow::<Addr6> {
+            last_seen_ns: SECOND,
+            rewrite_addr: addr("fd00:1::2"),
+            rewrite_port: 80u16.to_be(),
+            service_id: web6,
+            region_id: 0,
+            direction: FLOW_ORIGINAL,
+            ..Flow::default()
+        };
+        let all = Filter::new(&c, None, None, None).unwrap();
+        let listed = list(&c, originals(&[(key, flow)], false), SECOND, &all);
+        let view = &listed.flows[0];
+        assert_eq!(
+            (view.client.as_str(), view.vip.as_str(), view.backend.as_str()),
+            ("[fd00::2]:40000", "[fd00:2::2]:80", "[fd00:1::2]:80")
+        );
+        assert_eq!((view.service.as_deref(), view.region.as_str(), view.state), (Some("web6"), "region1", FlowState::Open));
+    }
 
     const LAB: &str = include_str!("../../examples/lab.toml");
     const SECOND: u64 = 1_000_000_000;
@@ -177,7 +246,9 @@ mod tests {
         ];
         let new = vec![entry(40_004, IPPROTO_TCP, 0, 0, now, 0)];
         let all = Filter::new(&c, None, None, None).unwrap();
-        let listed = list(&c, &established, &new, now, &all);
+        let mut entries = originals(&established, false);
+        entries.extend(originals(&new, true));
+        let listed = list(&c, entries, now, &all);
         assert_eq!((listed.total, listed.matched), (4, 4));
         let seen: Vec<(&str, FlowState, bool, u64)> =
             listed.flows.iter().map(|f| (f.client.as_str(), f.state, f.copy, f.idle_ms)).collect();
@@ -200,7 +271,7 @@ mod tests {
         let c = config();
         let established: Vec<_> = (0..10).map(|i| entry(40_000 + i, IPPROTO_TCP, (i % 2) as u8, 0, i as u64, 0)).collect();
         let region2 = Filter::new(&c, Some("region2"), None, Some(3)).unwrap();
-        let listed = list(&c, &established, &[], 100, &region2);
+        let listed = list(&c, originals(&established, false), 100, &region2);
         assert_eq!((listed.total, listed.matched, listed.flows.len()), (10, 5, 3));
         assert!(listed.flows.iter().all(|f| f.region == "region2"));
         assert_eq!(listed.flows[0].client, "10.0.0.2:40009", "the most recently active first");

@@ -142,6 +142,8 @@ pub struct Frame {
     /// IPv6 extension headers before the upper layer, by their next-header
     /// number (0, 43, 60; 44 a Fragment header), 8 bytes each.
     pub ipv6_extensions: Vec<u8>,
+    /// Segments left of its routing headers (type 4, segment routing).
+    pub ipv6_segments_left: u8,
     /// (more fragments, offset in 8-byte units)
     pub fragment: Option<(bool, u16)>,
     pub l4: L4,
@@ -159,6 +161,7 @@ impl Frame {
             ttl: 64,
             ip_options: Vec::new(),
             ipv6_extensions: Vec::new(),
+            ipv6_segments_left: 0,
             fragment: None,
             l4,
             payload: b"hello, region".to_vec(),
@@ -285,8 +288,8 @@ impl Frame {
             match kind {
                 // Fragment: offset 0 with more fragments, identification 7.
                 44 => header[2..8].copy_from_slice(&[0, 1, 0, 0, 0, 7]),
-                // Routing: type 4 (segment routing), no segment left.
-                43 => header[2] = 4,
+                // Routing: type 4 (segment routing).
+                43 => header[2..4].copy_from_slice(&[4, self.ipv6_segments_left]),
                 // Options: one PadN filling the 6 bytes.
                 _ => header[2..4].copy_from_slice(&[1, 4]),
             }

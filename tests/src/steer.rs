@@ -68,6 +68,17 @@ pub fn as_client_sees(reply: &Frame, vip: impl Into<IpAddr>, vport: u16) -> Fram
     f
 }
 
+/// `frame` arriving on `iface` passes to the kernel as it came, counted
+/// under `reason`.
+pub fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: redirector_common::Reason) {
+    use redirector::dataplane::Dataplane;
+    let before = gw.dataplane.stats().unwrap().reason(reason);
+    let out = gw.run(frame, iface).unwrap();
+    assert_frame(&out, XDP_PASS, frame);
+    let after = gw.dataplane.stats().unwrap().reason(reason);
+    assert_eq!(after, before + 1, "{} counter", reason.name());
+}
+
 pub fn assert_frame(got: &Outcome, action: u32, expected: &[u8]) {
     assert_eq!(got.action, action, "XDP action");
     assert_eq!(

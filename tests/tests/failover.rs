@@ -39,27 +39,26 @@ fn repair(lab: &mut Lab, failure: Failure, region: u8) {
     .unwrap()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    Ipv4,
-    /// The lab's IPv6 service, checked over IPv6.
-    Ipv6,
+/// The VIP of the lab's `web`, or with `ipv6` of its IPv6 twin `web6`
+/// (the lab then checks its regions over IPv6).
+fn vip(lab: &Lab, ipv6: bool) -> std::net::SocketAddr {
+    if ipv6 {
+        lab.vip6()
+    } else {
+        lab.vip()
+    }
 }
 
 fn fails_over_and_back(failure: Failure) {
-    fails_over_and_back_over(failure, Family::Ipv4);
+    fails_over_and_back_over(failure, false);
 }
 
-fn fails_over_and_back_over(failure: Failure, family: Family) {
+fn fails_over_and_back_over(failure: Failure, ipv6: bool) {
     require_root();
-    let options = LabOptions { heartbeat: true, ipv6: family == Family::Ipv6, ..Default::default() };
-    let mut lab = Lab::new(&unique_name("rdf"), options).unwrap();
+    let mut lab = Lab::new(&unique_name("rdf"), LabOptions { heartbeat: true, ipv6, ..Default::default() }).unwrap();
     lab.start_daemon().unwrap();
     lab.wait_active("region2", Duration::from_secs(3)).unwrap();
-    let vip = match family {
-        Family::Ipv4 => lab.vip(),
-        Family::Ipv6 => lab.vip6(),
-    };
+    let vip = vip(&lab, ipv6);
     let client = Measurement::start(&lab.topo.client, vip, Options::default());
     thread::sleep(Duration::from_millis(300));
 
@@ -91,7 +90,7 @@ fn server_killed() {
 /// over IPv6 (HTTP and heartbeat).
 #[test]
 fn server_killed_over_ipv6() {
-    fails_over_and_back_over(Failure::ServerKilled, Family::Ipv6);
+    fails_over_and_back_over(Failure::ServerKilled, true);
 }
 
 #[test]
@@ -111,27 +110,23 @@ fn agent_killed_while_the_server_lives() {
 
 #[test]
 fn a_thousand_concurrent_connections_through_the_vip_complete_without_errors() {
-    a_thousand_concurrent_connections(Family::Ipv4);
+    a_thousand_concurrent_connections(false);
 }
 
 #[test]
 fn a_thousand_concurrent_connections_through_the_ipv6_vip_complete_without_errors() {
-    a_thousand_concurrent_connections(Family::Ipv6);
+    a_thousand_concurrent_connections(true);
 }
 
-fn a_thousand_concurrent_connections(family: Family) {
+fn a_thousand_concurrent_connections(ipv6: bool) {
     require_root();
-    let mut lab = Lab::new(&unique_name("rdw"), LabOptions { ipv6: family == Family::Ipv6, ..Default::default() }).unwrap();
+    let mut lab = Lab::new(&unique_name("rdw"), LabOptions { ipv6, ..Default::default() }).unwrap();
     lab.start_daemon().unwrap();
     // Steer to region1: every connection is rewritten by the data plane (to
     // region2, the VIP's owner, plain routing would also deliver).
     lab.ctl_ok(&["set-active", "region1"]).unwrap();
     lab.wait_active("region1", Duration::from_secs(3)).unwrap();
-    let vip = match family {
-        Family::Ipv4 => lab.vip(),
-        Family::Ipv6 => lab.vip6(),
-    };
-    let url = format!("http://{vip}/");
+    let url = format!("http://{}/", vip(&lab, ipv6));
     let out = lab
         .topo
         .client

@@ -167,13 +167,6 @@ fn a_mid_stream_packet_of_no_known_flow_is_counted_and_steered_as_a_new_flow() {
     }
 }
 
-fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: Reason) {
-    let before = gw.dataplane.stats().unwrap().reason(reason);
-    let out = gw.run(frame, iface).unwrap();
-    assert_frame(&out, XDP_PASS, frame);
-    let after = gw.dataplane.stats().unwrap().reason(reason);
-    assert_eq!(after, before + 1, "{} counter", reason.name());
-}
 
 #[test]
 fn established_flow_keeps_its_region_when_selection_changes() {

@@ -7,13 +7,6 @@ use redirector::dataplane::Dataplane;
 use redirector_common::{Address, Reason, FLOW_ORIGINAL, FLOW_REPLY, IPPROTO_TCP};
 use redirector_tests::{frames::L4, steer::*, xdp::*};
 
-fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: Reason) {
-    let before = gw.dataplane.stats().unwrap().reason(reason);
-    let out = gw.run(frame, iface).unwrap();
-    assert_frame(&out, XDP_PASS, frame);
-    let after = gw.dataplane.stats().unwrap().reason(reason);
-    assert_eq!(after, before + 1, "{} counter", reason.name());
-}
 
 #[test]
 fn a_new_ipv6_flow_is_tracked_both_ways_under_its_own_addresses() {
@@ -68,6 +61,19 @@ fn more_extension_headers_than_the_bound_pass_untouched() {
     let mut syn = from_client(VIP6, L4::tcp_syn(40_130, 80));
     syn.ipv6_extensions = vec![0, 60, 43, 60, 60];
     assert_eq!(syn.ipv6_extensions.len(), redirector_common::MAX_IPV6_EXTENSION_HEADERS + 1);
+    assert_passed_untouched(&gw, &syn.bytes(), "cli", Reason::PassIpv6Extensions);
+    assert!(entries(&gw).is_empty());
+}
+
+/// Its upper layer's checksum covers the last segment, not the header's
+/// destination: a rewrite of the VIP would corrupt it.
+#[test]
+fn a_routing_header_with_segments_left_passes_untouched() {
+    let mut gw = Gateway::new().unwrap();
+    gw.select(R2.id).unwrap();
+    let mut syn = from_client(VIP6, L4::tcp_syn(40_135, 80));
+    syn.ipv6_extensions = vec![0, 43];
+    syn.ipv6_segments_left = 1;
     assert_passed_untouched(&gw, &syn.bytes(), "cli", Reason::PassIpv6Extensions);
     assert!(entries(&gw).is_empty());
 }

@@ -36,7 +36,9 @@
 //!
 //! [[region]]                     # ids are given in file order: 0, 1, ...
 //! name = "region1"
-//! address = "10.1.0.2"
+//! address = "10.1.0.2"           # IPv4 or IPv6
+//! address6 = "fd00:1::2"         # optional, when address is IPv4: the IPv6 services
+//!                                # reach the region here (a dual-stack region)
 //! priority = 100                 # default 0; the highest eligible wins
 //! checks = [{ kind = "http", url = "http://10.1.0.2:80/", expect_status = 200 }]
 //! # interval_ms, fall, rise, timeout_ms: per-region overrides
@@ -60,7 +62,8 @@
 //!
 //! [[service]]                    # ids are given in file order: 0, 1, ...
 //! name = "web"
-//! vip = "10.2.0.2"
+//! vip = "10.2.0.2"              # IPv4 or IPv6; every region listed needs an address
+//!                                # of its family (a dual-stack service: two services)
 //! port = 80                      # tcp and udp only
 //! protocol = "tcp"               # tcp | udp | icmp
 //! policy = "failover"            # default; or weighted | pps | flows | cpu

@@ -50,6 +50,8 @@ pub struct BpfDataplane {
     region_counters: PerCpuArray<MapData, Counters>,
     service_counters: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
+    /// Entries of `reasons`, which an older data plane pinned smaller.
+    reasons_held: u32,
     links: BTreeMap<String, XdpLinkId>,
     xdp_mode: XdpMode,
     logger: Option<FlowEventLogger>,
@@ -99,6 +101,14 @@ impl BpfDataplane {
         ensure_bpffs(&options.pin_path)?;
         check_outlives_process(&options.pin_path)?;
         warn_if_pinned_size_differs(&options.pin_path, options.flow_table_size);
+        let reasons_pinned = pinned_entries(&options.pin_path, map_names::REASONS);
+        if let Some(held) = reasons_pinned.filter(|&held| held < Reason::COUNT) {
+            warn!(
+                "the pinned REASONS map counts {held} reasons, this data plane {}: the newer ones \
+                 read 0 until the data plane is rebuilt (redirectorctl detach, then start)",
+                Reason::COUNT
+            );
+        }
         let log_flow_events = u8::from(options.log_flow_events);
         let sync_flow_events = u8::from(options.sync_flow_events);
         let passive_detection = u8::from(options.passive_detection);
@@ -144,6 +154,7 @@ impl BpfDataplane {
             region_counters: take_map(&mut ebpf, map_names::REGION_COUNTERS)?,
             service_counters: take_map(&mut ebpf, map_names::SERVICE_COUNTERS)?,
             reasons: take_map(&mut ebpf, map_names::REASONS)?,
+            reasons_held: reasons_pinned.unwrap_or(Reason::COUNT),
             flow_events: if options.sync_flow_events {
                 Some(take_map(&mut ebpf, map_names::FLOW_EVENTS)?)
             } else {
@@ -351,8 +362,14 @@ impl Dataplane for BpfDataplane {
             .collect::<Result<_, _>>()?;
         let mut reasons = Vec::new();
         for reason in Reason::ALL {
-            let per_cpu = self.reasons.get(&(reason as u32), 0)?;
-            reasons.push((reason, per_cpu.iter().sum()));
+            // A map pinned by an older data plane has no entry for the
+            // newer reasons (warned at load): they read 0.
+            let count = match self.reasons.get(&(reason as u32), 0) {
+                Ok(per_cpu) => per_cpu.iter().sum(),
+                Err(_) if reason as u32 >= self.reasons_held => 0,
+                Err(e) => return Err(e.into()),
+            };
+            reasons.push((reason, count));
         }
         Ok(Stats {
             regions,
@@ -425,7 +442,7 @@ pub fn load_xdp(program: &mut Xdp) -> Result<()> {
     const ATTEMPTS: usize = 5;
     let mut attempt = 1;
     loop {
-        match program.load() {
+        match without_signals(|| program.load()) {
             Err(ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
             {
@@ -434,6 +451,25 @@ pub fn load_xdp(program: &mut Xdp) -> Result<()> {
             }
             result => return result.context("the kernel refused the XDP program"),
         }
+    }
+}
+
+/// Runs `load` with every signal blocked on this thread. Verification
+/// takes a few hundred milliseconds, and the kernel cuts it short when a
+/// signal arrives for the loading thread (a child exiting, a SIGCONT):
+/// blocked here, such a signal goes to another thread of the process, or
+/// waits until `load` returns.
+fn without_signals<T>(load: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data that sigfillset initialises;
+    // pthread_sigmask changes this thread's mask alone, restored below.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut before);
+        let loaded = load();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+        loaded
     }
 }
 
@@ -451,13 +487,17 @@ fn take_raw_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 /// A flow table already pinned is adopted with its size (and its flows):
 /// a new `flow_table_size` takes effect when the data plane is rebuilt.
 fn warn_if_pinned_size_differs(pin_path: &std::path::Path, wanted: u32) {
-    let pinned = aya::maps::MapData::from_pin(pin_path.join(map_names::FLOWS)).ok();
-    let size = pinned.and_then(|map| map.info().ok()).map(|info| info.max_entries());
-    if let Some(size) = size.filter(|&size| size != wanted) {
+    if let Some(size) = pinned_entries(pin_path, map_names::FLOWS).filter(|&size| size != wanted) {
         warn!(
             "the pinned flow table holds {size} entries, not flow_table_size = {wanted}: it is \
              adopted as it is, with its flows; the new size takes effect once the data plane is \
              rebuilt (redirectorctl detach, then start)"
         );
     }
+}
+
+/// Entries of the map `name` pinned under `pin_path`, if one is.
+fn pinned_entries(pin_path: &std::path::Path, name: &str) -> Option<u32> {
+    let pinned = aya::maps::MapData::from_pin(pin_path.join(name)).ok()?;
+    pinned.info().ok().map(|info| info.max_entries())
 }

@@ -153,7 +153,7 @@ impl FlowTable {
 
     /// Counts each region's active flows (original entries of established
     /// flows still live: a half-open TCP flow is not active) and deletes the
-    /// expired entries of both tables, by the data plane's own rule
+    /// expired entries of every table, by the data plane's own rule
     /// ([`redirector_common::lifetime`]).
     pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
         let plan = self.plan(now_ns)?;

@@ -346,6 +346,7 @@ impl Generator {
         let mut frame = Frame::new(CLIENT6, dst, l4);
         let headers = self.below(7) as usize;
         frame.ipv6_extensions = (0..headers).map(|_| self.pick(&[0, 43, 60, 60, 44])).collect();
+        frame.ipv6_segments_left = self.pick(&[0, 0, 0, 1, 2]);
         frame
     }
 

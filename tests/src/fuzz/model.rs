@@ -425,8 +425,11 @@ fn ipv6_verdict(frame: &[u8], l3: usize) -> Reason {
         if !matches!(next, 0 | 43 | 60) {
             break;
         }
-        if len < offset + 2 {
+        if len < offset + 4 {
             return Reason::PassMalformed;
+        }
+        if next == 43 && frame[offset + 3] != 0 {
+            return Reason::PassIpv6Extensions;
         }
         next = frame[offset];
         offset += (frame[offset + 1] as usize + 1) * 8;

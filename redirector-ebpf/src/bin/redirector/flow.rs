@@ -87,17 +87,21 @@ pub fn promote<F: Family>(key: &FlowKey<F::Addr>, flow: *mut Flow<F::Addr>) -> O
     // Established: no handshake, no refusal to recognise any more. The
     // entries are changed where they are and copied from there: copies on
     // the stack would not fit IPv6's frame.
-    let (flags, handshake, refusal) = unsafe { ((*flow).flags, (*flow).handshake, (*reply).handshake) };
+    let (handshake, refusal) = unsafe { ((*flow).handshake, (*reply).handshake) };
     unsafe {
         (*flow).flags &= !FLOW_ANSWERED;
         (*flow).handshake = 0;
         (*reply).handshake = 0;
     }
-    let moved = flows.insert(&twin, unsafe { &*reply }, 0).is_ok() && flows.insert(key, unsafe { &*flow }, 0).is_ok();
-    if !moved {
-        // It stays new, as it was.
+    let twin_moved = flows.insert(&twin, unsafe { &*reply }, 0).is_ok();
+    if !twin_moved || flows.insert(key, unsafe { &*flow }, 0).is_err() {
+        // It stays new, as it was: what this function changed is put
+        // back, what another CPU set meanwhile (a FIN) is kept.
+        if twin_moved {
+            let _ = flows.remove(&twin);
+        }
         unsafe {
-            (*flow).flags = flags;
+            (*flow).flags |= FLOW_ANSWERED;
             (*flow).handshake = handshake;
             (*reply).handshake = refusal;
         }

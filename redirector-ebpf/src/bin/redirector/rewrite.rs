@@ -17,8 +17,9 @@ use redirector_ebpf::{
 pub fn rewrite_end<H: IpHeader>(pkt: &Packet<H>, end: End, addr: &H::Addr, port: u16) {
     let old_addr = H::addr(pkt.ip, end);
     H::set_addr(pkt.ip, end, &old_addr, addr);
-    // TCP and UDP carry the ports and a checksum over the pseudo-header;
-    // only UDP over IPv4 may say "no checksum" with a zero.
+    // TCP and UDP carry the ports and a checksum over the pseudo-header.
+    // A UDP checksum of zero says "none" over IPv4, and over IPv6 either
+    // is invalid or is a tunnel's (RFC 6935): it stays zero, as it came.
     let (src_port, dst_port, check, udp) = match (pkt.tcp(), pkt.udp(), pkt.echo()) {
         (Some(tcp), ..) => unsafe { (&mut (*tcp).source, &mut (*tcp).dest, &mut (*tcp).check, false) },
         (_, Some(udp), _) => unsafe { (&mut (*udp).src, &mut (*udp).dst, &mut (*udp).check, true) },
@@ -40,7 +41,7 @@ pub fn rewrite_end<H: IpHeader>(pkt: &Packet<H>, end: End, addr: &H::Addr, port:
     let old_port = u16::from_ne_bytes(*port_field);
     *port_field = port.to_ne_bytes();
     let old_check = u16::from_ne_bytes(*check);
-    if udp && H::UDP_ZERO_CHECKSUM_IS_NONE && old_check == 0 {
+    if udp && old_check == 0 {
         return;
     }
     let new_check = csum::replace2(csum::replace_addr(old_check, &old_addr, addr), old_port, port);
