@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
 };
 use redirector_common::IPPROTO_UDP;
@@ -55,20 +55,24 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
     }
 }
 
-/// Ethernet, IPv4 (no options) and UDP headers of a generated frame.
-const HEADERS: usize = EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN;
+/// Ethernet, IP (IPv4 with no options; IPv6 with no extension header) and
+/// UDP headers of a generated frame.
+const HEADERS4: usize = EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN;
+const HEADERS6: usize = EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN;
 
 /// The headers of every generated frame, written by the benchmark before it
-/// runs the generator.
+/// runs the generator of their family.
 #[map]
-static TEMPLATE: Array<[u8; HEADERS]> = Array::with_max_entries(1, 0);
+static TEMPLATE4: Array<[u8; HEADERS4]> = Array::with_max_entries(1, 0);
+#[map]
+static TEMPLATE6: Array<[u8; HEADERS6]> = Array::with_max_entries(1, 0);
 
 /// Frames the generator has made. The benchmark counts here, not per call:
 /// a call a signal cuts short has sent an unknown part of its frames.
 #[map]
 static GENERATED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Traffic generator, run through BPF_PROG_TEST_RUN in live-frames mode on
+/// Traffic generators, run through BPF_PROG_TEST_RUN in live-frames mode on
 /// the client's interface: each run sends the frame out of it. The kernel
 /// recycles frames without restoring their bytes, and the gateway under
 /// test rewrites them in place (addresses, MACs, TTL), so every run writes
@@ -76,10 +80,20 @@ static GENERATED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// checksum, computed over the whole frame, stays right.
 #[xdp]
 pub fn udp_generator(ctx: XdpContext) -> u32 {
-    let Some(template) = TEMPLATE.get(0) else {
+    stamp(&ctx, &TEMPLATE4)
+}
+
+#[xdp]
+pub fn udp6_generator(ctx: XdpContext) -> u32 {
+    stamp(&ctx, &TEMPLATE6)
+}
+
+#[inline(always)]
+fn stamp<const N: usize>(ctx: &XdpContext, template: &Array<[u8; N]>) -> u32 {
+    let Some(template) = template.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    let Ok(frame) = header::<[u8; HEADERS]>(&ctx, 0) else {
+    let Ok(frame) = header::<[u8; N]>(ctx, 0) else {
         return xdp_action::XDP_ABORTED;
     };
     unsafe { *frame = *template };
@@ -93,10 +107,10 @@ pub fn udp_generator(ctx: XdpContext) -> u32 {
 /// sends.
 const DISCARD_PORT: u16 = 9;
 
-/// The region's end of the packet-rate test: drops the generator's frames
-/// before the stack spends anything on them (the veth has counted them as
-/// received by then), so the region costs the shared CPUs next to nothing.
-/// Everything else goes up the stack.
+/// The region's end of the packet-rate test: drops the generator's frames,
+/// of either family, before the stack spends anything on them (the veth has
+/// counted them as received by then), so the region costs the shared CPUs
+/// next to nothing. Everything else goes up the stack.
 #[xdp]
 pub fn udp_discard(ctx: XdpContext) -> u32 {
     if is_discard(&ctx).unwrap_or(false) {
@@ -109,11 +123,21 @@ pub fn udp_discard(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn is_discard(ctx: &XdpContext) -> Option<bool> {
     let eth: *const EthHdr = header(ctx, 0).ok()?;
-    let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN).ok()?;
-    let (ether_type, vihl, proto) = unsafe { ((*eth).ether_type, (*ip).vihl, (*ip).proto) };
-    if ether_type != EtherType::Ipv4 as u16 || proto != IPPROTO_UDP || vihl != 0x45 {
+    let udp_at = match unsafe { (*eth).ether_type } {
+        t if t == EtherType::Ipv4 as u16 => {
+            let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN).ok()?;
+            let (vihl, proto) = unsafe { ((*ip).vihl, (*ip).proto) };
+            (proto == IPPROTO_UDP && vihl == 0x45).then_some(EthHdr::LEN + Ipv4Hdr::LEN)
+        }
+        t if t == EtherType::Ipv6 as u16 => {
+            let ip: *const Ipv6Hdr = header(ctx, EthHdr::LEN).ok()?;
+            (unsafe { (*ip).next_hdr } == IPPROTO_UDP).then_some(EthHdr::LEN + Ipv6Hdr::LEN)
+        }
+        _ => None,
+    };
+    let Some(udp_at) = udp_at else {
         return Some(false);
-    }
-    let udp: *const UdpHdr = header(ctx, EthHdr::LEN + Ipv4Hdr::LEN).ok()?;
+    };
+    let udp: *const UdpHdr = header(ctx, udp_at).ok()?;
     Some(u16::from_be_bytes(unsafe { (*udp).dst }) == DISCARD_PORT)
 }

@@ -99,6 +99,8 @@ impl Options {
 /// One variant, one round.
 pub struct Measured {
     pub pps: PacketRate,
+    /// The same over IPv6, for the variants measured over both families.
+    pub pps6: Option<PacketRate>,
     pub tcp: Throughput,
     /// Sorted round-trip times.
     pub rtt: Vec<Duration>,
@@ -144,7 +146,12 @@ fn measure(variant: Variant, opts: &Options) -> Result<Measured> {
     prepare(&topo)?;
     let gateway = Gateway::set_up(variant, &topo)?;
     let target = gateway.target;
-    let pps = pps::packet_rate(&topo, gateway.next_hop_mac, target, &gateway.processes(), opts.pps)?;
+    let pps = pps::packet_rate(&topo, gateway.next_hop_mac, target.into(), &gateway.processes(), opts.pps)?;
+    let pps6 = gateway
+        .target6
+        .map(|target6| pps::packet_rate(&topo, gateway.next_hop_mac, target6, &gateway.processes(), opts.pps))
+        .transpose()
+        .context("over IPv6")?;
     let rtt = traffic::latency(&topo, target, opts.round_trips)?;
     let tcp = traffic::tcp_throughput(&topo, target, opts.iperf_seconds)?;
     let _http = traffic::http_server(&topo)?;
@@ -153,7 +160,7 @@ fn measure(variant: Variant, opts: &Options) -> Result<Measured> {
         .iter()
         .map(|&(connections, seconds)| traffic::http_load(&topo, target, connections, seconds))
         .collect::<Result<Vec<_>>>()?;
-    let m = Measured { pps, tcp, rtt, loads };
+    let m = Measured { pps, pps6, tcp, rtt, loads };
     forwarded(&m).with_context(|| gateway.diagnosis())?;
     Ok(m)
 }
@@ -162,6 +169,9 @@ fn measure(variant: Variant, opts: &Options) -> Result<Measured> {
 /// latency test has failed already if any exchange went unanswered.)
 fn forwarded(m: &Measured) -> Result<()> {
     ensure!(m.pps.discarded > 0, "no generated packet reached the region's sink");
+    if let Some(pps6) = m.pps6 {
+        ensure!(pps6.discarded > 0, "no generated IPv6 packet reached the region's sink");
+    }
     ensure!(m.tcp.bytes > 0, "iperf3 moved no byte");
     for load in &m.loads {
         ensure!(load.requests > 0, "wrk with {} connections: no request answered", load.connections);

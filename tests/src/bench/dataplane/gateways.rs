@@ -1,7 +1,7 @@
 //! The six gateway implementations, each set up on a fresh topology
 //! (client → gateway → one region) and torn down when dropped.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{ensure, Context, Result};
 use aya::Ebpf;
@@ -23,6 +23,9 @@ use crate::{
 /// The address clients use for the service in A, B and C (TEST-NET-2: no
 /// interface has it; the client's default route leads to the gateway).
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The IPv6 VIP of A and C, from the documentation prefix for the same
+/// reason.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Variant {
@@ -53,6 +56,13 @@ impl Variant {
         }
     }
 
+    /// The variants measured over IPv6 too: ours and the two kernel paths
+    /// an operator would compare it with. B's reference flows and E's
+    /// forward are IPv4 only.
+    pub fn has_ipv6(self) -> bool {
+        matches!(self, Self::Redirector | Self::Nat | Self::Routing)
+    }
+
     pub fn short(self) -> &'static str {
         ["A redirector", "B OVS", "C nftables NAT", "D routing", "E bare XDP", "F redirector generic"][self as usize]
     }
@@ -62,6 +72,8 @@ impl Variant {
 pub struct Gateway {
     /// Where clients send: the VIP or the region's address.
     pub target: Ipv4Addr,
+    /// The same over IPv6, for the variants that have it.
+    pub target6: Option<IpAddr>,
     /// The MAC the client sends its frames to.
     pub next_hop_mac: Mac,
     state: State,
@@ -98,8 +110,13 @@ impl Gateway {
                 (State::Xdp { _program: ebpf }, region.addr, gateway_mac)
             }
         };
+        let target6 = variant.has_ipv6().then(|| match variant {
+            Variant::Routing => IpAddr::V6(region.addr6.expect("a single gateway's regions are dual-stack")),
+            _ => IpAddr::V6(VIP6),
+        });
         Ok(Self {
             target,
+            target6,
             next_hop_mac,
             state,
         })
@@ -141,13 +158,16 @@ fn redirector(topo: &Topology, xdp_mode: XdpMode) -> Result<State> {
         let mode = dataplane.attach(&iface)?;
         ensure!(mode == expected, "{iface}: attached in {mode:?} mode, not {expected:?}");
     }
-    let services: Vec<ServiceSpec> = PORTS
+    let region6 = region.addr6.context("a single gateway's regions are dual-stack")?;
+    let families = [(IpAddr::V4(VIP), IpAddr::V4(region.addr)), (IpAddr::V6(VIP6), IpAddr::V6(region6))];
+    let services: Vec<ServiceSpec> = families
         .iter()
+        .flat_map(|family| PORTS.iter().map(move |port| (family, port)))
         .enumerate()
-        .map(|(id, &(protocol, port))| ServiceSpec {
+        .map(|(id, (&(vip, backend), &(protocol, port)))| ServiceSpec {
             id: id as u32,
-            addr: ServiceAddr { vip: VIP.into(), port, protocol },
-            backends: [(1, SocketAddr::new(region.addr.into(), port))].into(),
+            addr: ServiceAddr { vip, port, protocol },
+            backends: [(1, SocketAddr::new(backend, port))].into(),
         })
         .collect();
     dataplane.set_services(&services)?;
@@ -199,20 +219,24 @@ fn open_vswitch(topo: &Topology) -> Result<ovs::Switch> {
     Ok(switch)
 }
 
-/// C: what a Linux admin would do: DNAT of the VIP to the region; the
-/// region routes its replies back through the gateway, so conntrack's
-/// reverse translation gives them the VIP as source, and no SNAT is needed
-/// (as with A and B, the region sees the client's own address).
+/// C: what a Linux admin would do: DNAT of the VIP to the region, in an
+/// `ip` table and the same in an `ip6` one; the region routes its replies
+/// back through the gateway, so conntrack's reverse translation gives them
+/// the VIP as source, and no SNAT is needed (as with A and B, the region
+/// sees the client's own address).
 fn nat(topo: &Topology) -> Result<()> {
     let region = &topo.regions[0];
+    let region6 = region.addr6.context("a single gateway's regions are dual-stack")?;
     let nft = |args: &[&str]| topo.gateway.exec("nft", args).context("setting up the NAT rules");
-    nft(&["add", "table", "ip", "bench_nat"])?;
-    nft(&[
-        "add", "chain", "ip", "bench_nat", "prerouting",
-        "{ type nat hook prerouting priority dstnat; policy accept; }",
-    ])?;
-    let dnat = format!("ip daddr {VIP} dnat to {}", region.addr);
-    nft(&["add", "rule", "ip", "bench_nat", "prerouting", &dnat])?;
+    for (family, vip, to) in [("ip", IpAddr::V4(VIP), IpAddr::V4(region.addr)), ("ip6", VIP6.into(), region6.into())] {
+        nft(&["add", "table", family, "bench_nat"])?;
+        nft(&[
+            "add", "chain", family, "bench_nat", "prerouting",
+            "{ type nat hook prerouting priority dstnat; policy accept; }",
+        ])?;
+        let dnat = format!("{family} daddr {vip} dnat to {to}");
+        nft(&["add", "rule", family, "bench_nat", "prerouting", &dnat])?;
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@
 //! gateway's work, share the other core.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -42,14 +42,18 @@ use crate::{
     frames::{Frame, Mac, L4},
     lab::wait_for,
     netns::Netns,
-    topology::{Topology, CLIENT_ADDR, CLIENT_IFACE},
+    topology::{Topology, CLIENT_ADDR, CLIENT_ADDR6, CLIENT_IFACE},
     xdp::{interrupted, xdp_md},
 };
 
-/// Small UDP packets: the 60-byte minimum Ethernet frame (64 on a wire).
-const FRAME_LEN: usize = 60;
-/// Ethernet + IPv4 + UDP: what the generator stamps on every frame.
-const HEADERS: usize = 42;
+/// Small UDP packets: over IPv4 the 60-byte minimum Ethernet frame (64 on
+/// a wire); over IPv6 its headers alone take 62 bytes, and a frame has no
+/// payload.
+const FRAME_LEN4: usize = 60;
+const FRAME_LEN6: usize = 62;
+/// Ethernet + IP + UDP: what the generator stamps on every frame.
+const HEADERS4: usize = 42;
+const HEADERS6: usize = 62;
 /// Frames the kernel sends per batch (its default: one NAPI budget).
 const BATCH: u32 = 64;
 /// Each BPF_PROG_TEST_RUN call ends with a wait for an RCU grace period
@@ -79,10 +83,10 @@ pub struct Window {
     pub length: Duration,
 }
 
-/// Small UDP packets to `target` (sent to the MAC `next_hop`) over the
-/// window; `gateway_pids` are processes doing the gateway's work besides
+/// Small UDP packets to `target` (sent to the MAC `next_hop`), from the
+/// client's address of its family, over the window; `gateway_pids` are processes doing the gateway's work besides
 /// the kernel.
-pub fn packet_rate(topo: &Topology, next_hop: Mac, target: Ipv4Addr, gateway_pids: &[u32], window: Window) -> Result<PacketRate> {
+pub fn packet_rate(topo: &Topology, next_hop: Mac, target: IpAddr, gateway_pids: &[u32], window: Window) -> Result<PacketRate> {
     let region = &topo.regions[0].ns;
     let _sink = {
         let _inside = region.enter()?;
@@ -99,11 +103,19 @@ pub fn packet_rate(topo: &Topology, next_hop: Mac, target: Ipv4Addr, gateway_pid
         bail!("real-time priority for the region's NAPI thread: {}", std::io::Error::last_os_error());
     }
 
-    let mut frame = Frame::new(CLIENT_ADDR, target, L4::udp(40_000, DISCARD_PORT));
+    let (source, frame_len, headers) = match target {
+        IpAddr::V4(_) => (IpAddr::V4(CLIENT_ADDR), FRAME_LEN4, HEADERS4),
+        IpAddr::V6(_) => (IpAddr::V6(CLIENT_ADDR6), FRAME_LEN6, HEADERS6),
+    };
+    let mut frame = Frame::new(source, target, L4::udp(40_000, DISCARD_PORT));
     frame.src_mac = link_mac(&topo.client, "eth0")?;
     frame.dst_mac = next_hop;
-    frame.payload = vec![0; FRAME_LEN - HEADERS];
-    let generator = Generator::start(&topo.client, &frame.bytes())?;
+    frame.payload = vec![0; frame_len - headers];
+    let frame = frame.bytes();
+    let generator = match target {
+        IpAddr::V4(_) => Generator::start::<HEADERS4>(&topo.client, &frame, "udp_generator", "TEMPLATE4")?,
+        IpAddr::V6(_) => Generator::start::<HEADERS6>(&topo.client, &frame, "udp6_generator", "TEMPLATE6")?,
+    };
     thread::sleep(window.warm_up);
     // The sink's count is read around the timed counters, not between them.
     let drops = sink_drops(region)?;
@@ -134,16 +146,19 @@ struct Generator {
 }
 
 impl Generator {
-    fn start(client: &Netns, frame: &[u8]) -> Result<Self> {
-        let mut ebpf = baseline::load("udp_generator")?;
-        let mut template: Array<_, [u8; HEADERS]> =
-            Array::try_from(ebpf.map_mut("TEMPLATE").context("no TEMPLATE map in the baseline object")?)?;
-        template.set(0, <[u8; HEADERS]>::try_from(&frame[..HEADERS])?, 0)?;
+    /// Runs `program`, which stamps the first `HEADERS` bytes of `frame`
+    /// from its map `template` on every frame it sends.
+    fn start<const HEADERS: usize>(client: &Netns, frame: &[u8], program: &'static str, template: &str) -> Result<Self> {
+        let mut ebpf = baseline::load(program)?;
+        let mut headers: Array<_, [u8; HEADERS]> = Array::try_from(
+            ebpf.map_mut(template).with_context(|| format!("no {template} map in the baseline object"))?,
+        )?;
+        headers.set(0, <[u8; HEADERS]>::try_from(&frame[..HEADERS])?, 0)?;
         let generated =
             PerCpuArray::try_from(ebpf.take_map("GENERATED").context("no GENERATED map in the baseline object")?)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, frame, flag) = (client.name().to_string(), frame.to_vec(), stop.clone());
-        let thread = thread::spawn(move || generate(&ns, &ebpf, &frame, &flag));
+        let thread = thread::spawn(move || generate(&ns, &ebpf, program, &frame, &flag));
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -171,10 +186,10 @@ impl Drop for Generator {
 }
 
 /// Runs until told to stop, a minute at most.
-fn generate(ns: &str, ebpf: &Ebpf, frame: &[u8], stop: &AtomicBool) -> Result<()> {
+fn generate(ns: &str, ebpf: &Ebpf, program: &str, frame: &[u8], stop: &AtomicBool) -> Result<()> {
     let _inside = Netns::attach(ns)?.enter()?;
     pin_task(0, TRAFFIC_CPU)?;
-    let program: &Xdp = ebpf.program("udp_generator").context("no generator")?.try_into()?;
+    let program: &Xdp = ebpf.program(program).context("no generator")?.try_into()?;
     let ifindex = redirector::dataplane::ifindex("eth0")?;
     let ctx = xdp_md(frame.len(), ifindex);
     let started = Instant::now();

@@ -10,19 +10,40 @@ use plotters::{
 
 use super::{
     gateways::Variant,
+    pps::PacketRate,
     traffic::Load,
     Measured, Options,
 };
 use crate::bench::{machine, median, percentile};
 
-/// One variant over all its rounds.
-struct Summary {
-    variant: Variant,
+/// Small UDP packets, one variant over all its rounds.
+struct Rate {
     /// Mpps.
     delivered: f64,
     offered: f64,
     /// CPU ns the gateway spent per delivered packet.
     gateway_ns: f64,
+}
+
+impl Rate {
+    /// Mpps one core of gateway would forward: 1 / gateway_ns.
+    fn per_core(&self) -> f64 {
+        1e3 / self.gateway_ns
+    }
+
+    /// Delivered close to offered: the generator, not the gateway, set the
+    /// rate.
+    fn generator_bound(&self) -> bool {
+        self.delivered >= 0.9 * self.offered
+    }
+}
+
+/// One variant over all its rounds.
+struct Summary {
+    variant: Variant,
+    pps: Rate,
+    /// Over IPv6, for the variants measured over both families.
+    pps6: Option<Rate>,
     /// Gbit/s.
     tcp: f64,
     /// µs.
@@ -30,13 +51,6 @@ struct Summary {
     p99: f64,
     /// Per wrk run: median req/s and errors over all rounds.
     loads: Vec<(u32, f64, u64)>,
-}
-
-impl Summary {
-    /// Mpps one core of gateway would forward: 1 / gateway_ns.
-    fn per_core(&self) -> f64 {
-        1e3 / self.gateway_ns
-    }
 }
 
 fn summarize(variant: Variant, rounds: &[Measured]) -> Summary {
@@ -52,11 +66,19 @@ fn summarize(variant: Variant, rounds: &[Measured]) -> Summary {
             )
         })
         .collect();
+    let rate = |pps: &dyn Fn(&Measured) -> PacketRate| Rate {
+        delivered: med(&|m| pps(m).delivered / 1e6),
+        offered: med(&|m| pps(m).offered / 1e6),
+        gateway_ns: med(&|m| pps(m).gateway_ns),
+    };
+    let pps6 = rounds
+        .iter()
+        .all(|m| m.pps6.is_some())
+        .then(|| rate(&|m| m.pps6.expect("checked above")));
     Summary {
         variant,
-        delivered: med(&|m| m.pps.delivered / 1e6),
-        offered: med(&|m| m.pps.offered / 1e6),
-        gateway_ns: med(&|m| m.pps.gateway_ns),
+        pps: rate(&|m| m.pps),
+        pps6,
         tcp: med(&|m| m.tcp.bits_per_second / 1e9),
         p50: med(&|m| micros(percentile(&m.rtt, 0.5))),
         p99: med(&|m| micros(percentile(&m.rtt, 0.99))),
@@ -75,6 +97,16 @@ pub fn one_line(m: &Measured) -> String {
         percentile(&m.rtt, 0.5).as_secs_f64() * 1e6,
         percentile(&m.rtt, 0.99).as_secs_f64() * 1e6,
     );
+    if let Some(pps6) = m.pps6 {
+        write!(
+            line,
+            ", IPv6 {:.3} Mpps delivered ({:.3} offered, gateway {:.0} ns/packet)",
+            pps6.delivered / 1e6,
+            pps6.offered / 1e6,
+            pps6.gateway_ns
+        )
+        .unwrap();
+    }
     for Load { connections, requests_per_second, errors, .. } in &m.loads {
         write!(line, ", wrk -c{connections} {requests_per_second:.0} req/s {errors} errors").unwrap();
     }
@@ -115,27 +147,49 @@ fn markdown(opts: &Options, s: &[Summary], plots: &[&str]) -> String {
     );
     text += "| | gateway | small UDP delivered (Mpps) | × A | offered (Mpps) | gateway CPU per packet (ns) | one gateway core (Mpps) | × A | TCP (Gbit/s) | × A |\n\
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    let mark = |r: &Rate| if r.generator_bound() { " †" } else { "" };
     for x in s {
-        // Delivered close to offered: the generator, not the gateway, set
-        // the rate.
-        let mark = if x.delivered >= 0.9 * x.offered { " †" } else { "" };
         writeln!(
             text,
-            "| {} | {} | {:.3}{mark} | {} | {:.3} | {:.0} | {:.2} | {} | {:.2} | {} |",
+            "| {} | {} | {:.3}{} | {} | {:.3} | {:.0} | {:.2} | {} | {:.2} | {} |",
             x.variant.letter(),
             x.variant.name(),
-            x.delivered,
-            ratio(x.delivered, a.delivered),
-            x.offered,
-            x.gateway_ns,
-            x.per_core(),
-            ratio(x.per_core(), a.per_core()),
+            x.pps.delivered,
+            mark(&x.pps),
+            ratio(x.pps.delivered, a.pps.delivered),
+            x.pps.offered,
+            x.pps.gateway_ns,
+            x.pps.per_core(),
+            ratio(x.pps.per_core(), a.pps.per_core()),
             x.tcp,
             ratio(x.tcp, a.tcp)
         )
         .unwrap();
     }
-    if s.iter().any(|x| x.delivered >= 0.9 * x.offered) {
+    if let Some(a6) = &a.pps6 {
+        text += "\nIPv6, the same small UDP packets (62-byte frames, the smallest IPv6 UDP frame) to the \
+                 IPv6 VIP (A, C) or the region's IPv6 address (D):\n\n\
+                 | | gateway | small UDP delivered (Mpps) | × A | offered (Mpps) | gateway CPU per packet (ns) | over IPv4 (ns) | one gateway core (Mpps) | × A |\n\
+                 |---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+        for (x, x6) in s.iter().filter_map(|x| Some((x, x.pps6.as_ref()?))) {
+            writeln!(
+                text,
+                "| {} | {} | {:.3}{} | {} | {:.3} | {:.0} | {:+.0} | {:.2} | {} |",
+                x.variant.letter(),
+                x.variant.name(),
+                x6.delivered,
+                mark(x6),
+                ratio(x6.delivered, a6.delivered),
+                x6.offered,
+                x6.gateway_ns,
+                x6.gateway_ns - x.pps.gateway_ns,
+                x6.per_core(),
+                ratio(x6.per_core(), a6.per_core()),
+            )
+            .unwrap();
+        }
+    }
+    if s.iter().flat_map(|x| std::iter::once(&x.pps).chain(&x.pps6)).any(Rate::generator_bound) {
         text += "\n† delivered ≥ 90 % of offered: the generator's core, not the gateway, set this rate.\n";
     }
     let d_p50 = s.iter().find(|x| x.variant == Variant::Routing).map_or(0.0, |d| d.p50);
@@ -181,17 +235,23 @@ fn targets(s: &[Summary]) -> String {
     // (target, A's figure over the peer's that the target bounds below)
     let pps = [("A ≥ 10 × B, small-packet pps", b, 10.0), ("A ≥ 3 × C, small-packet pps", c, 3.0), ("A ≥ 80 % of E, small-packet pps", e, 0.8)];
     for (target, peer, at_least) in pps {
-        let (delivered, per_core) = (a.delivered / peer.delivered, a.per_core() / peer.per_core());
-        let figure = |r: f64| if at_least < 1.0 { format!("{:.0} %", 100.0 * r) } else { format!("{r:.2} ×") };
-        writeln!(
-            text,
-            "| {target} | {} | {} | {} | {} |",
-            figure(delivered),
-            verdict(delivered >= at_least),
-            figure(per_core),
-            verdict(per_core >= at_least)
-        )
-        .unwrap();
+        let both = [(Some(&a.pps), Some(&peer.pps), ""), (a.pps6.as_ref(), peer.pps6.as_ref(), ", IPv6")];
+        for (ours, theirs, family) in both {
+            let (Some(ours), Some(theirs)) = (ours, theirs) else {
+                continue;
+            };
+            let (delivered, per_core) = (ours.delivered / theirs.delivered, ours.per_core() / theirs.per_core());
+            let figure = |r: f64| if at_least < 1.0 { format!("{:.0} %", 100.0 * r) } else { format!("{r:.2} ×") };
+            writeln!(
+                text,
+                "| {target}{family} | {} | {} | {} | {} |",
+                figure(delivered),
+                verdict(delivered >= at_least),
+                figure(per_core),
+                verdict(per_core >= at_least)
+            )
+            .unwrap();
+        }
     }
     let added = a.p50 - d.p50;
     writeln!(text, "| latency A over D < 50 µs (p50) | {added:+.1} µs | {} | | |", verdict(added < 50.0)).unwrap();
@@ -200,12 +260,12 @@ fn targets(s: &[Summary]) -> String {
             text,
             "\nGeneric mode (F), small-packet pps: {:.0} % of A delivered ({:.0} % per gateway core), \
              {:.2} × C ({:.2} × per core), {:.2} × D ({:.2} × per core); latency {:+.1} µs over D (p50).",
-            100.0 * f.delivered / a.delivered,
-            100.0 * f.per_core() / a.per_core(),
-            f.delivered / c.delivered,
-            f.per_core() / c.per_core(),
-            f.delivered / d.delivered,
-            f.per_core() / d.per_core(),
+            100.0 * f.pps.delivered / a.pps.delivered,
+            100.0 * f.pps.per_core() / a.pps.per_core(),
+            f.pps.delivered / c.pps.delivered,
+            f.pps.per_core() / c.pps.per_core(),
+            f.pps.delivered / d.pps.delivered,
+            f.pps.per_core() / d.pps.per_core(),
             f.p50 - d.p50
         )
         .unwrap();
@@ -263,6 +323,10 @@ fn method(opts: &Options) -> String {
          daemons) over the window, per delivered frame; one gateway core = 1 / that, what the \
          gateway would forward with a core to itself. The delivered rate depends on what else \
          runs on the two cores; the CPU cost much less.\n\
+         - **IPv6** (A, C, D): the same test with 62-byte frames (`udp6_generator`) from \
+         fd00::2 to the VIP {vip6} (A: its IPv6 services; C: `ip6 daddr {vip6} dnat to fd00:1::2` \
+         in an `ip6` table beside the `ip` one) or to the region's fd00:1::2 (D: \
+         `net.ipv6.conf.all.forwarding=1`). B's reference flows and E match IPv4 only.\n\
          - **Latency**: a 64-byte echo over one TCP connection (`TCP_NODELAY`), {trips} round \
          trips after {warm_trips} unmeasured, client and server on one core (a wake-up across \
          cores costs this VM tens of µs at random).\n\
@@ -273,6 +337,7 @@ fn method(opts: &Options) -> String {
          - **Two cores for everything**: the clients, the servers and the gateway share them, so \
          TCP and HTTP figures are set by the endpoints as much as by the gateway.\n",
         vip = super::gateways::VIP,
+        vip6 = super::gateways::VIP6,
         warm = opts.pps.warm_up.as_secs_f64(),
         window = opts.pps.length.as_secs_f64(),
         trips = opts.round_trips,
@@ -288,8 +353,8 @@ type Series = Vec<(String, RGBColor, Vec<f64>)>;
 
 fn pps_series(s: &[Summary]) -> Series {
     vec![
-        ("delivered".into(), BLUE, s.iter().map(|x| x.delivered).collect()),
-        ("one gateway core (1 / CPU per packet)".into(), RGBColor(90, 160, 90), s.iter().map(|x| x.per_core()).collect()),
+        ("delivered".into(), BLUE, s.iter().map(|x| x.pps.delivered).collect()),
+        ("one gateway core (1 / CPU per packet)".into(), RGBColor(90, 160, 90), s.iter().map(|x| x.pps.per_core()).collect()),
     ]
 }
 
