@@ -2,7 +2,7 @@
 //! frame that stops short of a header we need is `Malformed` and passes
 //! untouched.
 
-use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -62,6 +62,8 @@ const TCP_FLAGS_OFFSET: usize = 13;
 /// A parsed IPv4 or IPv6 packet the data plane may steer.
 pub struct Packet<H> {
     pub ip: *mut H,
+    /// Where the forward writes the MACs ([`Packet::eth`]).
+    eth: *mut EthHdr,
     /// The upper-layer protocol: IPv4's, or the last next header of IPv6.
     pub protocol: u8,
     pub l4: L4,
@@ -70,9 +72,12 @@ pub struct Packet<H> {
     /// the destination of a reply) and 0 on the other.
     pub ports: (u16, u16),
     pub segment: Segment,
-    /// The program's context: [`Packet::tcp`] and the others read its
-    /// `data_end` again, [`Packet::frame_len`] its bounds.
-    md: *const xdp_md,
+}
+
+/// Frame length, for the byte counters.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
 }
 
 /// The link layer of a frame: its Ethernet header and where the IP header
@@ -159,7 +164,7 @@ pub fn ipv4(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv4Hdr>, Reason> {
     // IHL is 4 bits, so options are at most 40 bytes: a bounded offset.
     let l4_offset = l3 + ((vihl & 0xf) as usize) * 4;
     let upper = upper_layer::<Ipv4Hdr>(ctx, protocol, l4_offset)?;
-    Ok(packet(ctx, ip, protocol, upper))
+    Ok(packet(ctx, link, ip, protocol, upper))
 }
 
 /// IPv6 (up to `MAX_IPV6_EXTENSION_HEADERS` skipped) → TCP, UDP or ICMPv6
@@ -197,18 +202,18 @@ pub fn ipv6(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv6Hdr>, Reason> {
         _ => {}
     }
     let upper = upper_layer::<Ipv6Hdr>(ctx, next, offset)?;
-    Ok(packet(ctx, ip, next, upper))
+    Ok(packet(ctx, link, ip, next, upper))
 }
 
 #[inline(always)]
-fn packet<H>(ctx: &XdpContext, ip: *mut H, protocol: u8, upper: Upper) -> Packet<H> {
+fn packet<H>(ctx: &XdpContext, link: &Link, ip: *mut H, protocol: u8, upper: Upper) -> Packet<H> {
     Packet {
         ip,
+        eth: link.eth,
         protocol,
         l4: upper.l4,
         ports: upper.ports,
         segment: upper.segment,
-        md: ctx.ctx,
     }
 }
 
@@ -223,9 +228,9 @@ struct Upper {
 #[inline(always)]
 fn upper_layer<H: IpHeader>(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Upper, Reason> {
     let icmp = <H::Addr as Address>::ICMP;
-    let ports = |header: *const [u8; 4]| unsafe {
-        let p = *header;
-        (u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]]))
+    let ports = |header: *const u32| {
+        let [a, b, c, d] = unsafe { word(header, 0) }.to_ne_bytes();
+        (u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d]))
     };
     match protocol {
         IPPROTO_TCP => {
@@ -238,15 +243,15 @@ fn upper_layer<H: IpHeader>(ctx: &XdpContext, protocol: u8, offset: usize) -> Re
             let segment = unsafe {
                 Segment {
                     flags: *(tcp as *const u8).add(TCP_FLAGS_OFFSET),
-                    seq: u32::from_be_bytes((*tcp).seq),
-                    ack: u32::from_be_bytes((*tcp).ack_seq),
+                    seq: u32::from_be(word(tcp as *const u32, 1)),
+                    ack: u32::from_be(word(tcp as *const u32, 2)),
                 }
             };
-            Ok(Upper { l4: L4::Tcp(tcp), ports: ports(tcp as *const [u8; 4]), segment })
+            Ok(Upper { l4: L4::Tcp(tcp), ports: ports(tcp as *const u32), segment })
         }
         IPPROTO_UDP => {
             let udp: *mut UdpHdr = header_in::<H, _>(ctx, offset)?;
-            Ok(Upper { l4: L4::Udp(udp), ports: ports(udp as *const [u8; 4]), segment: Segment::default() })
+            Ok(Upper { l4: L4::Udp(udp), ports: ports(udp as *const u32), segment: Segment::default() })
         }
         p if p == icmp => {
             // ICMPv6's header has ICMPv4's layout.
@@ -269,6 +274,24 @@ fn upper_layer<H: IpHeader>(ctx: &XdpContext, protocol: u8, offset: usize) -> Re
     }
 }
 
+/// The `index`th 32-bit word from `header`, as it sits in the packet. The
+/// headers' fields are byte arrays, and a read of one compiles to a load
+/// per byte (BPF has no unaligned load): eight instructions more for each
+/// word, on every packet. The verifier accepts word access at any packet
+/// offset on the architectures with efficient unaligned access (x86-64,
+/// arm64), as the IPv6 addresses' reads do (`ip.rs`).
+#[inline(always)]
+unsafe fn word(header: *const u32, index: usize) -> u32 {
+    header.add(index).read()
+}
+
+/// A 16-bit field (a port, a checksum) to read and write as one, for the
+/// reason [`word`] gives.
+#[inline(always)]
+pub fn half_word(field: &mut [u8; 2]) -> *mut u16 {
+    field.as_mut_ptr() as *mut u16
+}
+
 impl<H: IpHeader> Packet<H> {
     /// The packet's 5-tuple, addresses and ports as they sit in the packet.
     #[inline(always)]
@@ -283,26 +306,28 @@ impl<H: IpHeader> Packet<H> {
         }
     }
 
-    /// The TCP header, to rewrite: checked again against the frame's end.
-    /// Parsing checked it, but once the packet is spilled to the stack
-    /// (IPv6's stages read it from their caller's, `stages.rs`), the
-    /// protocol's tag is a byte whose value the verifier no longer knows:
-    /// it would take a UDP header's 8 checked bytes for TCP's 20 and
-    /// refuse the program. What the path only reads (ports, flags,
-    /// sequence numbers) parsing copied out, so the check is paid once.
+    /// The TCP header, to rewrite. Where the family's stages run in frames
+    /// of their own (IPv6's read the packet from their caller's stack,
+    /// `stages.rs`), it is checked again against the frame's end: the
+    /// protocol's tag is a byte whose value the verifier no longer knows
+    /// there, and it would take a UDP header's 8 checked bytes for TCP's 20
+    /// and refuse the program. What the path only reads (ports, flags,
+    /// sequence numbers) parsing copied out, so that check is paid once.
+    /// IPv4's path, inlined whole, keeps what parsing checked (measured:
+    /// the checks cost its established path about a tenth).
     #[inline(always)]
-    pub fn tcp(&self) -> Option<*mut TcpHdr> {
+    pub fn tcp(&self, ctx: &XdpContext) -> Option<*mut TcpHdr> {
         match self.l4 {
-            L4::Tcp(tcp) => self.within(tcp),
+            L4::Tcp(tcp) => self.within(ctx, tcp),
             _ => None,
         }
     }
 
     /// The UDP header, to rewrite, checked again as [`Packet::tcp`].
     #[inline(always)]
-    pub fn udp(&self) -> Option<*mut UdpHdr> {
+    pub fn udp(&self, ctx: &XdpContext) -> Option<*mut UdpHdr> {
         match self.l4 {
-            L4::Udp(udp) => self.within(udp),
+            L4::Udp(udp) => self.within(ctx, udp),
             _ => None,
         }
     }
@@ -310,30 +335,30 @@ impl<H: IpHeader> Packet<H> {
     /// An ICMP or ICMPv6 echo's header, to rewrite, checked again as
     /// [`Packet::tcp`].
     #[inline(always)]
-    pub fn echo(&self) -> Option<*mut Icmpv4Hdr> {
+    pub fn echo(&self, ctx: &XdpContext) -> Option<*mut Icmpv4Hdr> {
         match self.l4 {
-            L4::Echo(header) => self.within(header),
+            L4::Echo(header) => self.within(ctx, header),
             _ => None,
         }
     }
 
-    /// The Ethernet header, to rewrite: found again from the context
-    /// rather than kept, which IPv6's tight stack frame would feel.
+    /// The Ethernet header, to rewrite. Where the family's stages run in
+    /// frames of their own it is found again from the context: the kept
+    /// pointer may have been spilled in halves (`header_in`).
     #[inline(always)]
-    pub fn eth(&self) -> Option<*mut EthHdr> {
-        self.within(unsafe { (*self.md).data } as usize as *mut EthHdr)
+    pub fn eth(&self, ctx: &XdpContext) -> Option<*mut EthHdr> {
+        if !H::OWN_FRAMES {
+            return Some(self.eth);
+        }
+        self.within(ctx, ctx.data() as *mut EthHdr)
     }
 
-    /// Frame length, for the byte counters.
     #[inline(always)]
-    pub fn frame_len(&self) -> u64 {
-        unsafe { ((*self.md).data_end - (*self.md).data) as u64 }
-    }
-
-    #[inline(always)]
-    fn within<T>(&self, header: *mut T) -> Option<*mut T> {
-        let end = unsafe { (*self.md).data_end } as usize;
-        (header as usize + size_of::<T>() <= end).then_some(header)
+    fn within<T>(&self, ctx: &XdpContext, header: *mut T) -> Option<*mut T> {
+        if !H::OWN_FRAMES {
+            return Some(header);
+        }
+        (header as usize + size_of::<T>() <= ctx.data_end()).then_some(header)
     }
 
     #[inline(always)]

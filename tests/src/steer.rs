@@ -79,6 +79,25 @@ pub fn assert_passed_untouched(gw: &Gateway, frame: &[u8], iface: &str, reason: 
     assert_eq!(after, before + 1, "{} counter", reason.name());
 }
 
+/// Each of `frames`, cut at every length from an Ethernet header's (what
+/// BPF_PROG_TEST_RUN takes at the least) to just short of its upper-layer
+/// header's end, passes to the kernel as it came; none leaves a flow entry
+/// or is forwarded.
+pub fn assert_every_cut_passes(gw: &Gateway, frames: &[Frame]) {
+    use redirector::dataplane::Dataplane;
+    for frame in frames {
+        let bytes = frame.bytes();
+        for len in 14..frame.l4_end() {
+            let cut = &bytes[..len];
+            let out = gw.run(cut, "cli").unwrap();
+            assert_eq!(out.action, XDP_PASS, "cut at {len}: {frame:?}");
+            assert_eq!(out.frame, cut, "cut at {len} changed the frame");
+        }
+    }
+    assert!(entries(gw).is_empty());
+    assert_eq!(gw.dataplane.stats().unwrap().reason(redirector_common::Reason::Forwarded), 0);
+}
+
 pub fn assert_frame(got: &Outcome, action: u32, expected: &[u8]) {
     assert_eq!(got.action, action, "XDP action");
     assert_eq!(
@@ -135,6 +154,22 @@ pub fn entries(gw: &Gateway) -> Vec<Entry> {
     all
 }
 
+/// Makes every entry of the established tables (both families, both
+/// directions) last seen `ago_ns` before now.
+pub fn age_established(gw: &mut Gateway, ago_ns: u64) {
+    use redirector::dataplane::flow_table::monotonic_ns;
+    let last_seen_ns = monotonic_ns().saturating_sub(ago_ns);
+    let dp = &mut gw.dataplane;
+    for (key, mut flow) in dp.flows().unwrap() {
+        flow.last_seen_ns = last_seen_ns;
+        dp.set_flow(&key, &flow).unwrap();
+    }
+    for (key, mut flow) in dp.flows6().unwrap() {
+        flow.last_seen_ns = last_seen_ns;
+        dp.set_flow6(&key, &flow).unwrap();
+    }
+}
+
 /// [`entries`] that are original ones.
 pub fn original_entries(gw: &Gateway) -> Vec<Entry> {
     entries(gw).into_iter().filter(|e| e.direction == FLOW_ORIGINAL).collect()
@@ -152,6 +187,18 @@ pub fn original_flows(gw: &Gateway) -> Vec<(FlowKey, Flow)> {
 /// completed: the flow is established.
 pub fn handshake(gw: &Gateway, region: RegionLink, client_port: u16) {
     handshake_to(gw, VIP.into(), region, client_port);
+}
+
+/// A segment of the client's connection from `client_port` to `web` on
+/// `vip` goes to `region`, and the region's answer reaches the client from
+/// the VIP.
+pub fn assert_carried_both_ways(gw: &Gateway, vip: IpAddr, region: RegionLink, client_port: u16) {
+    let data = from_client(vip, L4::tcp(client_port, 80));
+    let out = gw.run(&data.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_REDIRECT, &steered(&data, region, 80).bytes());
+    let answer = reply_from(region, &data, 80);
+    let out = gw.run(&answer.bytes(), region.iface).unwrap();
+    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, vip, 80).bytes());
 }
 
 /// [`handshake`] with `web` on `vip`, of either family.

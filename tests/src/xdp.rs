@@ -216,6 +216,16 @@ impl Gateway {
 
     /// `options.pin_path` is replaced by a directory of the gateway's own.
     fn with_options(options: LoadOptions) -> Result<Self> {
+        Self::loaded_into(PinDir::unique(), options)
+    }
+
+    /// Loaded into `pins`, where a test may have pinned maps as an earlier
+    /// data plane would have left them.
+    pub fn adopting(pins: PinDir) -> Result<Self> {
+        Self::loaded_into(pins, LoadOptions::default())
+    }
+
+    fn loaded_into(pins: PinDir, options: LoadOptions) -> Result<Self> {
         require_root();
         let ns = Netns::new(&unique_name("rdt-pkt"))?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
@@ -253,7 +263,6 @@ impl Gateway {
         }
 
         let inside = ns.enter()?;
-        let pins = PinDir::unique();
         let mut dataplane = BpfDataplane::load(&LoadOptions { pin_path: pins.0.clone(), ..options })?;
         for iface in ["cli", "r1", "r2", "r3"] {
             dataplane.attach(iface)?;

@@ -2,7 +2,7 @@
 //! the action and every output byte asserted. Expected frames are built
 //! independently (etherparse, full checksum computation).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use std::collections::BTreeSet;
 
@@ -66,12 +66,7 @@ fn the_clients_ack_of_the_regions_syn_ack_moves_the_flow_to_the_established_tabl
         assert!(flows.iter().all(|f| f.established && f.handshake == 0 && f.flags == 0), "{flows:?}");
         assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Promoted), 1);
         // And it carries on from there, both ways.
-        let data = from_client(fam.vip, L4::tcp(40_032, 80));
-        let out = gw.run(&data.bytes(), "cli").unwrap();
-        assert_frame(&out, XDP_REDIRECT, &steered(&data, R1, 80).bytes());
-        let answer = reply_from(R1, &data, 80);
-        let out = gw.run(&answer.bytes(), R1.iface).unwrap();
-        assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, fam.vip, 80).bytes());
+        assert_carried_both_ways(&gw, fam.vip, R1, 40_032);
     }
 }
 
@@ -194,26 +189,19 @@ fn established_flow_keeps_its_region_when_selection_changes() {
 /// selection says now; its reply still leaves from the VIP.
 #[test]
 fn a_tcp_connection_idle_for_an_hour_resumes_on_its_region_after_a_sweep() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    handshake(&gw, R1, 40_030);
-    let hour_ago = monotonic_ns().saturating_sub(3_600_000_000_000);
-    for (key, mut flow) in gw.dataplane.flows().unwrap() {
-        flow.last_seen_ns = hour_ago;
-        gw.dataplane.set_flow(&key, &flow).unwrap();
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        handshake_to(&gw, fam.vip, R1, 40_030);
+        age_established(&mut gw, 3_600_000_000_000);
+
+        let sweep = gw.dataplane.flow_table().unwrap().sweep(monotonic_ns()).unwrap();
+        assert_eq!((sweep.entries, sweep.expired), (2, 0), "{}: both entries kept", fam.vip);
+        assert_eq!(sweep.active[R1.id as usize], 0, "{}: an hour idle is not active", fam.vip);
+
+        gw.select(R2.id).unwrap();
+        assert_carried_both_ways(&gw, fam.vip, R1, 40_030);
     }
-
-    let sweep = gw.dataplane.flow_table().unwrap().sweep(monotonic_ns()).unwrap();
-    assert_eq!((sweep.entries, sweep.expired), (2, 0), "both entries kept");
-    assert_eq!(sweep.active[R1.id as usize], 0, "an hour idle is not active");
-
-    gw.select(R2.id).unwrap();
-    let ack = from_client(VIP, L4::tcp(40_030, 80));
-    let out = gw.run(&ack.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&ack, R1, 80).bytes());
-    let answer = reply_from(R1, &ack, 80);
-    let out = gw.run(&answer.bytes(), R1.iface).unwrap();
-    assert_frame(&out, XDP_REDIRECT, &as_client_sees(&answer, VIP, 80).bytes());
 }
 
 #[test]
@@ -370,26 +358,35 @@ fn fin_from_the_region_marks_the_clients_entry_closed() {
     }
 }
 
+/// A UDP flow idle past its timeout is re-selected by the data plane, and
+/// deleted by the sweep, over either family.
 #[test]
-fn udp_flow_idle_past_its_timeout_is_re_selected() {
-    let mut gw = Gateway::new().unwrap();
-    gw.select(R1.id).unwrap();
-    let query = from_client(VIP2, L4::udp(40_009, 53));
-    let out = gw.run(&query.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
+fn udp_flow_idle_past_its_timeout_is_re_selected_and_swept() {
+    // CLOCK_MONOTONIC runs since boot: a last-seen this far back is older
+    // than the timeout on any machine.
+    let past_timeout = UDP_IDLE_TIMEOUT_NS + 1_000_000_000;
+    for fam in FAMILIES {
+        let mut gw = Gateway::new().unwrap();
+        gw.select(R1.id).unwrap();
+        let query = from_client(fam.vip2, L4::udp(40_009, 53));
+        let out = gw.run(&query.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
 
-    gw.select(R2.id).unwrap();
-    let out = gw.run(&query.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
+        gw.select(R2.id).unwrap();
+        let out = gw.run(&query.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
 
-    // Age the entry past the idle timeout (CLOCK_MONOTONIC runs since boot,
-    // so a last-seen of 0 is always older than the timeout on a machine up
-    // that long; make it so regardless).
-    let (key, mut flow) = original_flows(&gw)[0];
-    flow.last_seen_ns = monotonic_ns().saturating_sub(UDP_IDLE_TIMEOUT_NS + 1_000_000_000);
-    gw.dataplane.set_flow(&key, &flow).unwrap();
-    let out = gw.run(&query.bytes(), "cli").unwrap();
-    assert_frame(&out, XDP_REDIRECT, &steered(&query, R2, 5353).bytes());
+        age_established(&mut gw, past_timeout);
+        let out = gw.run(&query.bytes(), "cli").unwrap();
+        assert_frame(&out, XDP_REDIRECT, &steered(&query, R2, 5353).bytes());
+
+        age_established(&mut gw, past_timeout);
+        let sweep = gw.dataplane.flow_table().unwrap().sweep(monotonic_ns()).unwrap();
+        // The original entry, its reply entry, and the reply entry of the
+        // region it had before.
+        assert_eq!((sweep.entries, sweep.expired), (3, 3), "{}", fam.vip2);
+        assert!(entries(&gw).is_empty(), "{}: {:?}", fam.vip2, entries(&gw));
+    }
 }
 
 #[test]
@@ -516,18 +513,7 @@ fn frames_cut_at_every_byte_before_the_l4_header_ends_pass_untouched() {
         from_client(VIP2, L4::IcmpEcho { request: true, id: 1, seq: 1 }),
         tagged_with_options,
     ];
-    for frame in &frames {
-        let bytes = frame.bytes();
-        // BPF_PROG_TEST_RUN takes nothing shorter than an Ethernet header.
-        for len in 14..frame.l4_end() {
-            let cut = &bytes[..len];
-            let out = gw.run(cut, "cli").unwrap();
-            assert_eq!(out.action, XDP_PASS, "cut at {len}: {frame:?}");
-            assert_eq!(out.frame, cut, "cut at {len} changed the frame");
-        }
-    }
-    assert!(gw.dataplane.flows().unwrap().is_empty());
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Forwarded), 0);
+    assert_every_cut_passes(&gw, &frames);
 }
 
 #[test]
@@ -679,11 +665,18 @@ fn flow_events_reach_the_log_through_aya_log_when_enabled() {
     let mut gw = Gateway::with_flow_event_log(true).unwrap();
     gw.select(R1.id).unwrap();
     let mut logger = gw.dataplane.take_logger().expect("loaded with flow event logging");
-    gw.run(&from_client(VIP, L4::tcp_syn(40_028, 80)).bytes(), "cli").unwrap();
-    gw.run(&from_client(VIP, L4::tcp(40_028, 80)).bytes(), "cli").unwrap();
+    for vip in [IpAddr::V4(VIP), IpAddr::V6(VIP6)] {
+        gw.run(&from_client(vip, L4::tcp_syn(40_028, 80)).bytes(), "cli").unwrap();
+        gw.run(&from_client(vip, L4::tcp(40_028, 80)).bytes(), "cli").unwrap();
+    }
     logger.flush();
     let lines = CAPTURED.0.lock().unwrap().clone();
-    assert_eq!(lines, ["new flow: 192.0.2.10:40028 -> 10.2.0.2:80 proto 6"], "one event, for the first packet only");
+    let ipv6 = format!("new flow: [{CLIENT6}]:40028 -> [{VIP6}]:80 proto 6");
+    assert_eq!(
+        lines,
+        ["new flow: 192.0.2.10:40028 -> 10.2.0.2:80 proto 6", &ipv6],
+        "one event a flow, for its first packet only"
+    );
 }
 
 /// The sweep reads the table, then deletes what was expired; meanwhile

@@ -103,17 +103,7 @@ fn ipv6_frames_cut_at_every_byte_before_the_l4_header_ends_pass_untouched() {
         from_client(VIP6_2, L4::IcmpEcho { request: true, id: 1, seq: 1 }),
         tagged_with_extensions,
     ];
-    for frame in &frames {
-        let bytes = frame.bytes();
-        for len in 14..frame.l4_end() {
-            let cut = &bytes[..len];
-            let out = gw.run(cut, "cli").unwrap();
-            assert_eq!(out.action, XDP_PASS, "cut at {len}: {frame:?}");
-            assert_eq!(out.frame, cut, "cut at {len} changed the frame");
-        }
-    }
-    assert!(entries(&gw).is_empty());
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::Forwarded), 0);
+    assert_every_cut_passes(&gw, &frames);
 }
 
 #[test]
@@ -185,4 +175,48 @@ fn an_ipv6_udp_checksum_that_computes_to_zero_leaves_as_all_ones() {
     assert_ne!(checksum(&query), 0xffff, "the arriving datagram's checksum is an ordinary one");
     let out = gw.run(&query.bytes(), "cli").unwrap();
     assert_frame(&out, XDP_REDIRECT, &steered(&query, R1, 5353).bytes());
+}
+
+/// The data plane before IPv6 pinned a REASONS map with no room for
+/// `pass_ipv6_extensions`. Adopted after an upgrade, it keeps counting the
+/// reasons it has room for, and reads the newest as 0 rather than failing
+/// every statistics read (which fed the load policies).
+#[test]
+fn a_reasons_map_pinned_before_the_newest_reason_reads_it_as_zero() {
+    let pins = PinDir::unique();
+    pin_counters(&pins.0, "REASONS", Reason::COUNT - 1);
+    let mut gw = Gateway::adopting(pins).unwrap();
+    gw.select(R2.id).unwrap();
+
+    let not_service = from_client(R1.addr6, L4::tcp_syn(40_160, 22));
+    assert_passed_untouched(&gw, &not_service.bytes(), "cli", Reason::PassNotService);
+    let mut beyond_the_bound = from_client(VIP6, L4::tcp_syn(40_161, 80));
+    beyond_the_bound.ipv6_extensions = vec![0, 60, 43, 60, 60];
+    let out = gw.run(&beyond_the_bound.bytes(), "cli").unwrap();
+    assert_frame(&out, XDP_PASS, &beyond_the_bound.bytes());
+    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassIpv6Extensions), 0);
+}
+
+/// Pins a per-CPU array of `entries` 64-bit counters at `dir/name`, made
+/// with the raw syscalls as any earlier loader would have made it.
+fn pin_counters(dir: &std::path::Path, name: &str, entries: u32) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let bpf = |cmd: libc::c_long, attr: &[u32; 32]| unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), std::mem::size_of_val(attr))
+    };
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, entries]);
+    let fd = bpf(BPF_MAP_CREATE, &create);
+    assert!(fd >= 0, "creating {name}: {}", std::io::Error::last_os_error());
+    std::fs::create_dir_all(dir).unwrap();
+    let path = CString::new(dir.join(name).as_os_str().as_bytes()).unwrap();
+    let mut pin = [0u32; 32];
+    let address = path.as_ptr() as u64;
+    pin[..3].copy_from_slice(&[address as u32, (address >> 32) as u32, fd as u32]);
+    let pinned = bpf(BPF_OBJ_PIN, &pin);
+    assert_eq!(pinned, 0, "pinning {name}: {}", std::io::Error::last_os_error());
+    unsafe { libc::close(fd as i32) };
 }

@@ -1,7 +1,10 @@
 //! Real TCP through the XDP data plane: client namespace → VIP → gateway
 //! namespace running the program → region namespace, and back from the VIP.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use redirector::{
     config::{Protocol, ServiceAddr},
@@ -27,6 +30,12 @@ fn attached(topo: &Topology, pins: &PinDir) -> BpfDataplane {
     dp
 }
 
+/// Service `id` at `addr`, on the same port at region 1's `r1` and region
+/// 2's `r2`.
+fn served_by(id: u32, addr: ServiceAddr, r1: IpAddr, r2: IpAddr) -> ServiceSpec {
+    ServiceSpec { id, addr, backends: [(1, SocketAddr::new(r1, addr.port)), (2, SocketAddr::new(r2, addr.port))].into() }
+}
+
 #[test]
 fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
     require_root();
@@ -43,12 +52,7 @@ fn tcp_to_the_vip_is_served_by_the_selected_region_and_answered_from_the_vip() {
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter().unwrap();
     let mut dp = attached(&topo, &pins);
-    dp.set_services(&[ServiceSpec {
-        id: 0,
-        addr: web,
-        backends: [(1, SocketAddr::new(r1.addr.into(), 80)), (2, SocketAddr::new(r2.addr.into(), 80))].into(),
-    }])
-    .unwrap();
+    dp.set_services(&[served_by(0, web, r1.addr.into(), r2.addr.into())]).unwrap();
     dp.set_region_state(1, RegionState::Up).unwrap();
     dp.set_region_state(2, RegionState::Up).unwrap();
 
@@ -108,12 +112,7 @@ fn data_plane_forwards_without_its_loader_and_a_new_loader_adopts_it_without_los
     let _inside = topo.gateway.enter().unwrap();
 
     let mut first = attached(&topo, &pins);
-    first.set_services(&[ServiceSpec {
-        id: 0,
-        addr: web,
-        backends: [(1, SocketAddr::new(r1.addr.into(), 80)), (2, SocketAddr::new(r2.addr.into(), 80))].into(),
-    }])
-    .unwrap();
+    first.set_services(&[served_by(0, web, r1.addr.into(), r2.addr.into())]).unwrap();
     first.set_region_state(1, RegionState::Up).unwrap();
     first.set_region_state(2, RegionState::Up).unwrap();
     first.set_selection(&web, &Selection::all(1)).unwrap();
@@ -171,19 +170,8 @@ fn a_dual_stack_service_steers_both_families_at_once() {
     let pins = PinDir::unique();
     let _inside = topo.gateway.enter().unwrap();
     let mut dp = attached(&topo, &pins);
-    dp.set_services(&[
-        ServiceSpec {
-            id: 0,
-            addr: web,
-            backends: [(1, SocketAddr::new(r1.addr.into(), 80)), (2, SocketAddr::new(r2.addr.into(), 80))].into(),
-        },
-        ServiceSpec {
-            id: 1,
-            addr: web6,
-            backends: [(1, SocketAddr::new(r1_6.into(), 80)), (2, SocketAddr::new(r2_6.into(), 80))].into(),
-        },
-    ])
-    .unwrap();
+    dp.set_services(&[served_by(0, web, r1.addr.into(), r2.addr.into()), served_by(1, web6, r1_6.into(), r2_6.into())])
+        .unwrap();
     dp.set_region_state(1, RegionState::Up).unwrap();
     dp.set_region_state(2, RegionState::Up).unwrap();
     for service in [&web, &web6] {

@@ -268,6 +268,12 @@ impl BpfDataplane {
     pub fn set_flow(&mut self, key: &redirector_common::FlowKey, flow: &redirector_common::Flow) -> Result<()> {
         self.flows.set(key, flow)
     }
+
+    /// [`Self::set_flow`] of IPv6.
+    #[cfg(feature = "test-hooks")]
+    pub fn set_flow6(&mut self, key: &redirector_common::FlowKey<Addr6>, flow: &redirector_common::Flow<Addr6>) -> Result<()> {
+        self.flows.set6(key, flow)
+    }
 }
 
 impl BpfDataplane {

@@ -134,6 +134,12 @@ impl FlowTable {
         Ok(self.established.0.insert(key, flow, 0)?)
     }
 
+    /// [`Self::set`] of IPv6.
+    #[cfg(feature = "test-hooks")]
+    pub fn set6(&mut self, key: &FlowKey<Addr6>, flow: &Flow<Addr6>) -> Result<()> {
+        Ok(self.established6.0.insert(key, flow, 0)?)
+    }
+
     /// `sweep` now, logged; `None` when the table could not be read.
     pub fn sweep_logged(&mut self) -> Option<Sweep> {
         match self.sweep(monotonic_ns()) {

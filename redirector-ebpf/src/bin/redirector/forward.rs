@@ -43,7 +43,7 @@ pub fn resolve<H: IpHeader>(ctx: &XdpContext, pkt: &Packet<H>) -> Result<NextHop
 /// the reason recorded when it leaves from here.
 #[inline(always)]
 pub fn transmit<H: IpHeader>(ctx: &XdpContext, pkt: &Packet<H>, hop: &NextHop, sent: Reason) -> (u32, Reason) {
-    rewrite_macs(pkt, hop.src_mac, hop.dst_mac);
+    rewrite_macs(ctx, pkt, hop.src_mac, hop.dst_mac);
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return (xdp_action::XDP_TX, sent);
     }

@@ -182,8 +182,8 @@ pub fn to_region<F: Family>(s: &Steering<F>, flow: *mut Flow<F::Addr>) -> (u32, 
     let (ctx, pkt) = (s.ctx, s.pkt);
     let f = unsafe { &*flow };
     let direction = Direction::ToRegion { new_flow: false };
-    stats::count_traffic(f.service_id as u32, f.region_id, pkt.frame_len(), direction);
-    rewrite::rewrite_end(pkt, End::Destination, &f.rewrite_addr, f.rewrite_port);
+    stats::count_traffic(f.service_id as u32, f.region_id, parse::frame_len(ctx), direction);
+    rewrite::rewrite_end(ctx, pkt, End::Destination, &f.rewrite_addr, f.rewrite_port);
     match next_hop(ctx, pkt, flow, s.now) {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Forwarded),
         Err(reason) => (xdp_action::XDP_PASS, reason),
@@ -219,8 +219,8 @@ fn new_flow<F: Stages>(s: &Steering<F>, placement: &Placement<F::Addr>) -> (u32,
 #[inline(always)]
 pub fn toward_backend<F: Family>(s: &Steering<F>, service_id: u32, region_id: u8, backend: &Backend<F::Addr>) {
     let direction = Direction::ToRegion { new_flow: true };
-    stats::count_traffic(service_id, region_id, s.pkt.frame_len(), direction);
-    rewrite::rewrite_end(s.pkt, End::Destination, &backend.addr, backend.port);
+    stats::count_traffic(service_id, region_id, parse::frame_len(s.ctx), direction);
+    rewrite::rewrite_end(s.ctx, s.pkt, End::Destination, &backend.addr, backend.port);
 }
 
 /// Region → client, in reply to a flow of `table`: the client sees the
@@ -241,8 +241,8 @@ pub fn to_client<F: Family>(s: &Steering<F>, reply: *mut Flow<F::Addr>, table: &
             }
         }
     }
-    stats::count_traffic(r.service_id as u32, r.region_id, pkt.frame_len(), Direction::ToClient);
-    rewrite::rewrite_end(pkt, End::Source, &r.rewrite_addr, r.rewrite_port);
+    stats::count_traffic(r.service_id as u32, r.region_id, parse::frame_len(ctx), Direction::ToClient);
+    rewrite::rewrite_end(ctx, pkt, End::Source, &r.rewrite_addr, r.rewrite_port);
     match next_hop(ctx, pkt, reply, now) {
         Ok(hop) => forward::transmit(ctx, pkt, &hop, Reason::Replied),
         Err(reason) => (xdp_action::XDP_PASS, reason),

@@ -5,42 +5,46 @@
 //! directly. ICMPv6's checksum covers the addresses too, ICMP's neither,
 //! so an IPv4 echo only needs the header's fix.
 
+use aya_ebpf::programs::XdpContext;
 use redirector_common::csum;
 
 use redirector_ebpf::{
     ip::{End, IpHeader},
-    parse::Packet,
+    parse::{half_word, Packet, L4},
 };
 
 /// Sets one end of the packet to `addr:port` (network order).
 #[inline(always)]
-pub fn rewrite_end<H: IpHeader>(pkt: &Packet<H>, end: End, addr: &H::Addr, port: u16) {
+pub fn rewrite_end<H: IpHeader>(ctx: &XdpContext, pkt: &Packet<H>, end: End, addr: &H::Addr, port: u16) {
     let old_addr = H::addr(pkt.ip, end);
     H::set_addr(pkt.ip, end, &old_addr, addr);
     // TCP and UDP carry the ports and a checksum over the pseudo-header.
     // A UDP checksum of zero says "none" over IPv4, and over IPv6 either
     // is invalid or is a tunnel's (RFC 6935): it stays zero, as it came.
-    let (src_port, dst_port, check, udp) = match (pkt.tcp(), pkt.udp(), pkt.echo()) {
-        (Some(tcp), ..) => unsafe { (&mut (*tcp).source, &mut (*tcp).dest, &mut (*tcp).check, false) },
-        (_, Some(udp), _) => unsafe { (&mut (*udp).src, &mut (*udp).dst, &mut (*udp).check, true) },
-        (.., Some(echo)) => {
+    let (src_port, dst_port, check, udp) = match pkt.l4 {
+        L4::Tcp(_) => {
+            let Some(tcp) = pkt.tcp(ctx) else { return };
+            unsafe { (half_word(&mut (*tcp).source), half_word(&mut (*tcp).dest), half_word(&mut (*tcp).check), false) }
+        }
+        L4::Udp(_) => {
+            let Some(udp) = pkt.udp(ctx) else { return };
+            unsafe { (half_word(&mut (*udp).src), half_word(&mut (*udp).dst), half_word(&mut (*udp).check), true) }
+        }
+        L4::Echo(_) => {
+            let Some(echo) = pkt.echo(ctx) else { return };
             if H::ICMP_COVERS_ADDRESSES {
-                unsafe {
-                    let old_check = u16::from_ne_bytes((*echo).check);
-                    (*echo).check = csum::replace_addr(old_check, &old_addr, addr).to_ne_bytes();
-                }
+                let check = unsafe { half_word(&mut (*echo).check) };
+                unsafe { check.write(csum::replace_addr(check.read(), &old_addr, addr)) };
             }
             return;
         }
-        _ => return,
     };
     let port_field = match end {
         End::Source => src_port,
         End::Destination => dst_port,
     };
-    let old_port = u16::from_ne_bytes(*port_field);
-    *port_field = port.to_ne_bytes();
-    let old_check = u16::from_ne_bytes(*check);
+    let (old_port, old_check) = unsafe { (port_field.read(), check.read()) };
+    unsafe { port_field.write(port) };
     if udp && old_check == 0 {
         return;
     }
@@ -48,13 +52,13 @@ pub fn rewrite_end<H: IpHeader>(pkt: &Packet<H>, end: End, addr: &H::Addr, port:
     // A UDP checksum that computes to zero is sent as all ones (RFC 768,
     // RFC 8200): zero says "none" over IPv4 and is invalid over IPv6.
     let new_check = if udp && new_check == 0 { 0xffff } else { new_check };
-    *check = new_check.to_ne_bytes();
+    unsafe { check.write(new_check) };
 }
 
 /// Sets the frame's MAC addresses toward the next hop.
 #[inline(always)]
-pub fn rewrite_macs<H: IpHeader>(pkt: &Packet<H>, src: [u8; 6], dst: [u8; 6]) {
-    if let Some(eth) = pkt.eth() {
+pub fn rewrite_macs<H: IpHeader>(ctx: &XdpContext, pkt: &Packet<H>, src: [u8; 6], dst: [u8; 6]) {
+    if let Some(eth) = pkt.eth(ctx) {
         unsafe {
             (*eth).src_addr = src;
             (*eth).dst_addr = dst;
