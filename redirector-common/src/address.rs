@@ -106,6 +106,7 @@ mod tests {
         assert_eq!(addr6_to_bytes(&words), bytes);
         assert!(!words.is_unspecified());
         assert!(Addr6::default().is_unspecified());
+        assert!(0u32.is_unspecified() && !1u32.is_unspecified());
         let last_word_only: Addr6 = [0, 0, 0, 1];
         assert!(!last_word_only.is_unspecified(), "every word counts");
     }

@@ -96,8 +96,8 @@ impl IpHeader for Ipv4Hdr {
 /// IPv6 addresses are read and written as four 32-bit words where they sit
 /// in the frame, 2-byte aligned behind Ethernet. Loads of a byte each, what
 /// an unaligned read compiles to for BPF, spill the path's registers past
-/// its 512-byte stack (and cost IPv4's path, whose addresses are read the
-/// same way, eight instructions an address); the verifier accepts word
+/// its 512-byte stack (and cost IPv4's path eight instructions an address
+/// while its addresses were read so); the verifier accepts word
 /// access at any packet offset on the architectures with efficient
 /// unaligned access (x86-64, arm64), as Katran's and Cilium's `in6_addr`
 /// copies rely on.

@@ -164,7 +164,7 @@ pub fn ipv4(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv4Hdr>, Reason> {
     // IHL is 4 bits, so options are at most 40 bytes: a bounded offset.
     let l4_offset = l3 + ((vihl & 0xf) as usize) * 4;
     let upper = upper_layer::<Ipv4Hdr>(ctx, protocol, l4_offset)?;
-    Ok(packet(ctx, link, ip, protocol, upper))
+    Ok(packet(link, ip, protocol, upper))
 }
 
 /// IPv6 (up to `MAX_IPV6_EXTENSION_HEADERS` skipped) → TCP, UDP or ICMPv6
@@ -202,14 +202,16 @@ pub fn ipv6(ctx: &XdpContext, link: &Link) -> Result<Packet<Ipv6Hdr>, Reason> {
         _ => {}
     }
     let upper = upper_layer::<Ipv6Hdr>(ctx, next, offset)?;
-    Ok(packet(ctx, link, ip, next, upper))
+    Ok(packet(link, ip, next, upper))
 }
 
 #[inline(always)]
-fn packet<H>(ctx: &XdpContext, link: &Link, ip: *mut H, protocol: u8, upper: Upper) -> Packet<H> {
+fn packet<H: IpHeader>(link: &Link, ip: *mut H, protocol: u8, upper: Upper) -> Packet<H> {
     Packet {
         ip,
-        eth: link.eth,
+        // Never read where the family's stages run in frames of their own
+        // (`Packet::eth`), and a pointer LLVM may spill in halves there.
+        eth: if H::OWN_FRAMES { core::ptr::null_mut() } else { link.eth },
         protocol,
         l4: upper.l4,
         ports: upper.ports,
@@ -279,7 +281,11 @@ fn upper_layer<H: IpHeader>(ctx: &XdpContext, protocol: u8, offset: usize) -> Re
 /// per byte (BPF has no unaligned load): eight instructions more for each
 /// word, on every packet. The verifier accepts word access at any packet
 /// offset on the architectures with efficient unaligned access (x86-64,
-/// arm64), as the IPv6 addresses' reads do (`ip.rs`).
+/// arm64), as the IPv6 addresses' reads do (`ip.rs`). To Rust this is a
+/// read through a pointer that may be 2-byte aligned only, on purpose: the
+/// object is built without debug assertions (both profiles), so no
+/// alignment check is compiled in, and a plain load is what the BPF target
+/// emits for it.
 #[inline(always)]
 unsafe fn word(header: *const u32, index: usize) -> u32 {
     header.add(index).read()
@@ -313,8 +319,7 @@ impl<H: IpHeader> Packet<H> {
     /// there, and it would take a UDP header's 8 checked bytes for TCP's 20
     /// and refuse the program. What the path only reads (ports, flags,
     /// sequence numbers) parsing copied out, so that check is paid once.
-    /// IPv4's path, inlined whole, keeps what parsing checked (measured:
-    /// the checks cost its established path about a tenth).
+    /// IPv4's path, inlined whole, writes through what parsing checked.
     #[inline(always)]
     pub fn tcp(&self, ctx: &XdpContext) -> Option<*mut TcpHdr> {
         match self.l4 {

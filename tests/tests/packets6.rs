@@ -192,9 +192,12 @@ fn a_reasons_map_pinned_before_the_newest_reason_reads_it_as_zero() {
     assert_passed_untouched(&gw, &not_service.bytes(), "cli", Reason::PassNotService);
     let mut beyond_the_bound = from_client(VIP6, L4::tcp_syn(40_161, 80));
     beyond_the_bound.ipv6_extensions = vec![0, 60, 43, 60, 60];
+    let before = gw.dataplane.stats().unwrap().reasons;
     let out = gw.run(&beyond_the_bound.bytes(), "cli").unwrap();
     assert_frame(&out, XDP_PASS, &beyond_the_bound.bytes());
-    assert_eq!(gw.dataplane.stats().unwrap().reason(Reason::PassIpv6Extensions), 0);
+    let after = gw.dataplane.stats().unwrap().reasons;
+    assert_eq!(after, before, "no room for its reason, and counted under no other");
+    assert_eq!(after.last(), Some(&(Reason::PassIpv6Extensions, 0)));
 }
 
 /// Pins a per-CPU array of `entries` 64-bit counters at `dir/name`, made

@@ -27,7 +27,8 @@ use crate::{
 
 pub struct Options {
     /// `--ipv4`: the IPv4 paths only, as a build before IPv6 measures
-    /// them (for a before-and-after run against one).
+    /// them (for a before-and-after run against one), written to
+    /// xdp-ipv4.md.
     pub ipv4_only: bool,
     pub repeat: u32,
     pub rounds: usize,
@@ -141,8 +142,9 @@ pub fn run(args: &[String]) -> Result<()> {
         let ns = median(&mut path.ns_per_packet);
         table += &format!("| {} | {ns:.1} | {:.2} |\n", path.name, ns / bare_ns);
     }
+    let (family, name) = if opts.ipv4_only { (", IPv4's paths only (`--ipv4`)", "xdp-ipv4") } else { ("", "xdp") };
     let report = format!(
-        "# XDP packet path, ns/packet (BPF_PROG_TEST_RUN)\n\n\
+        "# XDP packet path, ns/packet (BPF_PROG_TEST_RUN){family}\n\n\
          Machine: {}\n\n\
          Median of {} interleaved rounds; repeat = {} per measurement \
          (new flows: {} distinct SYNs per round, one call each).\n\n{table}",
@@ -152,7 +154,7 @@ pub fn run(args: &[String]) -> Result<()> {
         opts.new_flows
     );
     println!("{report}");
-    let path = write_result("xdp", &report)?;
+    let path = write_result(name, &report)?;
     println!("written to {}", path.display());
     Ok(())
 }

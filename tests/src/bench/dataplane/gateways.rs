@@ -56,13 +56,6 @@ impl Variant {
         }
     }
 
-    /// The variants measured over IPv6 too: ours and the two kernel paths
-    /// an operator would compare it with. B's reference flows and E's
-    /// forward are IPv4 only.
-    pub fn has_ipv6(self) -> bool {
-        matches!(self, Self::Redirector | Self::Nat | Self::Routing)
-    }
-
     pub fn short(self) -> &'static str {
         ["A redirector", "B OVS", "C nftables NAT", "D routing", "E bare XDP", "F redirector generic"][self as usize]
     }
@@ -95,25 +88,26 @@ impl Gateway {
     pub fn set_up(variant: Variant, topo: &Topology) -> Result<Self> {
         let region = &topo.regions[0];
         let gateway_mac = link_mac(&topo.gateway, CLIENT_IFACE)?;
-        let (state, target, next_hop_mac) = match variant {
-            Variant::Redirector => (redirector(topo, XdpMode::Native)?, VIP, gateway_mac),
-            Variant::RedirectorGeneric => (redirector(topo, XdpMode::Generic)?, VIP, gateway_mac),
-            Variant::Ovs => (State::Ovs(open_vswitch(topo)?), VIP, OVS_VIP_MAC),
+        let region6 = IpAddr::V6(region.addr6.context("a single gateway's regions are dual-stack")?);
+        let vip6 = Some(IpAddr::V6(VIP6));
+        // Over IPv6 too: ours and the two kernel paths an operator would
+        // compare it with. B's reference flows and E's forward match IPv4
+        // only; F is A's program again.
+        let (state, target, target6, next_hop_mac) = match variant {
+            Variant::Redirector => (redirector(topo, XdpMode::Native)?, VIP, vip6, gateway_mac),
+            Variant::RedirectorGeneric => (redirector(topo, XdpMode::Generic)?, VIP, None, gateway_mac),
+            Variant::Ovs => (State::Ovs(open_vswitch(topo)?), VIP, None, OVS_VIP_MAC),
             Variant::Nat => {
                 nat(topo)?;
-                (State::Nothing, VIP, gateway_mac)
+                (State::Nothing, VIP, vip6, gateway_mac)
             }
-            Variant::Routing => (State::Nothing, region.addr, gateway_mac),
+            Variant::Routing => (State::Nothing, region.addr, Some(region6), gateway_mac),
             Variant::BareXdp => {
                 let _inside = topo.gateway.enter()?;
                 let ebpf = baseline::attach("bare_forward", &[CLIENT_IFACE, &region.gateway_iface])?;
-                (State::Xdp { _program: ebpf }, region.addr, gateway_mac)
+                (State::Xdp { _program: ebpf }, region.addr, None, gateway_mac)
             }
         };
-        let target6 = variant.has_ipv6().then(|| match variant {
-            Variant::Routing => IpAddr::V6(region.addr6.expect("a single gateway's regions are dual-stack")),
-            _ => IpAddr::V6(VIP6),
-        });
         Ok(Self {
             target,
             target6,

@@ -84,8 +84,8 @@ pub struct Window {
 }
 
 /// Small UDP packets to `target` (sent to the MAC `next_hop`), from the
-/// client's address of its family, over the window; `gateway_pids` are processes doing the gateway's work besides
-/// the kernel.
+/// client's address of its family, over the window; `gateway_pids` are
+/// processes doing the gateway's work besides the kernel.
 pub fn packet_rate(topo: &Topology, next_hop: Mac, target: IpAddr, gateway_pids: &[u32], window: Window) -> Result<PacketRate> {
     let region = &topo.regions[0].ns;
     let _sink = {
@@ -103,18 +103,22 @@ pub fn packet_rate(topo: &Topology, next_hop: Mac, target: IpAddr, gateway_pids:
         bail!("real-time priority for the region's NAPI thread: {}", std::io::Error::last_os_error());
     }
 
-    let (source, frame_len, headers) = match target {
-        IpAddr::V4(_) => (IpAddr::V4(CLIENT_ADDR), FRAME_LEN4, HEADERS4),
-        IpAddr::V6(_) => (IpAddr::V6(CLIENT_ADDR6), FRAME_LEN6, HEADERS6),
+    let client_mac = link_mac(&topo.client, "eth0")?;
+    let frame = |source: IpAddr, len: usize, headers: usize| {
+        let mut frame = Frame::new(source, target, L4::udp(40_000, DISCARD_PORT));
+        (frame.src_mac, frame.dst_mac) = (client_mac, next_hop);
+        frame.payload = vec![0; len - headers];
+        frame.bytes()
     };
-    let mut frame = Frame::new(source, target, L4::udp(40_000, DISCARD_PORT));
-    frame.src_mac = link_mac(&topo.client, "eth0")?;
-    frame.dst_mac = next_hop;
-    frame.payload = vec![0; frame_len - headers];
-    let frame = frame.bytes();
     let generator = match target {
-        IpAddr::V4(_) => Generator::start::<HEADERS4>(&topo.client, &frame, "udp_generator", "TEMPLATE4")?,
-        IpAddr::V6(_) => Generator::start::<HEADERS6>(&topo.client, &frame, "udp6_generator", "TEMPLATE6")?,
+        IpAddr::V4(_) => {
+            let frame = frame(CLIENT_ADDR.into(), FRAME_LEN4, HEADERS4);
+            Generator::start::<HEADERS4>(&topo.client, &frame, "udp_generator", "TEMPLATE4")?
+        }
+        IpAddr::V6(_) => {
+            let frame = frame(CLIENT_ADDR6.into(), FRAME_LEN6, HEADERS6);
+            Generator::start::<HEADERS6>(&topo.client, &frame, "udp6_generator", "TEMPLATE6")?
+        }
     };
     thread::sleep(window.warm_up);
     // The sink's count is read around the timed counters, not between them.

@@ -324,8 +324,8 @@ fn method(opts: &Options) -> String {
          gateway would forward with a core to itself. The delivered rate depends on what else \
          runs on the two cores; the CPU cost much less.\n\
          - **IPv6** (A, C, D): the same test with 62-byte frames (`udp6_generator`) from \
-         fd00::2 to the VIP {vip6} (A: its IPv6 services; C: `ip6 daddr {vip6} dnat to fd00:1::2` \
-         in an `ip6` table beside the `ip` one) or to the region's fd00:1::2 (D: \
+         {client6} to the VIP {vip6} (A: its IPv6 services; C: `ip6 daddr {vip6} dnat to {region6}` \
+         in an `ip6` table beside the `ip` one) or to the region's {region6} (D: \
          `net.ipv6.conf.all.forwarding=1`). B's reference flows and E match IPv4 only.\n\
          - **Latency**: a 64-byte echo over one TCP connection (`TCP_NODELAY`), {trips} round \
          trips after {warm_trips} unmeasured, client and server on one core (a wake-up across \
@@ -338,6 +338,8 @@ fn method(opts: &Options) -> String {
          TCP and HTTP figures are set by the endpoints as much as by the gateway.\n",
         vip = super::gateways::VIP,
         vip6 = super::gateways::VIP6,
+        client6 = crate::topology::CLIENT_ADDR6,
+        region6 = crate::topology::region_addr6(1),
         warm = opts.pps.warm_up.as_secs_f64(),
         window = opts.pps.length.as_secs_f64(),
         trips = opts.round_trips,
