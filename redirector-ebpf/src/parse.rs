@@ -312,39 +312,21 @@ impl<H: IpHeader> Packet<H> {
         }
     }
 
-    /// The TCP header, to rewrite. Where the family's stages run in frames
-    /// of their own (IPv6's read the packet from their caller's stack,
-    /// `stages.rs`), it is checked again against the frame's end: the
-    /// protocol's tag is a byte whose value the verifier no longer knows
-    /// there, and it would take a UDP header's 8 checked bytes for TCP's 20
-    /// and refuse the program. What the path only reads (ports, flags,
-    /// sequence numbers) parsing copied out, so that check is paid once.
-    /// IPv4's path, inlined whole, writes through what parsing checked.
+    /// The upper layer's header `header` (of [`Packet::l4`]), to rewrite.
+    /// Where the family's stages run in frames of their own (IPv6's read
+    /// the packet from their caller's stack, `stages.rs`), it is checked
+    /// again against the frame's end: the protocol's tag is a byte whose
+    /// value the verifier no longer knows there, and it would take a UDP
+    /// header's 8 checked bytes for TCP's 20 and refuse the program. What
+    /// the path only reads (ports, flags, sequence numbers) parsing copied
+    /// out, so that check is paid once. IPv4's path, inlined whole, writes
+    /// through what parsing checked.
     #[inline(always)]
-    pub fn tcp(&self, ctx: &XdpContext) -> Option<*mut TcpHdr> {
-        match self.l4 {
-            L4::Tcp(tcp) => self.within(ctx, tcp),
-            _ => None,
+    pub fn checked<T>(&self, ctx: &XdpContext, header: *mut T) -> Option<*mut T> {
+        if !H::OWN_FRAMES {
+            return Some(header);
         }
-    }
-
-    /// The UDP header, to rewrite, checked again as [`Packet::tcp`].
-    #[inline(always)]
-    pub fn udp(&self, ctx: &XdpContext) -> Option<*mut UdpHdr> {
-        match self.l4 {
-            L4::Udp(udp) => self.within(ctx, udp),
-            _ => None,
-        }
-    }
-
-    /// An ICMP or ICMPv6 echo's header, to rewrite, checked again as
-    /// [`Packet::tcp`].
-    #[inline(always)]
-    pub fn echo(&self, ctx: &XdpContext) -> Option<*mut Icmpv4Hdr> {
-        match self.l4 {
-            L4::Echo(header) => self.within(ctx, header),
-            _ => None,
-        }
+        (header as usize + size_of::<T>() <= ctx.data_end()).then_some(header)
     }
 
     /// The Ethernet header, to rewrite. Where the family's stages run in
@@ -355,15 +337,7 @@ impl<H: IpHeader> Packet<H> {
         if !H::OWN_FRAMES {
             return Some(self.eth);
         }
-        self.within(ctx, ctx.data() as *mut EthHdr)
-    }
-
-    #[inline(always)]
-    fn within<T>(&self, ctx: &XdpContext, header: *mut T) -> Option<*mut T> {
-        if !H::OWN_FRAMES {
-            return Some(header);
-        }
-        (header as usize + size_of::<T>() <= ctx.data_end()).then_some(header)
+        self.checked(ctx, ctx.data() as *mut EthHdr)
     }
 
     #[inline(always)]

@@ -88,9 +88,8 @@ pub struct Entry {
     client: SocketAddr,
     vip: SocketAddr,
     backend: SocketAddr,
+    /// ICMPv6 is ICMP's, as the lifetime rule reads it.
     protocol: Protocol,
-    /// As the lifetime rule reads it (ICMPv6 is ICMP's).
-    protocol_number: u8,
     service_id: u16,
     region_id: u8,
     flags: u8,
@@ -115,7 +114,6 @@ pub fn originals<A: Address>(table: &[(FlowKey<A>, Flow<A>)], handshake: bool) -
                 vip: addr(&key.dst_addr, key.dst_port),
                 backend: addr(&flow.rewrite_addr, flow.rewrite_port),
                 protocol,
-                protocol_number: protocol.number(),
                 service_id: flow.service_id,
                 region_id: flow.region_id,
                 flags: flow.flags,
@@ -144,7 +142,7 @@ fn view(config: &Config, entry: &Entry, now_ns: u64) -> FlowView {
         FlowState::Handshake
     } else if entry.flags & FLOW_CLOSED != 0 {
         FlowState::Closed
-    } else if life(entry.protocol_number, entry.flags, idle) == Life::Live {
+    } else if life(entry.protocol.number(), entry.flags, idle) == Life::Live {
         FlowState::Open
     } else {
         FlowState::Idle

@@ -22,16 +22,16 @@ pub fn rewrite_end<H: IpHeader>(ctx: &XdpContext, pkt: &Packet<H>, end: End, add
     // A UDP checksum of zero says "none" over IPv4, and over IPv6 either
     // is invalid or is a tunnel's (RFC 6935): it stays zero, as it came.
     let (src_port, dst_port, check, udp) = match pkt.l4 {
-        L4::Tcp(_) => {
-            let Some(tcp) = pkt.tcp(ctx) else { return };
+        L4::Tcp(tcp) => {
+            let Some(tcp) = pkt.checked(ctx, tcp) else { return };
             unsafe { (half_word(&mut (*tcp).source), half_word(&mut (*tcp).dest), half_word(&mut (*tcp).check), false) }
         }
-        L4::Udp(_) => {
-            let Some(udp) = pkt.udp(ctx) else { return };
+        L4::Udp(udp) => {
+            let Some(udp) = pkt.checked(ctx, udp) else { return };
             unsafe { (half_word(&mut (*udp).src), half_word(&mut (*udp).dst), half_word(&mut (*udp).check), true) }
         }
-        L4::Echo(_) => {
-            let Some(echo) = pkt.echo(ctx) else { return };
+        L4::Echo(echo) => {
+            let Some(echo) = pkt.checked(ctx, echo) else { return };
             if H::ICMP_COVERS_ADDRESSES {
                 let check = unsafe { half_word(&mut (*echo).check) };
                 unsafe { check.write(csum::replace_addr(check.read(), &old_addr, addr)) };
